@@ -1,0 +1,136 @@
+//! `lectern-api`: the HTTP API. Subcommands: `serve` (default), `migrate`.
+
+mod app;
+mod auth;
+mod error;
+mod request_context;
+mod routes;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use actix_web::{HttpServer, web};
+use lectern_core::config::Config;
+use lectern_core::{Services, db, storage, telemetry};
+
+const USAGE: &str = "usage: lectern-api [serve | migrate]
+  serve     run the HTTP API (default)
+  migrate   create the database if needed and apply pending migrations (the Procfile's release step)";
+
+/// Exit code for invalid configuration, distinct from run-time failures.
+const EXIT_CONFIG: u8 = 2;
+
+fn main() -> ExitCode {
+    let command = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "serve".to_owned());
+    let config = match Config::from_env() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("lectern-api: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    telemetry::init(config.log_format);
+    let outcome = match command.as_str() {
+        "serve" => actix_web::rt::System::new().block_on(serve(config)),
+        "migrate" => actix_web::rt::System::new().block_on(migrate(config)),
+        "help" | "--help" | "-h" => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        other => {
+            eprintln!("lectern-api: unknown command {other:?}\n{USAGE}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "lectern-api stopped");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn migrate(config: Config) -> anyhow::Result<()> {
+    let url = config.database_url.expose().to_owned();
+    let mut delay = Duration::from_millis(250);
+    for attempt in 1.. {
+        match db::ensure_database(&url).await {
+            Ok(()) => break,
+            Err(e) if attempt < 20 => {
+                tracing::warn!(error = %e, attempt, "PostgreSQL not reachable yet; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(3));
+            }
+            Err(e) => return Err(anyhow::anyhow!("cannot reach PostgreSQL: {e}")),
+        }
+    }
+    let pool = db::connect(&url).await?;
+    db::migrate(&pool).await?;
+    tracing::info!("migrations applied");
+    Ok(())
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let (stop_local_s3, local_s3_stopped) = tokio::sync::oneshot::channel::<()>();
+    let local_s3 = match &config.storage.local {
+        Some(local) => {
+            let listener = tokio::net::TcpListener::bind(("127.0.0.1", local.port))
+                .await
+                .map_err(|e| anyhow::anyhow!("LOCAL_S3_PORT {}: {e}", local.port))?;
+            tracing::info!(dir = %local.dir.display(), port = local.port, "serving local S3 storage");
+            Some(tokio::spawn(storage::local::serve(
+                listener,
+                local.dir.clone(),
+                config.storage.access_key_id.clone(),
+                config.storage.secret_access_key.expose().to_owned(),
+                async {
+                    let _ = local_s3_stopped.await;
+                },
+            )))
+        }
+        None => None,
+    };
+
+    let (host, port, shutdown_timeout) = (config.host, config.port, config.shutdown_timeout);
+    let services = Services::new(config)?;
+    tokio::spawn(ensure_bucket(services.clone()));
+
+    let data = web::Data::new(services);
+    let server = HttpServer::new(move || app::build(data.clone()))
+        .bind((host, port))
+        .map_err(|e| anyhow::anyhow!("cannot listen on {host}:{port}: {e}"))?
+        .shutdown_timeout(shutdown_timeout.as_secs())
+        .run();
+    tracing::info!(
+        url = format!("http://{host}:{port}"),
+        startup_ms = started.elapsed().as_millis() as u64,
+        "lectern-api listening"
+    );
+    // actix handles SIGTERM and SIGINT: stop accepting, finish in-flight requests, return.
+    server.await?;
+    let _ = stop_local_s3.send(());
+    if let Some(task) = local_s3 {
+        let _ = task.await;
+    }
+    tracing::info!("lectern-api stopped cleanly");
+    Ok(())
+}
+
+/// Makes sure the media bucket exists, retrying with backoff while storage is unreachable.
+async fn ensure_bucket(services: Services) {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match services.storage.ensure_bucket().await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "media bucket not available yet");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+}

@@ -1,0 +1,40 @@
+//! Operator routes.
+
+use actix_web::{HttpResponse, post, web};
+use lectern_core::{Services, email};
+use serde::Deserialize;
+
+use crate::auth::Caller;
+use crate::error::{ApiResult, ErrorBody};
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TestEmailRequest {
+    /// Where to send the test message.
+    pub to: String,
+    /// Optional text included in the message (at most 500 characters).
+    pub note: Option<String>,
+}
+
+/// Queues a test message through the real mail path (job, worker, transport) and answers with the job.
+#[utoipa::path(
+    tag = "admin",
+    request_body = TestEmailRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 202, description = "queued: `{\"job\": {id, kind, state}}`"),
+        (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody),
+        (status = 422, body = ErrorBody)
+    )
+)]
+#[post("/admin/email/test")]
+pub async fn send_test_email(
+    services: web::Data<Services>,
+    caller: Caller,
+    body: web::Json<TestEmailRequest>,
+) -> ApiResult<HttpResponse> {
+    let job =
+        email::queue_test_message(&services, &body.to, body.note.as_deref(), &caller.0).await?;
+    Ok(HttpResponse::Accepted().json(serde_json::json!({ "job": job })))
+}

@@ -1,0 +1,448 @@
+//! Typed configuration read from environment variables (and `.env` when present).
+//!
+//! Every variable is parsed once, at start-up; [`Config::from_env`] reports every
+//! missing or invalid value in one [`ConfigError`] so an operator fixes them all at once.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use url::Url;
+
+/// A secret string that never prints itself (logs, panics, `Debug`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+/// Where media objects live. Both variants speak the S3 protocol through the same client.
+#[derive(Debug, Clone)]
+pub struct StorageConfig {
+    /// `None` means the provider's default endpoint (AWS).
+    pub endpoint: Option<Url>,
+    pub bucket: String,
+    pub region: String,
+    pub access_key_id: String,
+    pub secret_access_key: Secret,
+    pub force_path_style: bool,
+    /// Set when Lectern serves its own S3 endpoint on loopback, backed by this folder.
+    pub local: Option<LocalStorage>,
+}
+
+#[derive(Debug, Clone)]
+pub struct LocalStorage {
+    pub dir: PathBuf,
+    pub port: u16,
+}
+
+#[derive(Debug, Clone)]
+pub enum MailTransport {
+    /// `smtp://host:port` (plain or STARTTLS when offered), `smtps://` (TLS), credentials in the URL.
+    Smtp(Secret),
+    /// Every message is written as an `.eml` file in this folder.
+    Folder(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+pub struct MailConfig {
+    pub transport: MailTransport,
+    pub from: String,
+}
+
+/// How many jobs one worker process runs at once, per queue.
+#[derive(Debug, Clone, Copy)]
+pub struct WorkerConcurrency {
+    pub email: usize,
+    pub media: usize,
+    pub default: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub host: IpAddr,
+    pub port: u16,
+    pub public_url: Url,
+    pub database_url: Secret,
+    pub database_max_connections: u32,
+    pub redis_url: Secret,
+    /// Prefix of every Redis key and queue name, so several deployments (or tests) share one Redis.
+    pub queue_prefix: String,
+    pub storage: StorageConfig,
+    pub mail: MailConfig,
+    pub jwt_secret: Secret,
+    /// Bearer token for operator routes until accounts with the admin role exist.
+    pub admin_token: Option<Secret>,
+    pub worker_concurrency: WorkerConcurrency,
+    pub shutdown_timeout: Duration,
+    pub log_format: LogFormat,
+}
+
+/// Every problem found in the environment, by variable name.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError {
+    pub problems: BTreeMap<&'static str, String>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "invalid configuration ({} problem(s)):",
+            self.problems.len()
+        )?;
+        for (name, problem) in &self.problems {
+            writeln!(f, "  {name}: {problem}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads variables from a source and records every problem instead of stopping at the first.
+struct Reader<F: Fn(&str) -> Option<String>> {
+    get: F,
+    problems: BTreeMap<&'static str, String>,
+}
+
+impl<F: Fn(&str) -> Option<String>> Reader<F> {
+    fn raw(&self, name: &str) -> Option<String> {
+        (self.get)(name)
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
+    }
+
+    fn problem(&mut self, name: &'static str, message: impl Into<String>) {
+        self.problems.insert(name, message.into());
+    }
+
+    fn string(&mut self, name: &'static str, default: &str) -> String {
+        self.raw(name).unwrap_or_else(|| default.to_owned())
+    }
+
+    fn required(&mut self, name: &'static str) -> Option<String> {
+        let value = self.raw(name);
+        if value.is_none() {
+            self.problem(name, "is required but not set");
+        }
+        value
+    }
+
+    fn parse<T: FromStr>(&mut self, name: &'static str, default: T, expected: &str) -> T {
+        match self.raw(name) {
+            None => default,
+            Some(raw) => raw.parse().unwrap_or_else(|_| {
+                self.problem(name, format!("expected {expected}, got {raw:?}"));
+                default
+            }),
+        }
+    }
+
+    fn bool(&mut self, name: &'static str, default: bool) -> bool {
+        match self.raw(name).map(|v| v.to_ascii_lowercase()) {
+            None => default,
+            Some(v) if matches!(v.as_str(), "1" | "true" | "yes" | "on") => true,
+            Some(v) if matches!(v.as_str(), "0" | "false" | "no" | "off") => false,
+            Some(v) => {
+                self.problem(name, format!("expected true or false, got {v:?}"));
+                default
+            }
+        }
+    }
+
+    fn positive(&mut self, name: &'static str, default: usize) -> usize {
+        let value = self.parse(name, default, "a positive integer");
+        if value == 0 {
+            self.problem(name, "must be at least 1");
+            return default;
+        }
+        value
+    }
+
+    fn url(&mut self, name: &'static str, raw: &str, schemes: &[&str]) -> Option<Url> {
+        match Url::parse(raw) {
+            Ok(url) if schemes.contains(&url.scheme()) => Some(url),
+            Ok(url) => {
+                self.problem(
+                    name,
+                    format!(
+                        "scheme {:?} is not one of {}",
+                        url.scheme(),
+                        schemes.join(", ")
+                    ),
+                );
+                None
+            }
+            Err(e) => {
+                self.problem(name, format!("not a valid URL: {e}"));
+                None
+            }
+        }
+    }
+}
+
+const MIN_SECRET_LEN: usize = 32;
+
+impl Config {
+    /// Loads `.env` when present (never overriding the real environment), then reads the environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let _ = dotenvy::dotenv();
+        Self::from_source(|name| std::env::var(name).ok())
+    }
+
+    /// Reads configuration from any key-value source; tests pass a map.
+    pub fn from_source(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let mut r = Reader {
+            get,
+            problems: BTreeMap::new(),
+        };
+
+        let host = r.parse("HOST", IpAddr::from([127, 0, 0, 1]), "an IP address");
+        let port = r.parse("PORT", 8080u16, "a port number (0-65535)");
+        let public_url_raw = r.string("PUBLIC_URL", &format!("http://localhost:{port}"));
+        let public_url = r.url("PUBLIC_URL", &public_url_raw, &["http", "https"]);
+
+        let database_url = r.string("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/lectern");
+        r.url("DATABASE_URL", &database_url, &["postgres", "postgresql"]);
+        let database_max_connections =
+            r.parse("DATABASE_MAX_CONNECTIONS", 10u32, "a positive integer");
+
+        let redis_url = r.string("REDIS_URL", "redis://127.0.0.1:6379");
+        r.url("REDIS_URL", &redis_url, &["redis", "rediss"]);
+        let queue_prefix = r.string("QUEUE_PREFIX", "lectern");
+        if !queue_prefix
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            r.problem(
+                "QUEUE_PREFIX",
+                "only letters, digits, '-' and '_' are allowed",
+            );
+        }
+
+        let storage = read_storage(&mut r);
+        let mail = read_mail(&mut r);
+
+        let jwt_secret = r.required("JWT_SECRET").unwrap_or_default();
+        if !jwt_secret.is_empty() && jwt_secret.len() < MIN_SECRET_LEN {
+            r.problem(
+                "JWT_SECRET",
+                format!("must be at least {MIN_SECRET_LEN} characters"),
+            );
+        }
+        let admin_token = r.raw("ADMIN_TOKEN");
+        if admin_token
+            .as_ref()
+            .is_some_and(|t| t.len() < MIN_SECRET_LEN)
+        {
+            r.problem(
+                "ADMIN_TOKEN",
+                format!("must be at least {MIN_SECRET_LEN} characters"),
+            );
+        }
+
+        let worker_concurrency = WorkerConcurrency {
+            email: r.positive("WORKER_CONCURRENCY_EMAIL", 8),
+            media: r.positive("WORKER_CONCURRENCY_MEDIA", 2),
+            default: r.positive("WORKER_CONCURRENCY_DEFAULT", 4),
+        };
+        let shutdown_timeout =
+            Duration::from_secs(r.parse("SHUTDOWN_TIMEOUT_SECS", 30u64, "a number of seconds"));
+        let log_format = match r.string("LOG_FORMAT", "pretty").as_str() {
+            "pretty" => LogFormat::Pretty,
+            "json" => LogFormat::Json,
+            other => {
+                r.problem(
+                    "LOG_FORMAT",
+                    format!("expected pretty or json, got {other:?}"),
+                );
+                LogFormat::Pretty
+            }
+        };
+
+        let (Some(public_url), true) = (public_url, r.problems.is_empty()) else {
+            return Err(ConfigError {
+                problems: r.problems,
+            });
+        };
+        Ok(Config {
+            host,
+            port,
+            public_url,
+            database_url: Secret::new(database_url),
+            database_max_connections,
+            redis_url: Secret::new(redis_url),
+            queue_prefix,
+            storage,
+            mail,
+            jwt_secret: Secret::new(jwt_secret),
+            admin_token: admin_token.map(Secret::new),
+            worker_concurrency,
+            shutdown_timeout,
+            log_format,
+        })
+    }
+}
+
+fn read_storage<F: Fn(&str) -> Option<String>>(r: &mut Reader<F>) -> StorageConfig {
+    let backend = r.string("STORAGE_BACKEND", "local");
+    let bucket = r.string("S3_BUCKET", "lectern-media");
+    if !(3..=63).contains(&bucket.len())
+        || !bucket
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+    {
+        r.problem(
+            "S3_BUCKET",
+            "must be 3-63 characters of lowercase letters, digits, '-' and '.'",
+        );
+    }
+    let region = r.string("S3_REGION", "us-east-1");
+    match backend.as_str() {
+        "local" => {
+            let port = r.parse("LOCAL_S3_PORT", 9000u16, "a port number (0-65535)");
+            let dir = PathBuf::from(r.string("LOCAL_S3_DIR", "./data/s3"));
+            let endpoint = Url::parse(&format!("http://127.0.0.1:{port}")).ok();
+            StorageConfig {
+                endpoint,
+                bucket,
+                region,
+                access_key_id: r.string("S3_ACCESS_KEY_ID", "lectern-local"),
+                secret_access_key: Secret::new(
+                    r.string("S3_SECRET_ACCESS_KEY", "lectern-local-secret"),
+                ),
+                force_path_style: true,
+                local: Some(LocalStorage { dir, port }),
+            }
+        }
+        "s3" => {
+            let endpoint = r
+                .raw("S3_ENDPOINT")
+                .and_then(|raw| r.url("S3_ENDPOINT", &raw, &["http", "https"]));
+            let access_key_id = r.required("S3_ACCESS_KEY_ID").unwrap_or_default();
+            let secret = r.required("S3_SECRET_ACCESS_KEY").unwrap_or_default();
+            let force_path_style = r.bool("S3_FORCE_PATH_STYLE", endpoint.is_some());
+            StorageConfig {
+                endpoint,
+                bucket,
+                region,
+                access_key_id,
+                secret_access_key: Secret::new(secret),
+                force_path_style,
+                local: None,
+            }
+        }
+        other => {
+            r.problem(
+                "STORAGE_BACKEND",
+                format!("expected local or s3, got {other:?}"),
+            );
+            StorageConfig {
+                endpoint: None,
+                bucket,
+                region,
+                access_key_id: String::new(),
+                secret_access_key: Secret::new(""),
+                force_path_style: false,
+                local: None,
+            }
+        }
+    }
+}
+
+fn read_mail<F: Fn(&str) -> Option<String>>(r: &mut Reader<F>) -> MailConfig {
+    let transport = match r.raw("SMTP_URL") {
+        Some(raw) => {
+            r.url("SMTP_URL", &raw, &["smtp", "smtps"]);
+            MailTransport::Smtp(Secret::new(raw))
+        }
+        None => MailTransport::Folder(PathBuf::from(r.string("MAIL_DIR", "./data/mail"))),
+    };
+    let from = r.string("MAIL_FROM", "Lectern <no-reply@lectern.localhost>");
+    if from.parse::<lettre::message::Mailbox>().is_err() {
+        r.problem("MAIL_FROM", format!("not a valid mailbox: {from:?}"));
+    }
+    MailConfig { transport, from }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn load(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Config::from_source(|name| map.get(name).cloned())
+    }
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn defaults_run_on_one_machine() {
+        let config = load(&[("JWT_SECRET", SECRET)]).expect("defaults are valid");
+        assert_eq!(config.port, 8080);
+        assert_eq!(config.public_url.as_str(), "http://localhost:8080/");
+        assert!(config.storage.local.is_some());
+        assert!(matches!(config.mail.transport, MailTransport::Folder(_)));
+        assert_eq!(config.worker_concurrency.media, 2);
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let err = load(&[
+            ("PORT", "eighty"),
+            ("REDIS_URL", "http://nope"),
+            ("STORAGE_BACKEND", "s3"),
+            ("WORKER_CONCURRENCY_EMAIL", "0"),
+            ("LOG_FORMAT", "xml"),
+        ])
+        .expect_err("invalid");
+        let names: Vec<_> = err.problems.keys().copied().collect();
+        assert_eq!(
+            names,
+            vec![
+                "JWT_SECRET",
+                "LOG_FORMAT",
+                "PORT",
+                "REDIS_URL",
+                "S3_ACCESS_KEY_ID",
+                "S3_SECRET_ACCESS_KEY",
+                "WORKER_CONCURRENCY_EMAIL"
+            ]
+        );
+        let text = err.to_string();
+        assert!(text.contains("PORT: expected a port number"), "{text}");
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let config = load(&[("JWT_SECRET", SECRET)]).expect("valid");
+        let debug = format!("{config:?}");
+        assert!(!debug.contains(SECRET));
+        assert!(!debug.contains("lectern-local-secret"));
+    }
+}

@@ -1,0 +1,208 @@
+//! Jobs: typed payloads for every kind of background work, the durable job table
+//! (PostgreSQL is the source of truth for a job's state, payload, attempts and errors) and the
+//! Redis transport (apalis-redis) that wakes a worker as soon as a job is due.
+//!
+//! Life of a job: a service inserts the row inside the transaction that created its subject
+//! ([`insert`]), commits, then calls [`JobQueue::dispatch`]. If the process dies between the
+//! commit and the push, the relay in every worker ([`relay_due`]) pushes it later, so a committed
+//! job is never lost; a rolled-back transaction never leaves a job behind.
+
+mod payload;
+mod store;
+
+pub use payload::*;
+pub use store::*;
+
+use std::time::Duration;
+
+use apalis::prelude::TaskSink;
+use apalis_redis::{Config as RedisQueueConfig, RedisStorage};
+use redis::aio::ConnectionManager;
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// Queues isolate kinds from each other: a burst of transcodes never delays a password-reset mail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Queue {
+    Email,
+    Media,
+    Default,
+}
+
+impl Queue {
+    pub const ALL: [Queue; 3] = [Queue::Email, Queue::Media, Queue::Default];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Queue::Email => "email",
+            Queue::Media => "media",
+            Queue::Default => "default",
+        }
+    }
+
+    pub fn parse(name: &str) -> Queue {
+        match name {
+            "email" => Queue::Email,
+            "media" => Queue::Media,
+            _ => Queue::Default,
+        }
+    }
+
+    /// The Redis queue name, namespaced by the deployment's prefix (no `:` in apalis queue names).
+    pub fn redis_name(self, prefix: &str) -> String {
+        format!("{prefix}-{}", self.as_str())
+    }
+}
+
+/// What travels through Redis: only the job's id. The payload stays in PostgreSQL, so a worker
+/// always runs the committed version and the job's history lives in one place.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct JobRef {
+    pub id: Uuid,
+}
+
+/// How often an idle worker asks Redis for work; bounds pick-up latency.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// A worker that stops heart-beating for this long loses its Redis leases to live workers.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
+pub const MISSED_HEARTBEATS: usize = 3;
+
+/// The apalis-redis storage of one queue.
+pub fn redis_storage(conn: ConnectionManager, prefix: &str, queue: Queue) -> RedisStorage<JobRef> {
+    let config = RedisQueueConfig::default()
+        .queue(queue.redis_name(prefix))
+        .heartbeat_interval(HEARTBEAT_INTERVAL)
+        .missed_heartbeats(MISSED_HEARTBEATS);
+    RedisStorage::new(conn).with_config(config)
+}
+
+/// A Redis connection that is established on first use and re-established after Redis restarts.
+pub fn redis_connection(url: &str) -> redis::RedisResult<ConnectionManager> {
+    let client = redis::Client::open(url)?;
+    let config = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(2)))
+        .set_response_timeout(Some(Duration::from_secs(5)))
+        .set_number_of_retries(3)
+        .set_max_delay(Duration::from_secs(2));
+    client.get_connection_manager_lazy(config)
+}
+
+/// The enqueue handle the API and services use: cheap to clone.
+#[derive(Clone)]
+pub struct JobQueue {
+    pool: PgPool,
+    email: RedisStorage<JobRef>,
+    media: RedisStorage<JobRef>,
+    default: RedisStorage<JobRef>,
+}
+
+impl std::fmt::Debug for JobQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobQueue").finish_non_exhaustive()
+    }
+}
+
+impl JobQueue {
+    pub fn new(pool: PgPool, conn: ConnectionManager, prefix: &str) -> Self {
+        JobQueue {
+            pool,
+            email: redis_storage(conn.clone(), prefix, Queue::Email),
+            media: redis_storage(conn.clone(), prefix, Queue::Media),
+            default: redis_storage(conn, prefix, Queue::Default),
+        }
+    }
+
+    fn storage(&self, queue: Queue) -> RedisStorage<JobRef> {
+        match queue {
+            Queue::Email => self.email.clone(),
+            Queue::Media => self.media.clone(),
+            Queue::Default => self.default.clone(),
+        }
+    }
+
+    /// Pushes a committed job to its Redis queue and records that it was dispatched.
+    /// Failure is logged, not returned: the relay dispatches the job once Redis is back.
+    pub async fn dispatch(&self, job: &NewJob) {
+        if let Err(e) = self.push(job.id, job.queue, job.delay()).await {
+            tracing::warn!(job_id = %job.id, error = %e, "job committed but not pushed; the relay will push it");
+            return;
+        }
+        if let Err(e) = mark_dispatched(&self.pool, job.id).await {
+            tracing::warn!(job_id = %job.id, error = %e, "job pushed but not marked dispatched; the relay may push it again (harmless)");
+        }
+    }
+
+    /// Pushes one job id to Redis, to run after `delay` (second granularity in apalis-redis).
+    pub async fn push(&self, id: Uuid, queue: Queue, delay: Duration) -> Result<(), crate::Error> {
+        let mut storage = self.storage(queue);
+        let task = apalis::prelude::TaskBuilder::new(JobRef { id })
+            .run_after(delay)
+            .build();
+        storage.push_task(task).await.map_err(|e| {
+            crate::Error::Unavailable(crate::error::Dependency::Redis, e.to_string().into())
+        })
+    }
+}
+
+/// How a job attempt failed, which decides what happens next.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// Worth another attempt after a backoff: a dependency timed out, an SMTP 4xx, storage throttling.
+    #[error("{0}")]
+    Retryable(String),
+    /// Retrying cannot help: a corrupt file, a refused mailbox, a subject that no longer exists.
+    #[error("{0}")]
+    Permanent(String),
+}
+
+impl From<crate::Error> for JobError {
+    fn from(e: crate::Error) -> Self {
+        match e {
+            crate::Error::Unavailable(dep, source) => {
+                JobError::Retryable(format!("{dep} unavailable: {source}"))
+            }
+            crate::Error::Internal(source) => {
+                JobError::Retryable(format!("internal error: {source}"))
+            }
+            other => JobError::Permanent(other.to_string()),
+        }
+    }
+}
+
+/// Exponential backoff with full jitter: attempt 1 waits up to `base`, each further attempt up to
+/// twice as long, capped at `max`. Jitter spreads retries so failures do not come back in waves.
+pub fn backoff(attempt: i32, base: Duration, max: Duration) -> Duration {
+    let exp = u32::try_from(attempt.saturating_sub(1).clamp(0, 20)).unwrap_or(20);
+    let ceiling = base.saturating_mul(2u32.saturating_pow(exp)).min(max);
+    let ceiling_ms = u64::try_from(ceiling.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1);
+    let jittered = rand::random_range(ceiling_ms / 2..=ceiling_ms);
+    Duration::from_millis(jittered)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let base = Duration::from_secs(2);
+        let max = Duration::from_secs(60);
+        for _ in 0..100 {
+            let first = backoff(1, base, max);
+            assert!(
+                first >= Duration::from_secs(1) && first <= base,
+                "{first:?}"
+            );
+            let third = backoff(3, base, max);
+            assert!(
+                third >= Duration::from_secs(4) && third <= Duration::from_secs(8),
+                "{third:?}"
+            );
+            assert!(backoff(30, base, max) <= max);
+        }
+    }
+}

@@ -1,0 +1,355 @@
+//! SQL for the `jobs` table.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use super::{Job, JobQueue, Queue};
+use crate::error::{Error, Result};
+
+/// A job row written inside a transaction, to be dispatched once that transaction commits.
+#[derive(Debug, Clone)]
+#[must_use = "dispatch the job after the transaction commits"]
+pub struct NewJob {
+    pub id: Uuid,
+    pub kind: &'static str,
+    pub queue: Queue,
+    pub run_at: DateTime<Utc>,
+}
+
+impl NewJob {
+    pub fn delay(&self) -> Duration {
+        (self.run_at - Utc::now())
+            .to_std()
+            .unwrap_or(Duration::ZERO)
+    }
+
+    /// The reference long requests answer with (`202 Accepted`).
+    pub fn reference(&self) -> JobReference {
+        JobReference {
+            id: self.id,
+            kind: self.kind.to_owned(),
+            state: JobState::Queued,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    Queued,
+    Running,
+    Retrying,
+    Succeeded,
+    Failed,
+}
+
+impl JobState {
+    fn parse(s: &str) -> JobState {
+        match s {
+            "running" => JobState::Running,
+            "retrying" => JobState::Retrying,
+            "succeeded" => JobState::Succeeded,
+            "failed" => JobState::Failed,
+            _ => JobState::Queued,
+        }
+    }
+}
+
+/// `{id, kind, state}`: what a client gets back when it starts long work.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct JobReference {
+    pub id: Uuid,
+    pub kind: String,
+    pub state: JobState,
+}
+
+/// A job as clients and operators see it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct JobView {
+    pub id: Uuid,
+    pub kind: String,
+    pub state: JobState,
+    pub attempts: i32,
+    pub max_attempts: i32,
+    pub progress: i16,
+    pub last_error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub run_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    #[serde(skip)]
+    pub created_by: Option<Uuid>,
+}
+
+#[derive(sqlx::FromRow)]
+struct JobRow {
+    id: Uuid,
+    kind: String,
+    state: String,
+    attempts: i32,
+    max_attempts: i32,
+    progress: i16,
+    last_error: Option<String>,
+    created_at: DateTime<Utc>,
+    run_at: DateTime<Utc>,
+    started_at: Option<DateTime<Utc>>,
+    finished_at: Option<DateTime<Utc>>,
+    created_by: Option<Uuid>,
+}
+
+impl From<JobRow> for JobView {
+    fn from(r: JobRow) -> Self {
+        JobView {
+            id: r.id,
+            kind: r.kind,
+            state: JobState::parse(&r.state),
+            attempts: r.attempts,
+            max_attempts: r.max_attempts,
+            progress: r.progress,
+            last_error: r.last_error,
+            created_at: r.created_at,
+            run_at: r.run_at,
+            started_at: r.started_at,
+            finished_at: r.finished_at,
+            created_by: r.created_by,
+        }
+    }
+}
+
+/// Writes a job row in the caller's transaction. Dispatch it with [`JobQueue::dispatch`] after commit.
+pub async fn insert(
+    conn: &mut PgConnection,
+    job: &Job,
+    created_by: Option<Uuid>,
+    run_at: Option<DateTime<Utc>>,
+) -> Result<NewJob> {
+    let policy = job.policy();
+    let id = Uuid::now_v7();
+    let run_at: DateTime<Utc> = sqlx::query_scalar(
+        "INSERT INTO jobs (id, kind, queue, payload, max_attempts, created_by, run_at)
+         VALUES ($1, $2, $3, $4, $5, $6, COALESCE($7, now()))
+         RETURNING run_at",
+    )
+    .bind(id)
+    .bind(job.kind())
+    .bind(policy.queue.as_str())
+    .bind(job.payload_json())
+    .bind(policy.max_attempts)
+    .bind(created_by)
+    .bind(run_at)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(NewJob {
+        id,
+        kind: job.kind(),
+        queue: policy.queue,
+        run_at,
+    })
+}
+
+pub async fn mark_dispatched(pool: &PgPool, id: Uuid) -> Result<()> {
+    sqlx::query("UPDATE jobs SET dispatched_at = now() WHERE id = $1 AND dispatched_at IS NULL")
+        .bind(id)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<JobView>> {
+    let row: Option<JobRow> = sqlx::query_as(
+        "SELECT id, kind, state, attempts, max_attempts, progress, last_error, created_at,
+                run_at, started_at, finished_at, created_by
+         FROM jobs WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(Into::into))
+}
+
+/// An attempt a worker now owns.
+#[derive(Debug)]
+pub struct Claimed {
+    pub id: Uuid,
+    pub kind: String,
+    pub payload: serde_json::Value,
+    pub attempt: i32,
+    pub max_attempts: i32,
+}
+
+/// Takes a job for one attempt, atomically: only a queued or retrying job that is due, or a
+/// running one whose owner vanished (lease expired), can be claimed. A duplicate delivery of a
+/// job that already ran, or that another worker is running, claims nothing.
+pub async fn claim(pool: &PgPool, id: Uuid, lease: Duration) -> Result<Option<Claimed>> {
+    let lease_secs = lease.as_secs_f64();
+    let row: Option<(Uuid, String, serde_json::Value, i32, i32)> = sqlx::query_as(
+        "UPDATE jobs
+            SET state = 'running', attempts = attempts + 1, started_at = now(), updated_at = now(),
+                lease_expires_at = now() + make_interval(secs => $2)
+          WHERE id = $1
+            AND ((state IN ('queued', 'retrying') AND run_at <= now() + interval '1 second')
+                 OR (state = 'running' AND lease_expires_at < now()))
+         RETURNING id, kind, payload, attempts, max_attempts",
+    )
+    .bind(id)
+    .bind(lease_secs)
+    .fetch_optional(pool)
+    .await?;
+    Ok(
+        row.map(|(id, kind, payload, attempt, max_attempts)| Claimed {
+            id,
+            kind,
+            payload,
+            attempt,
+            max_attempts,
+        }),
+    )
+}
+
+/// Extends a running attempt's lease (long jobs call this while they work) and records progress.
+pub async fn heartbeat(
+    pool: &PgPool,
+    id: Uuid,
+    attempt: i32,
+    lease: Duration,
+    progress: Option<u8>,
+) -> Result<bool> {
+    let updated = sqlx::query(
+        "UPDATE jobs
+            SET lease_expires_at = now() + make_interval(secs => $3),
+                progress = COALESCE($4, progress), updated_at = now()
+          WHERE id = $1 AND attempts = $2 AND state = 'running'",
+    )
+    .bind(id)
+    .bind(attempt)
+    .bind(lease.as_secs_f64())
+    .bind(progress.map(i16::from))
+    .execute(pool)
+    .await?;
+    Ok(updated.rows_affected() == 1)
+}
+
+/// Records a successful attempt. Fenced by the attempt number: a worker whose lease was taken
+/// over cannot overwrite the newer attempt's outcome.
+pub async fn succeed(pool: &PgPool, id: Uuid, attempt: i32) -> Result<bool> {
+    let updated = sqlx::query(
+        "UPDATE jobs
+            SET state = 'succeeded', progress = 100, lease_expires_at = NULL,
+                finished_at = now(), updated_at = now()
+          WHERE id = $1 AND attempts = $2 AND state = 'running'",
+    )
+    .bind(id)
+    .bind(attempt)
+    .execute(pool)
+    .await?;
+    Ok(updated.rows_affected() == 1)
+}
+
+/// Records a failed attempt: back to `retrying` at `retry_at`, or `failed` for good (a dead
+/// letter that keeps its payload and every attempt's error) when `retry_at` is `None`.
+pub async fn fail(
+    pool: &PgPool,
+    id: Uuid,
+    attempt: i32,
+    error: &str,
+    retry_at: Option<DateTime<Utc>>,
+) -> Result<bool> {
+    let updated = sqlx::query(
+        "UPDATE jobs
+            SET state = CASE WHEN $4::timestamptz IS NULL THEN 'failed' ELSE 'retrying' END,
+                run_at = COALESCE($4, run_at),
+                dispatched_at = NULL,
+                lease_expires_at = NULL,
+                last_error = $3,
+                errors = errors || jsonb_build_array(
+                    jsonb_build_object('attempt', $2, 'error', $3, 'at', now())),
+                finished_at = CASE WHEN $4::timestamptz IS NULL THEN now() END,
+                updated_at = now()
+          WHERE id = $1 AND attempts = $2 AND state = 'running'",
+    )
+    .bind(id)
+    .bind(attempt)
+    .bind(error)
+    .bind(retry_at)
+    .execute(pool)
+    .await?;
+    Ok(updated.rows_affected() == 1)
+}
+
+/// Gives back jobs whose worker vanished mid-attempt (its lease expired without a heartbeat):
+/// the attempt counts as failed, and the job is retried or, out of attempts, failed for good.
+pub async fn recover_expired(pool: &PgPool) -> Result<u64> {
+    let done = sqlx::query(
+        "UPDATE jobs
+            SET state = CASE WHEN attempts >= max_attempts THEN 'failed' ELSE 'retrying' END,
+                lease_expires_at = NULL, dispatched_at = NULL, run_at = now() - interval '1 hour',
+                last_error = 'the worker running this attempt stopped responding',
+                errors = errors || jsonb_build_array(jsonb_build_object(
+                    'attempt', attempts,
+                    'error', 'the worker running this attempt stopped responding',
+                    'at', now())),
+                finished_at = CASE WHEN attempts >= max_attempts THEN now() END,
+                updated_at = now()
+          WHERE state = 'running' AND lease_expires_at < now()",
+    )
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Pushes to Redis every job that is due but not in Redis: committed jobs whose dispatch was
+/// lost (process crash, Redis down), retries whose push failed, and jobs given back by
+/// [`recover_expired`]. A job gets a few seconds of grace after it comes due, so the process
+/// that committed it can push it first. Safe to run in every worker at once (`SKIP LOCKED`).
+/// Returns how many jobs it pushed.
+pub async fn relay_due(pool: &PgPool, queue: &JobQueue, limit: i64) -> Result<usize> {
+    let mut tx = pool.begin().await?;
+    let due: Vec<(Uuid, String)> = sqlx::query_as(
+        "SELECT id, queue FROM jobs
+          WHERE state IN ('queued', 'retrying') AND dispatched_at IS NULL
+            AND run_at <= now() - interval '3 seconds'
+          ORDER BY run_at
+          LIMIT $1
+          FOR UPDATE SKIP LOCKED",
+    )
+    .bind(limit)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut pushed = 0;
+    for (id, queue_name) in due {
+        queue
+            .push(id, Queue::parse(&queue_name), Duration::ZERO)
+            .await?;
+        sqlx::query("UPDATE jobs SET dispatched_at = now() WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        pushed += 1;
+    }
+    tx.commit().await?;
+    Ok(pushed)
+}
+
+/// Fails a job that cannot even be decoded (unknown kind or corrupt payload) without running it.
+pub async fn reject(pool: &PgPool, id: Uuid, attempt: i32, reason: &str) -> Result<()> {
+    fail(pool, id, attempt, reason, None).await.map(|_| ())
+}
+
+/// Jobs started by one user, or by anyone for an admin; `None` when the caller may not see it.
+pub async fn get_visible(
+    pool: &PgPool,
+    id: Uuid,
+    viewer: Option<Uuid>,
+    admin: bool,
+) -> Result<JobView> {
+    let job = get(pool, id).await?.ok_or(Error::NotFound("job"))?;
+    if admin || (viewer.is_some() && job.created_by == viewer) {
+        Ok(job)
+    } else {
+        Err(Error::NotFound("job"))
+    }
+}

@@ -1,0 +1,17 @@
+//! Lectern's core: configuration, domain services, SQL, job payloads, and the storage and mail
+//! clients. The API and the worker are thin shells around it.
+
+pub mod auth;
+pub mod config;
+pub mod db;
+pub mod email;
+pub mod error;
+pub mod health;
+pub mod jobs;
+pub mod mail;
+pub mod services;
+pub mod storage;
+pub mod telemetry;
+
+pub use error::{Error, Result};
+pub use services::Services;

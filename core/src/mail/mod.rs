@@ -1,0 +1,262 @@
+//! Mail: templates rendered with minijinja (HTML and plain text), delivered by lettre over SMTP
+//! or, as the local default, written as `.eml` files into a folder.
+
+use std::sync::LazyLock;
+
+use lettre::message::{Mailbox, MultiPart};
+use lettre::{AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use minijinja::Environment;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{MailConfig, MailTransport};
+
+/// Every mail the product sends. Each has a subject, a plain-text and an HTML template.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EmailTemplate {
+    /// An operator's delivery check.
+    TestMessage,
+}
+
+impl EmailTemplate {
+    pub fn name(self) -> &'static str {
+        match self {
+            EmailTemplate::TestMessage => "test_message",
+        }
+    }
+}
+
+static TEMPLATES: LazyLock<Environment<'static>> = LazyLock::new(|| {
+    let mut env = Environment::new();
+    env.set_undefined_behavior(minijinja::UndefinedBehavior::Lenient);
+    let sources: &[(&str, &str)] = &[
+        (
+            "layout.html",
+            include_str!("../../templates/email/layout.html"),
+        ),
+        (
+            "test_message.subject.txt",
+            include_str!("../../templates/email/test_message.subject.txt"),
+        ),
+        (
+            "test_message.txt",
+            include_str!("../../templates/email/test_message.txt"),
+        ),
+        (
+            "test_message.html",
+            include_str!("../../templates/email/test_message.html"),
+        ),
+    ];
+    for (name, source) in sources {
+        if let Err(e) = env.add_template(name, source) {
+            // Templates are compiled in; a broken one fails the unit tests below.
+            tracing::error!(template = name, error = %e, "invalid mail template");
+        }
+    }
+    env
+});
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rendered {
+    pub subject: String,
+    pub text: String,
+    pub html: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MailError {
+    #[error("invalid recipient address {0:?}")]
+    InvalidAddress(String),
+    #[error("template {template} failed to render: {source}")]
+    Render {
+        template: &'static str,
+        #[source]
+        source: minijinja::Error,
+    },
+    #[error("could not build the message: {0}")]
+    Build(String),
+    /// 5xx from the server: the address or message is refused for good.
+    #[error("mail server refused the message: {0}")]
+    Rejected(String),
+    /// 4xx, connection or timeout problems: worth retrying.
+    #[error("mail server unavailable: {0}")]
+    Unavailable(String),
+    #[error("could not write the message file: {0}")]
+    Folder(String),
+}
+
+impl MailError {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, MailError::Unavailable(_) | MailError::Folder(_))
+    }
+}
+
+/// Renders a template with the shared variables (`product_name`, `public_url`) and the job's own.
+pub fn render(
+    template: EmailTemplate,
+    public_url: &str,
+    vars: &serde_json::Map<String, serde_json::Value>,
+) -> Result<Rendered, MailError> {
+    let mut ctx = vars.clone();
+    ctx.insert("product_name".into(), "Lectern".into());
+    ctx.insert("public_url".into(), public_url.trim_end_matches('/').into());
+    let name = template.name();
+    let render_one = |suffix: &str| -> Result<String, MailError> {
+        TEMPLATES
+            .get_template(&format!("{name}.{suffix}"))
+            .and_then(|t| t.render(&ctx))
+            .map_err(|source| MailError::Render {
+                template: name,
+                source,
+            })
+    };
+    Ok(Rendered {
+        subject: render_one("subject.txt")?.trim().to_owned(),
+        text: render_one("txt")?,
+        html: render_one("html")?,
+    })
+}
+
+enum Transport {
+    Smtp(AsyncSmtpTransport<Tokio1Executor>),
+    Folder(AsyncFileTransport<Tokio1Executor>, std::path::PathBuf),
+}
+
+/// Sends rendered mail; cheap to clone (SMTP connections are pooled).
+#[derive(Clone)]
+pub struct Mailer {
+    transport: std::sync::Arc<Transport>,
+    from: Mailbox,
+}
+
+impl std::fmt::Debug for Mailer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mailer")
+            .field("from", &self.from)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Mailer {
+    pub fn new(config: &MailConfig) -> Result<Self, MailError> {
+        let from: Mailbox = config
+            .from
+            .parse()
+            .map_err(|_| MailError::InvalidAddress(config.from.clone()))?;
+        let transport = match &config.transport {
+            MailTransport::Smtp(url) => Transport::Smtp(
+                AsyncSmtpTransport::<Tokio1Executor>::from_url(url.expose())
+                    .map_err(|e| MailError::Build(format!("SMTP_URL: {e}")))?
+                    .timeout(Some(std::time::Duration::from_secs(20)))
+                    .build(),
+            ),
+            MailTransport::Folder(dir) => {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| MailError::Folder(format!("{}: {e}", dir.display())))?;
+                Transport::Folder(AsyncFileTransport::<Tokio1Executor>::new(dir), dir.clone())
+            }
+        };
+        Ok(Mailer {
+            transport: std::sync::Arc::new(transport),
+            from,
+        })
+    }
+
+    /// Builds and delivers one message with a plain-text and an HTML alternative.
+    pub async fn send(
+        &self,
+        to: &str,
+        rendered: &Rendered,
+        list_unsubscribe: Option<&str>,
+    ) -> Result<(), MailError> {
+        let to: Mailbox = to
+            .parse()
+            .map_err(|_| MailError::InvalidAddress(to.to_owned()))?;
+        let mut builder = Message::builder()
+            .from(self.from.clone())
+            .to(to)
+            .subject(rendered.subject.clone())
+            .message_id(None);
+        if let Some(url) = list_unsubscribe {
+            builder = builder.header(ListUnsubscribe(format!("<{url}>")));
+        }
+        let message = builder
+            .multipart(MultiPart::alternative_plain_html(
+                rendered.text.clone(),
+                rendered.html.clone(),
+            ))
+            .map_err(|e| MailError::Build(e.to_string()))?;
+        match self.transport.as_ref() {
+            Transport::Smtp(smtp) => smtp.send(message).await.map(|_| ()).map_err(|e| {
+                if e.is_permanent() {
+                    MailError::Rejected(e.to_string())
+                } else {
+                    MailError::Unavailable(e.to_string())
+                }
+            }),
+            Transport::Folder(folder, dir) => folder
+                .send(message)
+                .await
+                .map(|_| ())
+                .map_err(|e| MailError::Folder(format!("{}: {e}", dir.display()))),
+        }
+    }
+
+    /// Readiness of the SMTP server (a NOOP on a pooled connection); a folder is always ready.
+    pub async fn ready(&self) -> Result<(), MailError> {
+        match self.transport.as_ref() {
+            Transport::Smtp(smtp) => match smtp.test_connection().await {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(MailError::Unavailable("connection test failed".into())),
+                Err(e) => Err(MailError::Unavailable(e.to_string())),
+            },
+            Transport::Folder(..) => Ok(()),
+        }
+    }
+}
+
+/// `List-Unsubscribe: <url>` (RFC 2369), for the mail a user can opt out of.
+#[derive(Debug, Clone)]
+struct ListUnsubscribe(String);
+
+impl lettre::message::header::Header for ListUnsubscribe {
+    fn name() -> lettre::message::header::HeaderName {
+        lettre::message::header::HeaderName::new_from_ascii_str("List-Unsubscribe")
+    }
+
+    fn parse(s: &str) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        Ok(ListUnsubscribe(s.to_owned()))
+    }
+
+    fn display(&self) -> lettre::message::header::HeaderValue {
+        lettre::message::header::HeaderValue::new(Self::name(), self.0.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_message_renders_both_parts_and_escapes_html() {
+        let mut vars = serde_json::Map::new();
+        vars.insert("sent_at".into(), "2026-11-25T10:00:00Z".into());
+        vars.insert("note".into(), "<script>alert(1)</script>".into());
+        let r = render(
+            EmailTemplate::TestMessage,
+            "https://lectern.example/",
+            &vars,
+        )
+        .expect("renders");
+        assert_eq!(r.subject, "Lectern mail delivery test");
+        assert!(r.text.contains("sent at 2026-11-25T10:00:00Z"));
+        assert!(r.text.contains("<script>"), "plain text is not escaped");
+        assert!(
+            r.html.contains("&lt;script&gt;"),
+            "HTML is escaped: {}",
+            r.html
+        );
+        assert!(r.html.contains("https://lectern.example"));
+        assert!(!r.html.contains("<script>"));
+    }
+}

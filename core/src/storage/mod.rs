@@ -1,0 +1,357 @@
+//! Media storage over the S3 protocol (AWS S3, Backblaze B2, MinIO, or the local loopback server).
+
+pub mod local;
+
+use std::time::Duration;
+
+use aws_sdk_s3::Client;
+use aws_sdk_s3::config::timeout::TimeoutConfig;
+use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::presigning::PresigningConfig;
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+
+use crate::config::StorageConfig;
+use crate::error::{Dependency, Error};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("object {0:?} not found")]
+    NotFound(String),
+    #[error("storage unreachable: {0}")]
+    Unavailable(String),
+    #[error("storage request failed: {0}")]
+    Failed(String),
+}
+
+impl StorageError {
+    /// Worth trying again later (network, timeouts, throttling, 5xx).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StorageError::Unavailable(_))
+    }
+}
+
+impl From<StorageError> for Error {
+    fn from(e: StorageError) -> Self {
+        match e {
+            StorageError::NotFound(_) => Error::NotFound("object"),
+            StorageError::Unavailable(_) => Error::Unavailable(Dependency::Storage, Box::new(e)),
+            StorageError::Failed(_) => Error::Internal(Box::new(e)),
+        }
+    }
+}
+
+fn classify<E: ProvideErrorMetadata, R>(key: &str, e: SdkError<E, R>) -> StorageError {
+    match &e {
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) => {
+            StorageError::Unavailable(format!("{e}"))
+        }
+        SdkError::ServiceError(service) => {
+            let code = service.err().code().unwrap_or("unknown");
+            match code {
+                "NoSuchKey" | "NotFound" | "NoSuchUpload" => StorageError::NotFound(key.to_owned()),
+                "SlowDown" | "ServiceUnavailable" | "InternalError" | "RequestTimeout" => {
+                    StorageError::Unavailable(code.to_owned())
+                }
+                _ => StorageError::Failed(format!(
+                    "{code}: {}",
+                    service.err().message().unwrap_or("no message")
+                )),
+            }
+        }
+        // A HEAD answers 404 without a body, which surfaces as a response error.
+        SdkError::ResponseError(_) => StorageError::Failed(format!("{e}")),
+        _ => StorageError::Failed(format!("{e}")),
+    }
+}
+
+/// What a HEAD tells about an object.
+#[derive(Debug, Clone)]
+pub struct ObjectInfo {
+    pub size: u64,
+    pub content_type: Option<String>,
+    pub etag: Option<String>,
+}
+
+/// A presigned request a client performs itself, so no media byte passes through the API.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct PresignedRequest {
+    pub method: String,
+    pub url: String,
+    /// Headers the client must send exactly as given (they are part of the signature).
+    pub headers: std::collections::BTreeMap<String, String>,
+}
+
+impl From<aws_sdk_s3::presigning::PresignedRequest> for PresignedRequest {
+    fn from(p: aws_sdk_s3::presigning::PresignedRequest) -> Self {
+        PresignedRequest {
+            method: p.method().to_owned(),
+            url: p.uri().to_owned(),
+            headers: p
+                .headers()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+        }
+    }
+}
+
+/// The S3 client Lectern uses everywhere; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Storage {
+    client: Client,
+    bucket: String,
+}
+
+impl Storage {
+    pub fn new(config: &StorageConfig) -> Self {
+        let credentials = Credentials::new(
+            config.access_key_id.clone(),
+            config.secret_access_key.expose().to_owned(),
+            None,
+            None,
+            "lectern-config",
+        );
+        let timeouts = TimeoutConfig::builder()
+            .connect_timeout(Duration::from_secs(3))
+            .read_timeout(Duration::from_secs(30))
+            .build();
+        let mut builder = aws_sdk_s3::config::Builder::new()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new(config.region.clone()))
+            .credentials_provider(credentials)
+            .force_path_style(config.force_path_style)
+            .timeout_config(timeouts);
+        if let Some(endpoint) = &config.endpoint {
+            builder = builder.endpoint_url(endpoint.as_str().trim_end_matches('/'));
+        }
+        Storage {
+            client: Client::from_conf(builder.build()),
+            bucket: config.bucket.clone(),
+        }
+    }
+
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    /// Creates the bucket when it does not exist (local default and tests; production buckets
+    /// are usually made by the operator, in which case this is a cheap HEAD).
+    pub async fn ensure_bucket(&self) -> Result<(), StorageError> {
+        if self.ready().await.is_ok() {
+            return Ok(());
+        }
+        match self
+            .client
+            .create_bucket()
+            .bucket(&self.bucket)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let code = e.code().map(str::to_owned);
+                match code.as_deref() {
+                    Some("BucketAlreadyOwnedByYou" | "BucketAlreadyExists") => Ok(()),
+                    _ => Err(classify(&self.bucket, e)),
+                }
+            }
+        }
+    }
+
+    /// Readiness: the bucket answers a HEAD.
+    pub async fn ready(&self) -> Result<(), StorageError> {
+        self.client
+            .head_bucket()
+            .bucket(&self.bucket)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| classify(&self.bucket, e))
+    }
+
+    pub async fn put(
+        &self,
+        key: &str,
+        body: ByteStream,
+        content_type: &str,
+    ) -> Result<(), StorageError> {
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type(content_type)
+            .body(body)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| classify(key, e))
+    }
+
+    /// The object's bytes as a stream; nothing is buffered whole.
+    pub async fn get(&self, key: &str) -> Result<ByteStream, StorageError> {
+        self.client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map(|out| out.body)
+            .map_err(|e| classify(key, e))
+    }
+
+    /// `Ok(None)` when the object does not exist.
+    pub async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, StorageError> {
+        match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(out) => Ok(Some(ObjectInfo {
+                size: out
+                    .content_length()
+                    .and_then(|n| u64::try_from(n).ok())
+                    .unwrap_or(0),
+                content_type: out.content_type().map(str::to_owned),
+                etag: out.e_tag().map(str::to_owned),
+            })),
+            Err(SdkError::ServiceError(e)) if e.raw().status().as_u16() == 404 => Ok(None),
+            Err(e) => Err(classify(key, e)),
+        }
+    }
+
+    /// Deleting an absent object succeeds (S3 semantics), so deletes are idempotent.
+    pub async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| classify(key, e))
+    }
+
+    fn presigning(expires_in: Duration) -> Result<PresigningConfig, StorageError> {
+        PresigningConfig::expires_in(expires_in).map_err(|e| StorageError::Failed(e.to_string()))
+    }
+
+    /// A PUT the client performs itself; the signature binds the content type and length.
+    pub async fn presign_put(
+        &self,
+        key: &str,
+        content_type: &str,
+        content_length: u64,
+        expires_in: Duration,
+    ) -> Result<PresignedRequest, StorageError> {
+        let length =
+            i64::try_from(content_length).map_err(|e| StorageError::Failed(e.to_string()))?;
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type(content_type)
+            .content_length(length)
+            .presigned(Self::presigning(expires_in)?)
+            .await
+            .map(Into::into)
+            .map_err(|e| classify(key, e))
+    }
+
+    pub async fn presign_get(
+        &self,
+        key: &str,
+        expires_in: Duration,
+    ) -> Result<PresignedRequest, StorageError> {
+        self.client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .presigned(Self::presigning(expires_in)?)
+            .await
+            .map(Into::into)
+            .map_err(|e| classify(key, e))
+    }
+
+    /// Starts a multipart upload and returns its upload id.
+    pub async fn create_multipart(
+        &self,
+        key: &str,
+        content_type: &str,
+    ) -> Result<String, StorageError> {
+        let out = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type(content_type)
+            .send()
+            .await
+            .map_err(|e| classify(key, e))?;
+        out.upload_id().map(str::to_owned).ok_or_else(|| {
+            StorageError::Failed("no upload id in CreateMultipartUpload answer".into())
+        })
+    }
+
+    /// A presigned PUT for one part (numbered from 1) of a multipart upload.
+    pub async fn presign_upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_number: i32,
+        expires_in: Duration,
+    ) -> Result<PresignedRequest, StorageError> {
+        self.client
+            .upload_part()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .part_number(part_number)
+            .presigned(Self::presigning(expires_in)?)
+            .await
+            .map(Into::into)
+            .map_err(|e| classify(key, e))
+    }
+
+    /// Completes a multipart upload from the parts the client reports (part number, ETag).
+    pub async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[(i32, String)],
+    ) -> Result<(), StorageError> {
+        let completed = CompletedMultipartUpload::builder()
+            .set_parts(Some(
+                parts
+                    .iter()
+                    .map(|(n, etag)| CompletedPart::builder().part_number(*n).e_tag(etag).build())
+                    .collect(),
+            ))
+            .build();
+        self.client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .multipart_upload(completed)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| classify(key, e))
+    }
+
+    pub async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<(), StorageError> {
+        self.client
+            .abort_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| classify(key, e))
+    }
+}

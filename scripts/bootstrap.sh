@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Makes a Debian or Ubuntu machine ready to build and run Lectern: system packages, then
+# PostgreSQL and Redis running on loopback. Safe to run again; it only does what is missing.
+set -euo pipefail
+
+log() { printf '\033[1m[bootstrap]\033[0m %s\n' "$*"; }
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+
+# Build: FFmpeg development libraries (ffmpeg-next), clang for bindgen, pkg-config.
+# Tests: the ffmpeg CLI makes test media, fonts and poppler for PDFs.
+PACKAGES=(
+  pkg-config clang libclang-dev
+  libavcodec-dev libavformat-dev libavutil-dev libswscale-dev libswresample-dev
+  libavfilter-dev libavdevice-dev ffmpeg
+  fonts-dejavu-core poppler-utils ca-certificates curl
+)
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+apt_updated=""
+apt_install() {
+  if [ -z "$apt_updated" ]; then $SUDO apt-get update -qq; apt_updated=1; fi
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+if [ ${#missing[@]} -gt 0 ]; then
+  log "installing system packages: ${missing[*]}"
+  apt_install "${missing[@]}"
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  log "Rust is missing: install it from https://rustup.rs (Lectern needs Rust 1.95 or later)"
+  exit 1
+fi
+
+# PostgreSQL on 127.0.0.1:5432, user postgres without a password (trust on loopback).
+pg_up() { pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; }
+if ! command -v pg_isready >/dev/null 2>&1 || ! pg_up; then
+  if ! command -v pg_ctlcluster >/dev/null 2>&1; then
+    log "installing PostgreSQL"
+    apt_install postgresql postgresql-client
+    fresh_pg=1
+  fi
+  version=$(ls /etc/postgresql | sort -V | tail -n1)
+  if [ "${fresh_pg:-}" = 1 ]; then
+    hba="/etc/postgresql/$version/main/pg_hba.conf"
+    log "allowing local connections as postgres without a password (development machine)"
+    $SUDO sed -i -E 's/^(host\s+all\s+all\s+(127\.0\.0\.1\/32|::1\/128)\s+)\S+/\1trust/' "$hba"
+  fi
+  log "starting PostgreSQL $version"
+  $SUDO pg_ctlcluster --skip-systemctl-redirect "$version" main start 2>/dev/null \
+    || $SUDO pg_ctlcluster "$version" main start 2>/dev/null || true
+  for _ in $(seq 1 50); do pg_up && break; sleep 0.2; done
+  pg_up || { log "PostgreSQL did not come up on 127.0.0.1:5432"; exit 1; }
+fi
+
+# Redis on 127.0.0.1:6379.
+redis_up() { redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null | grep -q PONG; }
+if ! command -v redis-cli >/dev/null 2>&1 || ! redis_up; then
+  if ! command -v redis-server >/dev/null 2>&1; then
+    log "installing Redis"
+    apt_install redis-server
+  fi
+  if ! redis_up; then
+    log "starting Redis"
+    $SUDO mkdir -p /var/lib/redis /var/log/redis
+    $SUDO redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
+      --dir /var/lib/redis --logfile /var/log/redis/lectern.log
+    for _ in $(seq 1 50); do redis_up && break; sleep 0.1; done
+    redis_up || { log "Redis did not come up on 127.0.0.1:6379"; exit 1; }
+  fi
+fi
+log "ready: system packages, PostgreSQL 127.0.0.1:5432, Redis 127.0.0.1:6379"

@@ -1,0 +1,445 @@
+//! The test harness: each test gets its own PostgreSQL database, its own Redis key prefix, a real
+//! S3 server and a real SMTP server on loopback, and the real `lectern-api` and `lectern-worker`
+//! processes, stopped (and the database dropped) when the test ends.
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::missing_panics_doc)]
+
+pub mod smtp;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use uuid::Uuid;
+
+pub use smtp::{ReceivedMail, TestSmtp};
+
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef0123456789";
+pub const JWT_SECRET: &str = "test-jwt-secret-0123456789abcdef0123456789ab";
+pub const S3_KEY: &str = "test-access-key";
+pub const S3_SECRET: &str = "test-secret-key-0123456789";
+pub const BUCKET: &str = "lectern-test";
+
+pub fn postgres_base() -> String {
+    std::env::var("TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+pub fn redis_url() -> String {
+    std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// `target/<profile>/` of the test binary, where cargo put `lectern-api` and `lectern-worker`.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the binaries first (`cargo build --bins`; the test command does)",
+        path.display()
+    );
+    path
+}
+
+/// A fresh, migrated database, dropped on drop.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+    pub pool: sqlx::PgPool,
+}
+
+impl TestDb {
+    pub async fn create() -> TestDb {
+        let name = format!("lectern_test_{}", Uuid::new_v4().simple());
+        let admin = sqlx::PgPool::connect(&format!("{}/postgres", postgres_base()))
+            .await
+            .expect("PostgreSQL on loopback (start it with scripts/services.sh)");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&admin)
+            .await
+            .expect("create test database");
+        admin.close().await;
+        let url = format!("{}/{name}", postgres_base());
+        let pool = sqlx::PgPool::connect(&url)
+            .await
+            .expect("connect test database");
+        lectern_core::db::migrate(&pool)
+            .await
+            .expect("migrations apply");
+        TestDb { name, url, pool }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let base = postgres_base();
+        // Drop needs its own runtime: the test's may be shutting down.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
+            if let Ok(rt) = rt {
+                rt.block_on(async move {
+                    if let Ok(admin) = sqlx::PgPool::connect(&format!("{base}/postgres")).await {
+                        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                        )))
+                        .execute(&admin)
+                        .await;
+                    }
+                });
+            }
+        })
+        .join();
+    }
+}
+
+/// A real S3 server (s3s-fs) on 127.0.0.1:<random>, storing into a temporary folder.
+pub struct TestS3 {
+    pub endpoint: String,
+    pub dir: PathBuf,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl TestS3 {
+    pub async fn start() -> TestS3 {
+        let dir = std::env::temp_dir().join(format!("lectern-s3-{}", Uuid::new_v4().simple()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(lectern_core::storage::local::serve(
+            listener,
+            dir.clone(),
+            S3_KEY.into(),
+            S3_SECRET.into(),
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        TestS3 {
+            endpoint,
+            dir,
+            stop: Some(stop),
+        }
+    }
+
+    pub fn config(&self) -> lectern_core::config::StorageConfig {
+        lectern_core::config::StorageConfig {
+            endpoint: Some(self.endpoint.parse().expect("url")),
+            bucket: BUCKET.into(),
+            region: "us-east-1".into(),
+            access_key_id: S3_KEY.into(),
+            secret_access_key: lectern_core::config::Secret::new(S3_SECRET),
+            force_path_style: true,
+            local: None,
+        }
+    }
+}
+
+impl Drop for TestS3 {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A running process whose output goes to a log file; killed on drop.
+pub struct Proc {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(binary: &str, args: &[&str], env: &HashMap<String, String>, log: PathBuf) -> Proc {
+        let out = std::fs::File::create(&log).expect("log file");
+        let err = out.try_clone().expect("log file");
+        let child = Command::new(bin(binary))
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("RUST_LOG", "info,lectern_worker=debug")
+            .envs(env)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("spawn process");
+        Proc { child, log }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
+    /// Waits for the process to exit, up to `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs a binary to completion with the given environment; returns (status, stdout+stderr).
+pub fn run_to_end(
+    binary: &str,
+    args: &[&str],
+    env: &HashMap<String, String>,
+) -> (ExitStatus, String) {
+    let out = Command::new(bin(binary))
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env)
+        .output()
+        .expect("run binary");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status, text)
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+#[derive(Default)]
+pub struct Options {
+    /// Start without a worker (the test starts its own, or checks the API alone).
+    pub no_worker: bool,
+    /// Extra or overriding environment variables for both processes.
+    pub env: Vec<(String, String)>,
+}
+
+/// Lectern as a user runs it: the API and a worker against real services.
+pub struct TestApp {
+    pub url: String,
+    pub http: reqwest::Client,
+    pub db: TestDb,
+    pub s3: TestS3,
+    pub smtp: TestSmtp,
+    pub prefix: String,
+    pub env: HashMap<String, String>,
+    pub api: Proc,
+    pub worker: Option<Proc>,
+    pub dir: PathBuf,
+}
+
+impl TestApp {
+    pub async fn spawn() -> TestApp {
+        Self::spawn_with(Options::default()).await
+    }
+
+    pub async fn spawn_with(options: Options) -> TestApp {
+        let db = TestDb::create().await;
+        let s3 = TestS3::start().await;
+        let smtp = TestSmtp::start();
+        let prefix = format!("t{}", &Uuid::new_v4().simple().to_string()[..12]);
+        let dir = std::env::temp_dir().join(format!("lectern-{prefix}"));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let port = free_port();
+        let mut env: HashMap<String, String> = [
+            ("PORT", port.to_string()),
+            ("DATABASE_URL", db.url.clone()),
+            ("REDIS_URL", redis_url()),
+            ("QUEUE_PREFIX", prefix.clone()),
+            ("PUBLIC_URL", format!("http://127.0.0.1:{port}")),
+            ("STORAGE_BACKEND", "s3".into()),
+            ("S3_ENDPOINT", s3.endpoint.clone()),
+            ("S3_BUCKET", BUCKET.into()),
+            ("S3_ACCESS_KEY_ID", S3_KEY.into()),
+            ("S3_SECRET_ACCESS_KEY", S3_SECRET.into()),
+            ("SMTP_URL", smtp.url()),
+            ("MAIL_FROM", "Lectern <no-reply@lectern.test>".into()),
+            ("JWT_SECRET", JWT_SECRET.into()),
+            ("ADMIN_TOKEN", ADMIN_TOKEN.into()),
+            ("SHUTDOWN_TIMEOUT_SECS", "10".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        env.extend(options.env);
+        let api = Proc::spawn("lectern-api", &[], &env, dir.join("api.log"));
+        let worker = (!options.no_worker)
+            .then(|| Proc::spawn("lectern-worker", &[], &env, dir.join("worker.log")));
+        let app = TestApp {
+            url: format!("http://127.0.0.1:{port}"),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("client"),
+            db,
+            s3,
+            smtp,
+            prefix,
+            env,
+            api,
+            worker,
+            dir,
+        };
+        app.wait_until_listening().await;
+        app
+    }
+
+    async fn wait_until_listening(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if self
+                .http
+                .get(format!("{}/healthz", self.url))
+                .send()
+                .await
+                .is_ok()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("lectern-api did not start:\n{}", self.api.output());
+    }
+
+    /// Polls `/readyz` until it answers 200 (the bucket is created in the background).
+    pub async fn wait_until_ready(&self) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let res = self.get("/readyz").await;
+            if res.0 == 200 || Instant::now() > deadline {
+                assert_eq!(res.0, 200, "never ready: {}", res.1);
+                return res.1;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub fn spawn_worker(&self, log_name: &str) -> Proc {
+        Proc::spawn("lectern-worker", &[], &self.env, self.dir.join(log_name))
+    }
+
+    async fn send(&self, req: reqwest::RequestBuilder) -> (u16, Value, reqwest::header::HeaderMap) {
+        let res = req.send().await.expect("request");
+        let status = res.status().as_u16();
+        let headers = res.headers().clone();
+        let text = res.text().await.expect("body");
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, body, headers)
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let (s, b, _) = self
+            .send(self.http.get(format!("{}{path}", self.url)))
+            .await;
+        (s, b)
+    }
+
+    pub async fn get_as_admin(&self, path: &str) -> (u16, Value) {
+        let (s, b, _) = self
+            .send(
+                self.http
+                    .get(format!("{}{path}", self.url))
+                    .bearer_auth(ADMIN_TOKEN),
+            )
+            .await;
+        (s, b)
+    }
+
+    pub async fn post_as_admin(&self, path: &str, body: &Value) -> (u16, Value) {
+        let (s, b, _) = self
+            .send(
+                self.http
+                    .post(format!("{}{path}", self.url))
+                    .bearer_auth(ADMIN_TOKEN)
+                    .json(body),
+            )
+            .await;
+        (s, b)
+    }
+
+    pub async fn raw(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> (u16, Value, reqwest::header::HeaderMap) {
+        self.send(req).await
+    }
+
+    /// Waits until the job reaches `state` (or a final state), returning its view.
+    pub async fn wait_for_job(&self, id: &str, state: &str, timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let (status, job) = self.get_as_admin(&format!("/api/v1/jobs/{id}")).await;
+            assert_eq!(status, 200, "{job}");
+            let current = job["state"].as_str().unwrap_or_default().to_owned();
+            if current == state || Instant::now() > deadline {
+                assert_eq!(
+                    current,
+                    state,
+                    "job {id}: {job}\n--- worker log ---\n{}",
+                    self.worker_log()
+                );
+                return job;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn worker_log(&self) -> String {
+        self.worker.as_ref().map(Proc::output).unwrap_or_default()
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- lectern-api log ---\n{}", self.api.output());
+            eprintln!("--- lectern-worker log ---\n{}", self.worker_log());
+        }
+        // Remove this test's Redis keys.
+        if let Ok(mut conn) = redis::Client::open(redis_url()).and_then(|c| c.get_connection()) {
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(format!("{}-*", self.prefix))
+                .query(&mut conn)
+                .unwrap_or_default();
+            if !keys.is_empty() {
+                let _: redis::RedisResult<()> = redis::cmd("DEL").arg(keys).query(&mut conn);
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

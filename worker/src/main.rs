@@ -1,0 +1,110 @@
+//! `lectern-worker`: runs the jobs the API enqueues. Scale out by running more copies, on any
+//! machine that reaches Redis, PostgreSQL and storage.
+
+mod handlers;
+mod runner;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use apalis::prelude::*;
+use lectern_core::config::Config;
+use lectern_core::jobs::{self, Queue};
+use lectern_core::{Services, telemetry};
+
+const EXIT_CONFIG: u8 = 2;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let config = match Config::from_env() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("lectern-worker: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    telemetry::init(config.log_format);
+    match run(config).await {
+        Ok(()) => {
+            tracing::info!("lectern-worker stopped cleanly");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "lectern-worker stopped");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A name no other process uses, so a restarted worker never hides its predecessor's orphans.
+fn worker_name(queue: Queue) -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "host".to_owned());
+    let unique = uuid::Uuid::new_v4().simple().to_string();
+    format!(
+        "{}-{host}-{}-{}",
+        queue.as_str(),
+        std::process::id(),
+        &unique[..8]
+    )
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let concurrency = config.worker_concurrency;
+    let shutdown_timeout = config.shutdown_timeout;
+    let prefix = config.queue_prefix.clone();
+    let services = Services::new(config)?;
+
+    let (stop_relay, relay_stopped) = tokio::sync::watch::channel(false);
+    let relay = tokio::spawn(runner::relay_loop(services.clone(), relay_stopped));
+
+    let mut monitor = Monitor::new().shutdown_timeout(shutdown_timeout);
+    for queue in Queue::ALL {
+        let slots = match queue {
+            Queue::Email => concurrency.email,
+            Queue::Media => concurrency.media,
+            Queue::Default => concurrency.default,
+        };
+        let services = services.clone();
+        let prefix = prefix.clone();
+        let name = worker_name(queue);
+        tracing::info!(queue = queue.as_str(), slots, worker = %name, "starting queue worker");
+        monitor = monitor.register(move |_restarts| {
+            let backend = jobs::redis_storage(services.redis.clone(), &prefix, queue)
+                .poll_with_interval(jobs::POLL_INTERVAL);
+            WorkerBuilder::new(name.clone())
+                .backend(backend)
+                .concurrency(slots)
+                .data(services.clone())
+                .build(runner::run_job)
+        });
+    }
+    // A worker whose Redis connection broke (Redis down or restarted) is restarted after a
+    // growing pause instead of left dead; it re-registers with Redis and goes on.
+    monitor = monitor.should_restart(|ctx, error| {
+        let pause = Duration::from_millis(200)
+            .saturating_mul(1 << ctx.restarts().min(5))
+            .min(Duration::from_secs(5));
+        tracing::warn!(worker = ctx.name(), error = %error, retry_in_ms = pause.as_millis() as u64, "queue worker lost Redis; restarting");
+        // The monitor's callback is synchronous; let the runtime move other tasks off this thread.
+        tokio::task::block_in_place(|| std::thread::sleep(pause));
+        true
+    });
+
+    monitor.run_with_signal(shutdown_signal()).await?;
+    let _ = stop_relay.send(true);
+    let _ = relay.await;
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() -> std::io::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: stopping fetches, finishing in-flight jobs"),
+        res = tokio::signal::ctrl_c() => {
+            res?;
+            tracing::info!("SIGINT: stopping fetches, finishing in-flight jobs");
+        }
+    }
+    Ok(())
+}
