@@ -1,5 +1,7 @@
 //! The actix application: routes, middleware, error handlers, and the OpenAPI document.
 
+use std::sync::{Arc, OnceLock};
+
 use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::middleware::from_fn;
 use actix_web::{App, Error, HttpResponse, web};
@@ -11,8 +13,12 @@ use crate::error::{self, ApiError};
 use crate::request_context;
 use crate::routes::{self, ApiDoc};
 
+/// The OpenAPI document, generated from the registered handlers when the first app is built.
+pub type OpenApiDoc = Arc<OnceLock<utoipa::openapi::OpenApi>>;
+
 pub fn build(
     services: web::Data<Services>,
+    doc: OpenApiDoc,
 ) -> App<
     impl ServiceFactory<
         ServiceRequest,
@@ -22,10 +28,11 @@ pub fn build(
         InitError = (),
     >,
 > {
-    App::new()
+    let (app, api) = App::new()
         .into_utoipa_app()
         .openapi(ApiDoc::openapi())
         .app_data(services)
+        .app_data(web::Data::new(doc.clone()))
         .app_data(error::json_config())
         .app_data(error::path_config())
         .app_data(error::query_config())
@@ -33,22 +40,21 @@ pub fn build(
         .service(routes::ops::readyz)
         .service(
             scope("/api/v1")
+                .route("/openapi.json", web::get().to(openapi_json))
                 .service(routes::jobs::get_job)
                 .service(routes::admin::send_test_email),
         )
-        .openapi_service(|api| {
-            let api = web::Data::new(api);
-            web::resource("/api/v1/openapi.json")
-                .app_data(api)
-                .route(
-                    web::get().to(|api: web::Data<utoipa::openapi::OpenApi>| async move {
-                        HttpResponse::Ok().json(api.get_ref())
-                    }),
-                )
-        })
         .default_service(web::to(|| async {
             Err::<HttpResponse, _>(ApiError::NoRoute)
         }))
-        .into_app()
-        .wrap(from_fn(request_context::middleware))
+        .split_for_parts();
+    let _ = doc.set(api);
+    app.wrap(from_fn(request_context::middleware))
+}
+
+async fn openapi_json(doc: web::Data<OpenApiDoc>) -> HttpResponse {
+    match doc.get() {
+        Some(api) => HttpResponse::Ok().json(api),
+        None => HttpResponse::ServiceUnavailable().finish(),
+    }
 }

@@ -100,7 +100,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     tokio::spawn(ensure_bucket(services.clone()));
 
     let data = web::Data::new(services);
-    let server = HttpServer::new(move || app::build(data.clone()))
+    let doc = app::OpenApiDoc::default();
+    let server = HttpServer::new(move || app::build(data.clone(), doc.clone()))
         .bind((host, port))
         .map_err(|e| anyhow::anyhow!("cannot listen on {host}:{port}: {e}"))?
         .shutdown_timeout(shutdown_timeout.as_secs())

@@ -22,6 +22,27 @@ impl ReceivedMail {
     pub fn data_str(&self) -> String {
         String::from_utf8_lossy(&self.data).into_owned()
     }
+
+    /// The message decoded as a mail client would show it.
+    pub fn parsed(&self) -> ParsedMail {
+        let message = mail_parser::MessageParser::default()
+            .parse(&self.data)
+            .expect("a parseable MIME message");
+        ParsedMail {
+            subject: message.subject().unwrap_or_default().to_owned(),
+            text: message
+                .body_text(0)
+                .map(|t| t.into_owned())
+                .unwrap_or_default(),
+            html: message
+                .body_html(0)
+                .map(|t| t.into_owned())
+                .unwrap_or_default(),
+            list_unsubscribe: message
+                .header_raw("List-Unsubscribe")
+                .map(|v| v.trim().to_owned()),
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -86,6 +107,14 @@ impl Handler for CollectHandler {
         }
         response::OK
     }
+}
+
+#[derive(Debug, Clone)]
+pub struct ParsedMail {
+    pub subject: String,
+    pub text: String,
+    pub html: String,
+    pub list_unsubscribe: Option<String>,
 }
 
 pub struct TestSmtp {

@@ -71,16 +71,21 @@ async fn a_mail_enqueued_through_the_api_arrives_over_smtp() {
     assert_eq!(mail.recipients, vec!["ada@example.com".to_owned()]);
     assert_eq!(mail.from, "no-reply@lectern.test");
     let data = mail.data_str();
-    assert!(
-        data.contains("Subject: Lectern mail delivery test"),
-        "{data}"
-    );
     assert!(data.contains("multipart/alternative"), "{data}");
-    assert!(data.contains("text/plain"), "{data}");
-    assert!(data.contains("text/html"), "{data}");
+    let parsed = mail.parsed();
+    assert_eq!(parsed.subject, "Lectern mail delivery test");
     assert!(
-        data.contains("&lt;b&gt;from&lt;/b&gt;"),
-        "the note is escaped in HTML: {data}"
+        parsed.text.contains("Hello <b>from</b> the test"),
+        "{}",
+        parsed.text
+    );
+    assert!(parsed.text.contains("mail delivery works"));
+    assert!(
+        parsed
+            .html
+            .contains("Hello &lt;b&gt;from&lt;&#x2f;b&gt; the test"),
+        "escaped in HTML: {}",
+        parsed.html
     );
 
     // The row is the durable record: enqueued after commit, one attempt, no error.

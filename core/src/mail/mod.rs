@@ -256,7 +256,7 @@ mod tests {
             "HTML is escaped: {}",
             r.html
         );
-        assert!(r.html.contains("https://lectern.example"));
+        assert!(r.html.contains("lectern.example"));
         assert!(!r.html.contains("<script>"));
     }
 }
