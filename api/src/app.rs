@@ -41,8 +41,22 @@ pub fn build(
         .service(
             scope("/api/v1")
                 .route("/openapi.json", web::get().to(openapi_json))
+                .service(routes::auth::register)
+                .service(routes::auth::login)
+                .service(routes::auth::refresh)
+                .service(routes::auth::logout)
+                .service(routes::auth::sessions)
+                .service(routes::auth::revoke_session)
+                .service(routes::auth::verify_email)
+                .service(routes::auth::password_reset)
+                .service(routes::auth::password_reset_confirm)
+                .service(routes::users::me)
+                .service(routes::users::update_me)
+                .service(routes::users::follow)
+                .service(routes::users::unfollow)
                 .service(routes::jobs::get_job)
-                .service(routes::admin::send_test_email),
+                .service(routes::admin::send_test_email)
+                .service(routes::admin::audit_log),
         )
         .default_service(web::to(|| async {
             Err::<HttpResponse, _>(ApiError::NoRoute)

@@ -1,25 +1,36 @@
-//! Extracting the caller from `Authorization: Bearer ...`. Who may do what is decided in core.
+//! Extracting the caller (`Authorization: Bearer ...`) and the client's address. Who may do what
+//! is decided in core.
 
 use std::future::{Ready, ready};
+use std::net::IpAddr;
 
 use actix_web::dev::Payload;
 use actix_web::{FromRequest, HttpRequest, web};
+use futures::future::LocalBoxFuture;
+use lectern_core::accounts::{self, ClientInfo};
 use lectern_core::auth::Principal;
 use lectern_core::{Error, Services};
 use sha2::{Digest, Sha256};
 
 use crate::error::ApiError;
 
-/// The authenticated caller. Answers 401 when the credential is missing or wrong.
+/// The authenticated caller: a user's access token, or the operator's `ADMIN_TOKEN`.
+/// Answers 401 when the credential is missing, wrong, expired or revoked.
 pub struct Caller(pub Principal);
 
-fn bearer(req: &HttpRequest) -> Option<&str> {
-    req.headers()
+/// Like [`Caller`], but `None` when no credential is sent (a bad one is still a 401).
+pub struct MaybeCaller(pub Option<Principal>);
+
+fn bearer(req: &HttpRequest) -> Option<String> {
+    let value = req
+        .headers()
         .get(actix_web::http::header::AUTHORIZATION)?
         .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
-        .map(str::trim)
+        .ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim().to_owned())
 }
 
 /// Compares digests so the comparison takes the same time wherever the strings differ.
@@ -31,21 +42,90 @@ fn same_secret(a: &str, b: &str) -> bool {
         == 0
 }
 
+async fn principal(
+    services: Option<web::Data<Services>>,
+    token: String,
+) -> Result<Principal, ApiError> {
+    let services =
+        services.ok_or_else(|| ApiError::Core(Error::Internal("services missing".into())))?;
+    if let Some(admin) = &services.config.admin_token
+        && same_secret(&token, admin.expose())
+    {
+        return Ok(Principal::Operator);
+    }
+    Ok(Principal::User(
+        accounts::authenticate(&services, &token).await?,
+    ))
+}
+
 impl FromRequest for Caller {
+    type Error = ApiError;
+    type Future = LocalBoxFuture<'static, Result<Self, Self::Error>>;
+
+    fn from_request(req: &HttpRequest, _payload: &mut Payload) -> Self::Future {
+        let services = req.app_data::<web::Data<Services>>().cloned();
+        let token = bearer(req);
+        Box::pin(async move {
+            let token = token.ok_or(ApiError::Core(Error::unauthenticated()))?;
+            principal(services, token).await.map(Caller)
+        })
+    }
+}
+
+impl FromRequest for MaybeCaller {
+    type Error = ApiError;
+    type Future = LocalBoxFuture<'static, Result<Self, Self::Error>>;
+
+    fn from_request(req: &HttpRequest, _payload: &mut Payload) -> Self::Future {
+        let services = req.app_data::<web::Data<Services>>().cloned();
+        let token = bearer(req);
+        Box::pin(async move {
+            match token {
+                None => Ok(MaybeCaller(None)),
+                Some(token) => principal(services, token)
+                    .await
+                    .map(|p| MaybeCaller(Some(p))),
+            }
+        })
+    }
+}
+
+/// The client's IP and user agent. `X-Forwarded-For` is believed only when the connection comes
+/// from a configured trusted proxy; then the right-most address that is not a trusted proxy wins.
+pub struct Client(pub ClientInfo);
+
+impl FromRequest for Client {
     type Error = ApiError;
     type Future = Ready<Result<Self, Self::Error>>;
 
     fn from_request(req: &HttpRequest, _payload: &mut Payload) -> Self::Future {
-        let services = req.app_data::<web::Data<Services>>();
-        let principal = match (
-            bearer(req),
-            services.and_then(|s| s.config.admin_token.clone()),
-        ) {
-            (Some(token), Some(admin)) if same_secret(token, admin.expose()) => {
-                Ok(Principal::Operator)
+        let trusted = req
+            .app_data::<web::Data<Services>>()
+            .map(|s| s.config.auth.trusted_proxies.clone())
+            .unwrap_or_default();
+        let is_trusted = |ip: IpAddr| trusted.iter().any(|c| c.contains(ip));
+        let peer = req.peer_addr().map(|a| a.ip());
+        let mut ip = peer;
+        if peer.is_some_and(is_trusted) {
+            let forwarded: Vec<IpAddr> = req
+                .headers()
+                .get_all("x-forwarded-for")
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .filter_map(|part| part.trim().parse().ok())
+                .collect();
+            if let Some(client) = forwarded.iter().rev().find(|ip| !is_trusted(**ip)) {
+                ip = Some(*client);
             }
-            _ => Err(ApiError::Core(Error::Unauthenticated)),
-        };
-        ready(principal.map(Caller))
+        }
+        let user_agent = req
+            .headers()
+            .get(actix_web::http::header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        ready(Ok(Client(ClientInfo {
+            ip: ip.map(|i| i.to_string()),
+            user_agent,
+        })))
     }
 }

@@ -43,8 +43,8 @@ impl ApiError {
         match self {
             ApiError::Core(e) => match e {
                 CoreError::Validation(_) => "validation_failed",
-                CoreError::Unauthenticated => "unauthenticated",
-                CoreError::Forbidden => "forbidden",
+                CoreError::Unauthenticated { code, .. } | CoreError::Forbidden { code, .. } => code,
+                CoreError::RateLimited { .. } => "rate_limited",
                 CoreError::NotFound(_) => "not_found",
                 CoreError::Conflict { code, .. } => code,
                 CoreError::Unavailable(..) => "service_unavailable",
@@ -73,8 +73,9 @@ impl ResponseError for ApiError {
         match self {
             ApiError::Core(e) => match e {
                 CoreError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
-                CoreError::Unauthenticated => StatusCode::UNAUTHORIZED,
-                CoreError::Forbidden => StatusCode::FORBIDDEN,
+                CoreError::Unauthenticated { .. } => StatusCode::UNAUTHORIZED,
+                CoreError::Forbidden { .. } => StatusCode::FORBIDDEN,
+                CoreError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
                 CoreError::NotFound(_) => StatusCode::NOT_FOUND,
                 CoreError::Conflict { .. } => StatusCode::CONFLICT,
                 CoreError::Unavailable(..) => StatusCode::SERVICE_UNAVAILABLE,
@@ -105,8 +106,14 @@ impl ResponseError for ApiError {
         if let ApiError::Core(CoreError::Unavailable(..)) = self {
             response.insert_header((header::RETRY_AFTER, HeaderValue::from_static("5")));
         }
-        if let ApiError::Core(CoreError::Unauthenticated) = self {
+        if let ApiError::Core(CoreError::Unauthenticated { .. }) = self {
             response.insert_header((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));
+        }
+        if let ApiError::Core(CoreError::RateLimited { retry_after }) = self {
+            response.insert_header((
+                header::RETRY_AFTER,
+                retry_after.as_secs().max(1).to_string(),
+            ));
         }
         response.json(ErrorBody {
             error: ErrorDetail {

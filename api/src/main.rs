@@ -13,9 +13,10 @@ use actix_web::{HttpServer, web};
 use lectern_core::config::Config;
 use lectern_core::{Services, db, storage, telemetry};
 
-const USAGE: &str = "usage: lectern-api [serve | migrate]
-  serve     run the HTTP API (default)
-  migrate   create the database if needed and apply pending migrations (the Procfile's release step)";
+const USAGE: &str = "usage: lectern-api [serve | migrate | create-admin --email EMAIL [--name NAME]]
+  serve          run the HTTP API (default)
+  migrate        create the database if needed and apply pending migrations (the Procfile's release step)
+  create-admin   create an admin account (or promote an existing one); the password is read from standard input";
 
 /// Exit code for invalid configuration, distinct from run-time failures.
 const EXIT_CONFIG: u8 = 2;
@@ -35,6 +36,21 @@ fn main() -> ExitCode {
     let outcome = match command.as_str() {
         "serve" => actix_web::rt::System::new().block_on(serve(config)),
         "migrate" => actix_web::rt::System::new().block_on(migrate(config)),
+        "create-admin" => {
+            let args: Vec<String> = std::env::args().skip(2).collect();
+            let flag = |name: &str| {
+                args.iter()
+                    .position(|a| a == name)
+                    .and_then(|i| args.get(i + 1))
+                    .cloned()
+            };
+            let Some(email) = flag("--email") else {
+                eprintln!("lectern-api: create-admin needs --email EMAIL\n{USAGE}");
+                return ExitCode::from(EXIT_CONFIG);
+            };
+            let name = flag("--name").unwrap_or_else(|| "Administrator".to_owned());
+            actix_web::rt::System::new().block_on(create_admin(config, email, name))
+        }
         "help" | "--help" | "-h" => {
             println!("{USAGE}");
             Ok(())
@@ -71,6 +87,28 @@ async fn migrate(config: Config) -> anyhow::Result<()> {
     db::migrate(&pool).await?;
     tracing::info!("migrations applied");
     Ok(())
+}
+
+async fn create_admin(config: Config, email: String, name: String) -> anyhow::Result<()> {
+    let mut password = String::new();
+    std::io::stdin().read_line(&mut password)?;
+    let password = password.trim_end_matches(['\r', '\n']);
+    let pool = db::connect(config.database_url.expose()).await?;
+    match lectern_core::accounts::create_admin(&pool, &email, password, &name).await {
+        Ok(user) => {
+            println!("admin {} ({})", user.email, user.id);
+            Ok(())
+        }
+        Err(lectern_core::Error::Validation(fields)) => {
+            let problems: Vec<String> = fields
+                .0
+                .iter()
+                .map(|(f, p)| format!("{f}: {}", p.join(", ")))
+                .collect();
+            Err(anyhow::anyhow!("invalid admin: {}", problems.join("; ")))
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {

@@ -1,14 +1,52 @@
 //! Who is calling, as established by the API from a credential. Permission checks use it here,
 //! in core, never in handlers.
 
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Student,
+    Instructor,
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Student => "student",
+            Role::Instructor => "instructor",
+            Role::Admin => "admin",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "student" => Some(Role::Student),
+            "instructor" => Some(Role::Instructor),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
+}
+
+/// A signed-in user, as checked on this request (token valid, session live, account active).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthUser {
+    pub id: Uuid,
+    pub role: Role,
+    pub session_id: Uuid,
+    pub email_verified: bool,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Principal {
     /// The operator, authenticated with `ADMIN_TOKEN`: an admin that is not a user account.
     Operator,
+    User(AuthUser),
 }
 
 impl Principal {
@@ -16,18 +54,37 @@ impl Principal {
     pub fn user_id(&self) -> Option<Uuid> {
         match self {
             Principal::Operator => None,
+            Principal::User(u) => Some(u.id),
+        }
+    }
+
+    pub fn user(&self) -> Option<&AuthUser> {
+        match self {
+            Principal::Operator => None,
+            Principal::User(u) => Some(u),
         }
     }
 
     pub fn is_admin(&self) -> bool {
-        matches!(self, Principal::Operator)
+        match self {
+            Principal::Operator => true,
+            Principal::User(u) => u.role == Role::Admin,
+        }
     }
 
     pub fn require_admin(&self) -> Result<()> {
         if self.is_admin() {
             Ok(())
         } else {
-            Err(Error::Forbidden)
+            Err(Error::forbidden())
         }
+    }
+
+    /// The signed-in user, or 401 for the operator token (which is not an account).
+    pub fn require_user(&self) -> Result<&AuthUser> {
+        self.user().ok_or_else(|| Error::Unauthenticated {
+            code: "user_required",
+            message: "this route needs a user's access token".into(),
+        })
     }
 }

@@ -80,6 +80,77 @@ pub struct WorkerConcurrency {
     pub default: usize,
 }
 
+/// An address block (`10.0.0.0/8`, `::1/128`, or a single address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    pub addr: IpAddr,
+    pub prefix: u8,
+}
+
+impl FromStr for Cidr {
+    type Err = ();
+
+    fn from_str(s: &str) -> Result<Self, ()> {
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (
+                a.parse::<IpAddr>().map_err(|_| ())?,
+                Some(p.parse::<u8>().map_err(|_| ())?),
+            ),
+            None => (s.parse::<IpAddr>().map_err(|_| ())?, None),
+        };
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = prefix.unwrap_or(max);
+        if prefix > max {
+            return Err(());
+        }
+        Ok(Cidr { addr, prefix })
+    }
+}
+
+impl Cidr {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        fn bits(ip: IpAddr) -> (u128, u8) {
+            match ip {
+                IpAddr::V4(v4) => (u128::from(u32::from(v4)) << 96, 32),
+                IpAddr::V6(v6) => (u128::from(v6), 128),
+            }
+        }
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        let ((net, net_len), (candidate, len)) = (bits(self.addr), bits(ip));
+        if net_len != len {
+            return false;
+        }
+        if self.prefix == 0 {
+            return true;
+        }
+        let shift = 128 - u32::from(self.prefix);
+        (net >> shift) == (candidate >> shift)
+    }
+}
+
+/// Accounts and authentication settings.
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    /// Earlier signing secrets, still accepted for tokens they signed (key rotation).
+    pub previous_jwt_secrets: Vec<Secret>,
+    pub access_token_ttl: Duration,
+    pub refresh_token_ttl: Duration,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<Cidr>,
+    /// `RATE_LIMITS=off` disables every rate limit (behind a gateway that limits already).
+    pub rate_limits: bool,
+    /// Login attempts per client IP per minute.
+    pub login_limit_per_ip: u32,
+    /// Failed logins per account (email) per 15 minutes.
+    pub login_limit_per_account: u32,
+    /// Consecutive failed logins that lock an account, and for how long.
+    pub lockout_threshold: i32,
+    pub lockout_duration: Duration,
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub host: IpAddr,
@@ -95,6 +166,7 @@ pub struct Config {
     pub jwt_secret: Secret,
     /// Bearer token for operator routes until accounts with the admin role exist.
     pub admin_token: Option<Secret>,
+    pub auth: AuthConfig,
     pub worker_concurrency: WorkerConcurrency,
     pub shutdown_timeout: Duration,
     pub log_format: LogFormat,
@@ -262,6 +334,7 @@ impl Config {
             );
         }
 
+        let auth = read_auth(&mut r);
         let worker_concurrency = WorkerConcurrency {
             email: r.positive("WORKER_CONCURRENCY_EMAIL", 8),
             media: r.positive("WORKER_CONCURRENCY_MEDIA", 2),
@@ -298,6 +371,7 @@ impl Config {
             mail,
             jwt_secret: Secret::new(jwt_secret),
             admin_token: admin_token.map(Secret::new),
+            auth,
             worker_concurrency,
             shutdown_timeout,
             log_format,
@@ -371,6 +445,72 @@ fn read_storage<F: Fn(&str) -> Option<String>>(r: &mut Reader<F>) -> StorageConf
     }
 }
 
+fn read_auth<F: Fn(&str) -> Option<String>>(r: &mut Reader<F>) -> AuthConfig {
+    let previous_jwt_secrets: Vec<Secret> = r
+        .raw("JWT_PREVIOUS_SECRETS")
+        .map(|raw| {
+            raw.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(Secret::new)
+                .collect()
+        })
+        .unwrap_or_default();
+    if previous_jwt_secrets
+        .iter()
+        .any(|s| s.expose().len() < MIN_SECRET_LEN)
+    {
+        r.problem(
+            "JWT_PREVIOUS_SECRETS",
+            format!("each secret must be at least {MIN_SECRET_LEN} characters"),
+        );
+    }
+    let access_secs: u64 = r.parse("ACCESS_TOKEN_TTL_SECS", 900, "a number of seconds");
+    if !(30..=3600).contains(&access_secs) {
+        r.problem(
+            "ACCESS_TOKEN_TTL_SECS",
+            "must be between 30 and 3600 seconds (access tokens are short-lived)",
+        );
+    }
+    let refresh_days: u64 = r.parse("REFRESH_TOKEN_TTL_DAYS", 30, "a number of days");
+    let mut trusted_proxies = Vec::new();
+    if let Some(raw) = r.raw("TRUSTED_PROXIES") {
+        for item in raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            match item.parse::<Cidr>() {
+                Ok(cidr) => trusted_proxies.push(cidr),
+                Err(()) => r.problem(
+                    "TRUSTED_PROXIES",
+                    format!("{item:?} is not an IP address or CIDR block"),
+                ),
+            }
+        }
+    }
+    let rate_limits = match r.string("RATE_LIMITS", "on").as_str() {
+        "on" => true,
+        "off" => false,
+        other => {
+            r.problem("RATE_LIMITS", format!("expected on or off, got {other:?}"));
+            true
+        }
+    };
+    AuthConfig {
+        previous_jwt_secrets,
+        access_token_ttl: Duration::from_secs(access_secs),
+        refresh_token_ttl: Duration::from_secs(refresh_days * 24 * 3600),
+        trusted_proxies,
+        rate_limits,
+        login_limit_per_ip: u32::try_from(r.positive("LOGIN_LIMIT_PER_IP", 30)).unwrap_or(30),
+        login_limit_per_account: u32::try_from(r.positive("LOGIN_LIMIT_PER_ACCOUNT", 10))
+            .unwrap_or(10),
+        lockout_threshold: i32::try_from(r.positive("LOCKOUT_THRESHOLD", 5)).unwrap_or(5),
+        lockout_duration: Duration::from_secs(r.parse(
+            "LOCKOUT_SECS",
+            900u64,
+            "a number of seconds",
+        )),
+    }
+}
+
 fn read_mail<F: Fn(&str) -> Option<String>>(r: &mut Reader<F>) -> MailConfig {
     let transport = match r.raw("SMTP_URL") {
         Some(raw) => {
@@ -436,6 +576,24 @@ mod tests {
         );
         let text = err.to_string();
         assert!(text.contains("PORT: expected a port number"), "{text}");
+    }
+
+    #[test]
+    fn trusted_proxies_are_cidr_blocks() {
+        let config = load(&[
+            ("JWT_SECRET", SECRET),
+            ("TRUSTED_PROXIES", "10.0.0.0/8, ::1"),
+        ])
+        .expect("valid");
+        let proxies = &config.auth.trusted_proxies;
+        assert!(proxies[0].contains("10.1.2.3".parse().expect("ip")));
+        assert!(!proxies[0].contains("11.1.2.3".parse().expect("ip")));
+        assert!(proxies[0].contains("::ffff:10.9.9.9".parse().expect("ip")));
+        assert!(proxies[1].contains("::1".parse().expect("ip")));
+        assert!(!proxies[1].contains("127.0.0.1".parse().expect("ip")));
+        let err =
+            load(&[("JWT_SECRET", SECRET), ("TRUSTED_PROXIES", "10.0.0.0/33")]).expect_err("bad");
+        assert!(err.problems.contains_key("TRUSTED_PROXIES"));
     }
 
     #[test]

@@ -57,14 +57,18 @@ impl std::fmt::Display for Dependency {
 pub enum Error {
     #[error("one or more fields are invalid")]
     Validation(FieldErrors),
-    #[error("authentication required")]
-    Unauthenticated,
-    #[error("not allowed")]
-    Forbidden,
+    /// 401: no credential, or one that is wrong, expired or revoked.
+    #[error("{message}")]
+    Unauthenticated { code: &'static str, message: String },
+    /// 403: the caller is known but may not do this.
+    #[error("{message}")]
+    Forbidden { code: &'static str, message: String },
     #[error("{0} not found")]
     NotFound(&'static str),
     #[error("{message}")]
     Conflict { code: &'static str, message: String },
+    #[error("too many attempts; try again in {} s", retry_after.as_secs().max(1))]
+    RateLimited { retry_after: std::time::Duration },
     #[error("{0} is unavailable")]
     Unavailable(
         Dependency,
@@ -79,6 +83,20 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     pub fn internal(e: impl std::error::Error + Send + Sync + 'static) -> Self {
         Error::Internal(Box::new(e))
+    }
+
+    pub fn unauthenticated() -> Self {
+        Error::Unauthenticated {
+            code: "unauthenticated",
+            message: "a valid access token is required".into(),
+        }
+    }
+
+    pub fn forbidden() -> Self {
+        Error::Forbidden {
+            code: "forbidden",
+            message: "you are not allowed to do this".into(),
+        }
     }
 
     pub fn invalid(field: &str, problem: impl Into<String>) -> Self {

@@ -1,6 +1,7 @@
 //! Lectern's core: configuration, domain services, SQL, job payloads, and the storage and mail
 //! clients. The API and the worker are thin shells around it.
 
+pub mod accounts;
 pub mod auth;
 pub mod config;
 pub mod db;

@@ -162,6 +162,7 @@ impl Proc {
         let err = out.try_clone().expect("log file");
         let child = Command::new(bin(binary))
             .args(args)
+            .current_dir(log.parent().unwrap_or(Path::new("/")))
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("RUST_LOG", "info,lectern_worker=debug")
@@ -219,8 +220,10 @@ pub fn run_to_end(
     args: &[&str],
     env: &HashMap<String, String>,
 ) -> (ExitStatus, String) {
+    // Run outside the checkout so a developer's .env is not picked up.
     let out = Command::new(bin(binary))
         .args(args)
+        .current_dir(std::env::temp_dir())
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .envs(env)
@@ -232,6 +235,49 @@ pub fn run_to_end(
         String::from_utf8_lossy(&out.stderr)
     );
     (out.status, text)
+}
+
+/// Runs a binary with `input` on its standard input.
+pub fn run_with_stdin(
+    binary: &str,
+    args: &[&str],
+    env: &HashMap<String, String>,
+    input: &str,
+) -> (ExitStatus, String) {
+    use std::io::Write;
+    let mut child = Command::new(bin(binary))
+        .args(args)
+        .current_dir(std::env::temp_dir())
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("write stdin");
+    let out = child.wait_with_output().expect("wait");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status, text)
+}
+
+/// The token in a mailed link (`...?token=abc`).
+pub fn token_from_link(text: &str) -> String {
+    let at = text.find("token=").expect("a link with token=") + "token=".len();
+    text[at..]
+        .chars()
+        .take_while(char::is_ascii_hexdigit)
+        .collect()
 }
 
 pub fn free_port() -> u16 {
@@ -390,6 +436,42 @@ impl TestApp {
             )
             .await;
         (s, b)
+    }
+
+    /// Any request with an optional bearer token and JSON body.
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> (u16, Value) {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut req = self.http.request(method, format!("{}{path}", self.url));
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        let (s, b, _) = self.send(req).await;
+        (s, b)
+    }
+
+    /// Registers an account; returns the response body (user and tokens).
+    pub async fn register(&self, email: &str, role: &str) -> Value {
+        let (status, body) = self
+            .call(
+                "POST",
+                "/api/v1/auth/register",
+                None,
+                Some(&serde_json::json!({
+                    "email": email, "password": "correct horse battery", "full_name": "Test User", "role": role
+                })),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        body
     }
 
     pub async fn raw(

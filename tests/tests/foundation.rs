@@ -216,7 +216,7 @@ async fn bad_input_gets_the_error_model() {
         .await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
-        (401, Some("unauthenticated"))
+        (401, Some("invalid_token"))
     );
 
     let (status, body) = app

@@ -1,6 +1,6 @@
 //! Operator routes.
 
-use actix_web::{HttpResponse, post, web};
+use actix_web::{HttpResponse, get, post, web};
 use lectern_core::{Services, email};
 use serde::Deserialize;
 
@@ -37,4 +37,37 @@ pub async fn send_test_email(
     let job =
         email::queue_test_message(&services, &body.to, body.note.as_deref(), &caller.0).await?;
     Ok(HttpResponse::Accepted().json(serde_json::json!({ "job": job })))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct AuditQuery {
+    /// Only events about this user.
+    pub user_id: Option<uuid::Uuid>,
+    /// Page size, 1 to 100 (default 20).
+    pub limit: Option<i64>,
+    pub cursor: Option<String>,
+}
+
+/// Security events (logins, failures, lockouts, refresh-token reuse, password and role changes), newest first.
+#[utoipa::path(
+    tag = "admin",
+    params(AuditQuery),
+    security(("bearer" = [])),
+    responses((status = 200, description = "`{items, next_cursor}`"), (status = 403, body = ErrorBody))
+)]
+#[get("/admin/audit-log")]
+pub async fn audit_log(
+    services: web::Data<Services>,
+    caller: Caller,
+    query: web::Query<AuditQuery>,
+) -> ApiResult<web::Json<lectern_core::accounts::Page<lectern_core::accounts::AuditEntry>>> {
+    let page = lectern_core::accounts::audit_log(
+        &services,
+        &caller.0,
+        query.user_id,
+        query.limit,
+        query.cursor.as_deref(),
+    )
+    .await?;
+    Ok(web::Json(page))
 }

@@ -1,8 +1,10 @@
 //! Routes, grouped by area. Each handler parses, calls a core service, and maps the result.
 
 pub mod admin;
+pub mod auth;
 pub mod jobs;
 pub mod ops;
+pub mod users;
 
 use utoipa::OpenApi;
 

@@ -16,12 +16,18 @@ use crate::config::{MailConfig, MailTransport};
 pub enum EmailTemplate {
     /// An operator's delivery check.
     TestMessage,
+    /// The link that confirms a new account's address.
+    VerifyEmail,
+    /// The link that sets a new password.
+    PasswordReset,
 }
 
 impl EmailTemplate {
     pub fn name(self) -> &'static str {
         match self {
             EmailTemplate::TestMessage => "test_message",
+            EmailTemplate::VerifyEmail => "verify_email",
+            EmailTemplate::PasswordReset => "password_reset",
         }
     }
 }
@@ -29,7 +35,21 @@ impl EmailTemplate {
 static TEMPLATES: LazyLock<Environment<'static>> = LazyLock::new(|| {
     let mut env = Environment::new();
     env.set_undefined_behavior(minijinja::UndefinedBehavior::Lenient);
+    macro_rules! template {
+        ($name:literal) => {
+            (
+                $name,
+                include_str!(concat!("../../templates/email/", $name)),
+            )
+        };
+    }
     let sources: &[(&str, &str)] = &[
+        template!("verify_email.subject.txt"),
+        template!("verify_email.txt"),
+        template!("verify_email.html"),
+        template!("password_reset.subject.txt"),
+        template!("password_reset.txt"),
+        template!("password_reset.html"),
         (
             "layout.html",
             include_str!("../../templates/email/layout.html"),

@@ -1,0 +1,62 @@
+//! The caller's profile and follows.
+
+use actix_web::{HttpResponse, delete, get, patch, post, web};
+use lectern_core::Services;
+use lectern_core::accounts::{self, ProfilePatch, UserView};
+use uuid::Uuid;
+
+use crate::auth::Caller;
+use crate::error::{ApiResult, ErrorBody};
+
+/// The caller's profile and notification preferences.
+#[utoipa::path(tag = "users", security(("bearer" = [])), responses((status = 200, body = UserView), (status = 401, body = ErrorBody)))]
+#[get("/me")]
+pub async fn me(services: web::Data<Services>, caller: Caller) -> ApiResult<web::Json<UserView>> {
+    let user = caller.0.require_user()?;
+    Ok(web::Json(accounts::me(&services, user).await?))
+}
+
+/// Changes name, bio or notification preferences.
+#[utoipa::path(
+    tag = "users",
+    request_body = ProfilePatch,
+    security(("bearer" = [])),
+    responses((status = 200, body = UserView), (status = 422, body = ErrorBody))
+)]
+#[patch("/me")]
+pub async fn update_me(
+    services: web::Data<Services>,
+    caller: Caller,
+    body: web::Json<ProfilePatch>,
+) -> ApiResult<web::Json<UserView>> {
+    let user = caller.0.require_user()?;
+    Ok(web::Json(
+        accounts::update_me(&services, user, &body).await?,
+    ))
+}
+
+/// Follows an instructor (idempotent).
+#[utoipa::path(tag = "users", params(("id" = Uuid, Path)), security(("bearer" = [])), responses((status = 204), (status = 404, body = ErrorBody)))]
+#[post("/users/{id}/follow")]
+pub async fn follow(
+    services: web::Data<Services>,
+    caller: Caller,
+    id: web::Path<Uuid>,
+) -> ApiResult<HttpResponse> {
+    let user = caller.0.require_user()?;
+    accounts::follow(&services, user, *id).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// Stops following an instructor (idempotent).
+#[utoipa::path(tag = "users", params(("id" = Uuid, Path)), security(("bearer" = [])), responses((status = 204)))]
+#[delete("/users/{id}/follow")]
+pub async fn unfollow(
+    services: web::Data<Services>,
+    caller: Caller,
+    id: web::Path<Uuid>,
+) -> ApiResult<HttpResponse> {
+    let user = caller.0.require_user()?;
+    accounts::unfollow(&services, user, *id).await?;
+    Ok(HttpResponse::NoContent().finish())
+}

@@ -1,0 +1,44 @@
+//! Fixed-window counters in Redis. Redis trouble fails open (logged): the account lockout in
+//! PostgreSQL still protects passwords while Redis is away.
+
+use std::time::Duration;
+
+use crate::Services;
+use crate::error::{Error, Result};
+
+/// Counts one event under `key`; `Err(RateLimited)` once more than `limit` happened in `window`.
+pub async fn hit(services: &Services, key: &str, limit: u32, window: Duration) -> Result<()> {
+    if !services.config.auth.rate_limits {
+        return Ok(());
+    }
+    let key = format!("{}-ratelimit:{key}", services.config.queue_prefix);
+    let mut conn = services.redis.clone();
+    let outcome: redis::RedisResult<(u32, i64)> = redis::pipe()
+        .atomic()
+        .incr(&key, 1u32)
+        .cmd("EXPIRE")
+        .arg(&key)
+        .arg(window.as_secs().max(1))
+        .arg("NX")
+        .ignore()
+        .ttl(&key)
+        .query_async(&mut conn)
+        .await;
+    match outcome {
+        Ok((count, ttl)) if count > limit => Err(Error::RateLimited {
+            retry_after: Duration::from_secs(u64::try_from(ttl).unwrap_or(1).max(1)),
+        }),
+        Ok(_) => Ok(()),
+        Err(e) => {
+            tracing::warn!(error = %e, "rate limiter unavailable; allowing the request");
+            Ok(())
+        }
+    }
+}
+
+/// Forgets the failures counted under `key` (after a successful login).
+pub async fn reset(services: &Services, key: &str) {
+    let key = format!("{}-ratelimit:{key}", services.config.queue_prefix);
+    let mut conn = services.redis.clone();
+    let _: redis::RedisResult<()> = redis::cmd("DEL").arg(key).query_async(&mut conn).await;
+}

@@ -1,0 +1,116 @@
+//! Access tokens (short-lived JWTs, HS256, with a `kid` so the signing secret can rotate) and
+//! opaque one-time or refresh tokens (random, stored only as SHA-256 hashes).
+
+use std::time::Duration;
+
+use chrono::Utc;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::auth::Role;
+use crate::config::{Config, Secret};
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Claims {
+    pub sub: Uuid,
+    pub role: Role,
+    /// The session the token belongs to.
+    pub sid: Uuid,
+    pub iat: i64,
+    pub exp: i64,
+    pub jti: Uuid,
+    pub iss: String,
+}
+
+const ISSUER: &str = "lectern";
+
+/// A key id derived from the secret, so tokens say which key signed them without revealing it.
+fn kid(secret: &Secret) -> String {
+    hex::encode(&Sha256::digest(secret.expose().as_bytes())[..8])
+}
+
+pub fn issue_access(
+    config: &Config,
+    user: Uuid,
+    role: Role,
+    session: Uuid,
+) -> Result<(String, u64)> {
+    let ttl = config.auth.access_token_ttl;
+    let now = Utc::now().timestamp();
+    let claims = Claims {
+        sub: user,
+        role,
+        sid: session,
+        iat: now,
+        exp: now + i64::try_from(ttl.as_secs()).unwrap_or(900),
+        jti: Uuid::new_v4(),
+        iss: ISSUER.into(),
+    };
+    let mut header = Header::new(Algorithm::HS256);
+    header.kid = Some(kid(&config.jwt_secret));
+    let token = jsonwebtoken::encode(
+        &header,
+        &claims,
+        &EncodingKey::from_secret(config.jwt_secret.expose().as_bytes()),
+    )
+    .map_err(|e| Error::Internal(Box::new(e)))?;
+    Ok((token, ttl.as_secs()))
+}
+
+fn invalid(message: &str) -> Error {
+    Error::Unauthenticated {
+        code: "invalid_token",
+        message: message.into(),
+    }
+}
+
+/// Checks signature (current or a previous key, chosen by `kid`), algorithm, issuer and expiry.
+pub fn verify_access(config: &Config, token: &str) -> Result<Claims> {
+    let header =
+        jsonwebtoken::decode_header(token).map_err(|_| invalid("the access token is malformed"))?;
+    if header.alg != Algorithm::HS256 {
+        return Err(invalid("the access token uses an unsupported algorithm"));
+    }
+    let wanted = header
+        .kid
+        .ok_or_else(|| invalid("the access token has no key id"))?;
+    let secret = std::iter::once(&config.jwt_secret)
+        .chain(config.auth.previous_jwt_secrets.iter())
+        .find(|s| kid(s) == wanted)
+        .ok_or_else(|| invalid("the access token was signed with an unknown key"))?;
+    let mut validation = Validation::new(Algorithm::HS256);
+    validation.leeway = 5;
+    validation.set_issuer(&[ISSUER]);
+    validation.set_required_spec_claims(&["exp", "iat", "sub", "iss"]);
+    jsonwebtoken::decode::<Claims>(
+        token,
+        &DecodingKey::from_secret(secret.expose().as_bytes()),
+        &validation,
+    )
+    .map(|data| data.claims)
+    .map_err(|e| match e.kind() {
+        jsonwebtoken::errors::ErrorKind::ExpiredSignature => {
+            invalid("the access token has expired")
+        }
+        _ => invalid("the access token is invalid"),
+    })
+}
+
+/// A random token for the client; only its hash is stored.
+pub fn opaque() -> (String, Vec<u8>) {
+    let bytes: [u8; 32] = rand::random();
+    let token = hex::encode(bytes);
+    let hash = digest(&token);
+    (token, hash)
+}
+
+pub fn digest(token: &str) -> Vec<u8> {
+    Sha256::digest(token.trim().as_bytes()).to_vec()
+}
+
+pub fn expires_at(ttl: Duration) -> chrono::DateTime<Utc> {
+    Utc::now() + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::days(30))
+}
