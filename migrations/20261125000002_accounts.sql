@@ -7,7 +7,7 @@ CREATE TABLE users (
     full_name             text        NOT NULL CHECK (char_length(full_name) BETWEEN 1 AND 100),
     bio                   text        NOT NULL DEFAULT '' CHECK (char_length(bio) <= 2000),
     role                  text        NOT NULL CHECK (role IN ('student', 'instructor', 'admin')),
-    status                text        NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'suspended')),
+    status                text        NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'suspended', 'deleted')),
     email_verified_at     timestamptz,
     notify_email          boolean     NOT NULL DEFAULT true,
     notify_in_app         boolean     NOT NULL DEFAULT true,

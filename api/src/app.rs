@@ -54,6 +54,8 @@ pub fn build(
                 .service(routes::users::update_me)
                 .service(routes::users::follow)
                 .service(routes::users::unfollow)
+                .service(routes::users::export)
+                .service(routes::users::delete_me)
                 .service(routes::jobs::get_job)
                 .service(routes::admin::send_test_email)
                 .service(routes::admin::audit_log),

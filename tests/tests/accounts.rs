@@ -483,7 +483,10 @@ async fn repeated_failures_lock_the_account_and_limits_answer_429() {
         assert_eq!(status, 401, "{err}");
     }
     let (status, err) = login(&app, "lock@example.com", "correct horse battery").await;
-    assert_eq!((status, err["error"]["code"].as_str()), (429, Some("rate_limited")));
+    assert_eq!(
+        (status, err["error"]["code"].as_str()),
+        (429, Some("rate_limited"))
+    );
 }
 
 #[tokio::test]
@@ -776,4 +779,105 @@ async fn forwarded_for_is_ignored_without_a_trusted_proxy() {
             .await
             .unwrap();
     assert_eq!(ip.as_deref(), Some("127.0.0.1"));
+}
+
+#[tokio::test]
+async fn a_user_exports_their_data_and_deletes_their_account() {
+    let app = TestApp::spawn().await;
+    let body = app.register("privacy@example.com", "student").await;
+    let token = access(&body);
+    app.smtp.wait_for(1, Duration::from_secs(20));
+
+    let (status, started) = app
+        .call("POST", "/api/v1/me/export", Some(&token), None)
+        .await;
+    assert_eq!(status, 202, "{started}");
+    assert_eq!(started["job"]["kind"], "export_user_data");
+    let job_id = started["job"]["id"].as_str().unwrap();
+    // The user sees their own job.
+    let (status, job) = app
+        .call("GET", &format!("/api/v1/jobs/{job_id}"), Some(&token), None)
+        .await;
+    assert_eq!(status, 200, "{job}");
+    app.wait_for_job(job_id, "succeeded", Duration::from_secs(30))
+        .await;
+
+    let mails = app.smtp.wait_for(2, Duration::from_secs(10));
+    let mail = mails[1].parsed();
+    assert!(
+        mail.subject.contains("data export is ready"),
+        "{}",
+        mail.subject
+    );
+    let link = mail
+        .text
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("http") && l.contains("exports/"))
+        .expect("a link to the archive")
+        .to_owned();
+    let archive: Value = reqwest::get(&link).await.unwrap().json().await.unwrap();
+    assert_eq!(archive["profile"]["email"], "privacy@example.com");
+    assert!(archive["profile"].get("password_hash").is_none());
+    assert_eq!(archive["sessions"].as_array().unwrap().len(), 1);
+    assert!(
+        archive["security_events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["event"] == "register")
+    );
+
+    // Another user cannot see that job.
+    let other = app.register("nosy@example.com", "student").await;
+    let (status, _) = app
+        .call(
+            "GET",
+            &format!("/api/v1/jobs/{job_id}"),
+            Some(&access(&other)),
+            None,
+        )
+        .await;
+    assert_eq!(status, 404);
+
+    let (status, err) = app
+        .call(
+            "DELETE",
+            "/api/v1/me",
+            Some(&token),
+            Some(&json!({"password": "not it at all"})),
+        )
+        .await;
+    assert_eq!(status, 422, "{err}");
+    let (status, _) = app
+        .call(
+            "DELETE",
+            "/api/v1/me",
+            Some(&token),
+            Some(&json!({"password": "correct horse battery"})),
+        )
+        .await;
+    assert_eq!(status, 204);
+    assert_eq!(
+        app.call("GET", "/api/v1/me", Some(&token), None).await.0,
+        401
+    );
+    assert_eq!(
+        login(&app, "privacy@example.com", "correct horse battery")
+            .await
+            .0,
+        401
+    );
+    let (email, name, status): (String, String, String) =
+        sqlx::query_as("SELECT email, full_name, status FROM users WHERE id = $1::uuid")
+            .bind(body["user"]["id"].as_str().unwrap())
+            .fetch_one(&app.db.pool)
+            .await
+            .unwrap();
+    assert!(email.ends_with("@deleted.invalid"));
+    assert_eq!(
+        (name.as_str(), status.as_str()),
+        ("Deleted user", "deleted")
+    );
+    app.register("privacy@example.com", "student").await;
 }

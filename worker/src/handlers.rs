@@ -1,11 +1,12 @@
 //! Which core service runs each job kind.
 
 use lectern_core::jobs::{Job, JobError};
-use lectern_core::{Services, email};
+use lectern_core::{Services, accounts, email};
 
 pub async fn handle(services: &Services, job: Job) -> Result<(), JobError> {
     match job {
         Job::SendEmail(mail) => email::deliver(services, &mail).await,
+        Job::ExportUserData(export) => accounts::privacy::run_export(services, &export).await,
         other => Err(JobError::Permanent(format!(
             "this worker version has no handler for {} jobs; upgrade the worker and retry the job",
             other.kind()

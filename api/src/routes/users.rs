@@ -5,7 +5,7 @@ use lectern_core::Services;
 use lectern_core::accounts::{self, ProfilePatch, UserView};
 use uuid::Uuid;
 
-use crate::auth::Caller;
+use crate::auth::{Caller, Client};
 use crate::error::{ApiResult, ErrorBody};
 
 /// The caller's profile and notification preferences.
@@ -58,5 +58,46 @@ pub async fn unfollow(
 ) -> ApiResult<HttpResponse> {
     let user = caller.0.require_user()?;
     accounts::unfollow(&services, user, *id).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// Starts an export of everything Lectern stores about the caller; a link to the archive is mailed.
+#[utoipa::path(
+    tag = "users",
+    security(("bearer" = [])),
+    responses((status = 202, description = "`{\"job\": {id, kind, state}}`"), (status = 429, body = ErrorBody))
+)]
+#[post("/me/export")]
+pub async fn export(
+    services: web::Data<Services>,
+    caller: Caller,
+    client: Client,
+) -> ApiResult<HttpResponse> {
+    let user = caller.0.require_user()?;
+    let job = accounts::privacy::request_export(&services, user, &client.0).await?;
+    Ok(HttpResponse::Accepted().json(serde_json::json!({ "job": job })))
+}
+
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+pub struct DeleteAccount {
+    /// The current password, to confirm.
+    pub password: String,
+}
+
+/// Deletes the caller's account: personal data erased, every session ended.
+#[utoipa::path(
+    tag = "users",
+    request_body = DeleteAccount,
+    security(("bearer" = [])),
+    responses((status = 204), (status = 422, body = ErrorBody))
+)]
+#[delete("/me")]
+pub async fn delete_me(
+    services: web::Data<Services>,
+    caller: Caller,
+    body: web::Json<DeleteAccount>,
+) -> ApiResult<HttpResponse> {
+    let user = caller.0.require_user()?;
+    accounts::privacy::delete_account(&services, user, &body.password).await?;
     Ok(HttpResponse::NoContent().finish())
 }

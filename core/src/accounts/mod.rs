@@ -6,6 +6,7 @@
 //! ([`AuthUser::email_verified`] is what those services check).
 
 pub mod password;
+pub mod privacy;
 pub mod rate_limit;
 pub mod tokens;
 

@@ -58,6 +58,14 @@ pub enum FanOutEvent {
     CoursePublished { course_id: Uuid },
 }
 
+/// Build a user's data archive (GDPR export), store it, and mail them a link.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExportUserData {
+    pub user_id: Uuid,
+    /// Names the archive, so a retried job overwrites the same object.
+    pub export_id: Uuid,
+}
+
 /// Every job the product runs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", content = "payload", rename_all = "snake_case")]
@@ -68,6 +76,7 @@ pub enum Job {
     IssueCertificate(IssueCertificate),
     RecomputeCourseStats(RecomputeCourseStats),
     FanOutNotifications(FanOutNotifications),
+    ExportUserData(ExportUserData),
 }
 
 /// How a job kind is run: its queue, attempts, and time limit.
@@ -88,6 +97,7 @@ impl Job {
             Job::IssueCertificate(_) => "issue_certificate",
             Job::RecomputeCourseStats(_) => "recompute_course_stats",
             Job::FanOutNotifications(_) => "fan_out_notifications",
+            Job::ExportUserData(_) => "export_user_data",
         }
     }
 
@@ -99,6 +109,7 @@ impl Job {
             Job::IssueCertificate(_) => (Queue::Default, 5, 5 * 60),
             Job::RecomputeCourseStats(_) => (Queue::Default, 5, 5 * 60),
             Job::FanOutNotifications(_) => (Queue::Default, 10, 30 * 60),
+            Job::ExportUserData(_) => (Queue::Default, 5, 10 * 60),
         };
         KindPolicy {
             queue,

@@ -20,6 +20,8 @@ pub enum EmailTemplate {
     VerifyEmail,
     /// The link that sets a new password.
     PasswordReset,
+    /// The link to a user's data archive.
+    DataExport,
 }
 
 impl EmailTemplate {
@@ -28,6 +30,7 @@ impl EmailTemplate {
             EmailTemplate::TestMessage => "test_message",
             EmailTemplate::VerifyEmail => "verify_email",
             EmailTemplate::PasswordReset => "password_reset",
+            EmailTemplate::DataExport => "data_export",
         }
     }
 }
@@ -50,6 +53,9 @@ static TEMPLATES: LazyLock<Environment<'static>> = LazyLock::new(|| {
         template!("password_reset.subject.txt"),
         template!("password_reset.txt"),
         template!("password_reset.html"),
+        template!("data_export.subject.txt"),
+        template!("data_export.txt"),
+        template!("data_export.html"),
         (
             "layout.html",
             include_str!("../../templates/email/layout.html"),
