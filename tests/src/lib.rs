@@ -33,7 +33,11 @@ pub fn redis_url() -> String {
 /// `target/<profile>/` of the test binary, where cargo put `lectern-api` and `lectern-worker`.
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    // Test binaries live in target/<profile>/deps, other binaries in target/<profile>.
+    let mut dir = exe.parent().expect("target dir");
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir = dir.parent().expect("target dir");
+    }
     let path = dir.join(name);
     assert!(
         path.exists(),

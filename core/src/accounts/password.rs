@@ -7,7 +7,6 @@ use std::sync::LazyLock;
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
-use tokio::sync::Semaphore;
 
 use crate::error::{Error, Result};
 
@@ -63,17 +62,51 @@ fn hasher() -> Argon2<'static> {
     Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
 }
 
-/// Bounds concurrent hashes so a login burst cannot take all memory (19 MiB each).
-static HASHING: LazyLock<Semaphore> = LazyLock::new(|| {
-    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-    Semaphore::new(cores * 2)
+type Task = Box<dyn FnOnce() + Send>;
+
+/// A fixed pool of hashing threads, one per core. Each argon2id hash touches 19 MiB; on tokio's
+/// blocking pool (up to 512 threads, each with its own malloc arena) a login burst left hundreds
+/// of MiB resident. A few long-lived threads keep it to a few blocks, and queue the rest.
+static HASHERS: LazyLock<std::sync::Mutex<std::sync::mpsc::Sender<Task>>> = LazyLock::new(|| {
+    let (tx, rx) = std::sync::mpsc::channel::<Task>();
+    let rx = std::sync::Arc::new(std::sync::Mutex::new(rx));
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    for i in 0..threads {
+        let rx = rx.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("argon2-{i}"))
+            .spawn(move || {
+                loop {
+                    let task = match rx.lock() {
+                        Ok(guard) => guard.recv(),
+                        Err(_) => return,
+                    };
+                    match task {
+                        Ok(task) => task(),
+                        Err(_) => return,
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start a password hashing thread");
+        }
+    }
+    std::sync::Mutex::new(tx)
 });
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
-    let _permit = HASHING.acquire().await.map_err(Error::internal)?;
-    tokio::task::spawn_blocking(f)
+    let (done, result) = tokio::sync::oneshot::channel();
+    let task: Task = Box::new(move || {
+        let _ = done.send(f());
+    });
+    HASHERS
+        .lock()
+        .map_err(|_| Error::Internal("password hashing pool poisoned".into()))?
+        .send(task)
+        .map_err(|_| Error::Internal("password hashing pool stopped".into()))?;
+    result
         .await
-        .map_err(Error::internal)
+        .map_err(|_| Error::Internal("password hashing task lost".into()))
 }
 
 pub async fn hash(password: &Password) -> Result<String> {
