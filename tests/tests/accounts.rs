@@ -576,6 +576,15 @@ async fn roles_admins_and_ownership() {
         401
     );
 
+    // A suspended account is refused at login and its live tokens stop working.
+    sqlx::query("UPDATE users SET status = 'suspended' WHERE email = 'student@example.com'")
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(app.call("GET", "/api/v1/me", Some(&access(&student)), None).await.0, 401);
+    let (status, body) = login(&app, "student@example.com", "correct horse battery").await;
+    assert_eq!((status, body["error"]["code"].as_str()), (403, Some("account_suspended")));
+
     // The first admin comes from the command line, password on standard input.
     let (status, out) = run_with_stdin(
         "lectern-api",

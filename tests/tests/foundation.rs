@@ -437,3 +437,72 @@ async fn migrate_creates_the_database_and_is_idempotent() {
     .await
     .unwrap();
 }
+
+/// A private Redis on a random port, so the test can stop and restart it.
+fn start_redis(port: u16) -> std::process::Child {
+    std::process::Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server on PATH")
+}
+
+#[tokio::test]
+async fn a_redis_outage_delays_jobs_but_loses_none() {
+    let port = lectern_tests::free_port();
+    let mut redis = start_redis(port);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let app = TestApp::spawn_with(Options {
+        no_worker: false,
+        env: vec![("REDIS_URL".into(), format!("redis://127.0.0.1:{port}"))],
+    })
+    .await;
+    app.wait_until_ready().await;
+
+    redis.kill().unwrap();
+    redis.wait().unwrap();
+    let (status, ready) = app.get("/readyz").await;
+    assert_eq!(
+        (status, ready["redis"]["ok"].as_bool()),
+        (503, Some(false)),
+        "{ready}"
+    );
+
+    // The job is committed while Redis is down: the request still succeeds.
+    let (status, body) = app
+        .post_as_admin(
+            "/api/v1/admin/email/test",
+            &json!({"to": "outage@example.com"}),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["job"]["id"].as_str().unwrap().to_owned();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(app.smtp.messages().is_empty());
+
+    // Redis comes back (empty: nothing survived); the relay pushes the job and the worker runs it.
+    let _redis = KillOnDrop(start_redis(port));
+    app.wait_for_job(&id, "succeeded", Duration::from_secs(60))
+        .await;
+    assert_eq!(app.smtp.wait_for(1, Duration::from_secs(5)).len(), 1);
+    // The API's connection re-establishes itself too.
+    app.wait_until_ready().await;
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
