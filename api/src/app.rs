@@ -57,6 +57,11 @@ pub fn build(
                 .service(routes::users::export)
                 .service(routes::users::delete_me)
                 .service(routes::jobs::get_job)
+                .service(routes::jobs::admin_list)
+                .service(routes::jobs::admin_bulk_retry)
+                .service(routes::jobs::admin_get)
+                .service(routes::jobs::admin_retry)
+                .service(routes::jobs::admin_queues)
                 .service(routes::admin::send_test_email)
                 .service(routes::admin::audit_log),
         )

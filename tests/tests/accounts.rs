@@ -581,9 +581,17 @@ async fn roles_admins_and_ownership() {
         .execute(&app.db.pool)
         .await
         .unwrap();
-    assert_eq!(app.call("GET", "/api/v1/me", Some(&access(&student)), None).await.0, 401);
+    assert_eq!(
+        app.call("GET", "/api/v1/me", Some(&access(&student)), None)
+            .await
+            .0,
+        401
+    );
     let (status, body) = login(&app, "student@example.com", "correct horse battery").await;
-    assert_eq!((status, body["error"]["code"].as_str()), (403, Some("account_suspended")));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("account_suspended"))
+    );
 
     // The first admin comes from the command line, password on standard input.
     let (status, out) = run_with_stdin(

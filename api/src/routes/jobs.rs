@@ -1,8 +1,9 @@
 //! Job status for the clients that started long work.
 
-use actix_web::{get, web};
-use lectern_core::Services;
-use lectern_core::jobs::{self, JobView};
+use actix_web::{HttpResponse, get, post, web};
+use lectern_core::jobs::{self, JobDetail, JobState, JobView, QueueDepth};
+use lectern_core::page::Page;
+use lectern_core::{Error, Services};
 use uuid::Uuid;
 
 use crate::auth::Caller;
@@ -27,4 +28,122 @@ pub async fn get_job(
 ) -> ApiResult<web::Json<JobView>> {
     let job = jobs::get_visible(&services.db, *id, caller.0.user_id(), caller.0.is_admin()).await?;
     Ok(web::Json(job))
+}
+
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+pub struct JobQuery {
+    /// queued, running, retrying, succeeded or failed.
+    pub state: Option<JobState>,
+    pub kind: Option<String>,
+    pub limit: Option<i64>,
+    pub cursor: Option<String>,
+}
+
+/// Jobs for operators (`?state=failed` lists dead letters), newest first.
+#[utoipa::path(
+    tag = "admin",
+    params(JobQuery),
+    security(("bearer" = [])),
+    responses((status = 200, description = "`{items: [job], next_cursor}`"), (status = 403, body = ErrorBody))
+)]
+#[get("/admin/jobs")]
+pub async fn admin_list(
+    services: web::Data<Services>,
+    caller: Caller,
+    query: web::Query<JobQuery>,
+) -> ApiResult<web::Json<Page<JobView>>> {
+    let page = jobs::admin_list(
+        &services,
+        &caller.0,
+        query.state,
+        query.kind.as_deref(),
+        query.limit,
+        query.cursor.as_deref(),
+    )
+    .await?;
+    Ok(web::Json(page))
+}
+
+/// A job with its payload and every failed attempt's error.
+#[utoipa::path(
+    tag = "admin",
+    params(("id" = Uuid, Path)),
+    security(("bearer" = [])),
+    responses((status = 200, body = JobDetail), (status = 404, body = ErrorBody))
+)]
+#[get("/admin/jobs/{id}")]
+pub async fn admin_get(
+    services: web::Data<Services>,
+    caller: Caller,
+    id: web::Path<Uuid>,
+) -> ApiResult<web::Json<JobDetail>> {
+    Ok(web::Json(jobs::admin_get(&services, &caller.0, *id).await?))
+}
+
+/// Runs a failed job again with a fresh budget of attempts.
+#[utoipa::path(
+    tag = "admin",
+    params(("id" = Uuid, Path)),
+    security(("bearer" = [])),
+    responses((status = 202, description = "`{job}`"), (status = 409, body = ErrorBody, description = "job_not_failed"))
+)]
+#[post("/admin/jobs/{id}/retry")]
+pub async fn admin_retry(
+    services: web::Data<Services>,
+    caller: Caller,
+    id: web::Path<Uuid>,
+) -> ApiResult<HttpResponse> {
+    let ids = [*id];
+    let mut retried = jobs::admin_retry(&services, &caller.0, Some(&ids), None).await?;
+    match retried.pop() {
+        Some(job) => Ok(HttpResponse::Accepted().json(serde_json::json!({ "job": job }))),
+        None => {
+            jobs::get(&services.db, *id)
+                .await?
+                .ok_or(Error::NotFound("job"))?;
+            Err(Error::Conflict {
+                code: "job_not_failed",
+                message: "only failed jobs can be retried".into(),
+            }
+            .into())
+        }
+    }
+}
+
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BulkRetry {
+    /// Retry every failed job of this kind.
+    pub kind: String,
+}
+
+/// Runs every failed job of a kind again.
+#[utoipa::path(
+    tag = "admin",
+    request_body = BulkRetry,
+    security(("bearer" = [])),
+    responses((status = 202, description = "`{retried: n}`"), (status = 403, body = ErrorBody))
+)]
+#[post("/admin/jobs/retry")]
+pub async fn admin_bulk_retry(
+    services: web::Data<Services>,
+    caller: Caller,
+    body: web::Json<BulkRetry>,
+) -> ApiResult<HttpResponse> {
+    let retried = jobs::admin_retry(&services, &caller.0, None, Some(&body.kind)).await?;
+    Ok(HttpResponse::Accepted().json(serde_json::json!({ "retried": retried.len() })))
+}
+
+/// Jobs per queue and state, and the age of the oldest due job.
+#[utoipa::path(
+    tag = "admin",
+    security(("bearer" = [])),
+    responses((status = 200, body = Vec<QueueDepth>), (status = 403, body = ErrorBody))
+)]
+#[get("/admin/queues")]
+pub async fn admin_queues(
+    services: web::Data<Services>,
+    caller: Caller,
+) -> ApiResult<web::Json<Vec<QueueDepth>>> {
+    Ok(web::Json(jobs::admin_queues(&services, &caller.0).await?))
 }

@@ -23,6 +23,7 @@ use crate::email::EmailAddress;
 use crate::error::{Error, FieldErrors, Result};
 use crate::jobs::{self, Job, NewJob, SendEmail};
 use crate::mail::EmailTemplate;
+pub use crate::page::Page;
 use password::Password;
 
 const VERIFY_TTL: Duration = Duration::from_secs(48 * 3600);
@@ -956,12 +957,6 @@ pub struct AuditEntry {
     pub created_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct Page<T> {
-    pub items: Vec<T>,
-    pub next_cursor: Option<String>,
-}
-
 /// The audit log, newest first, for admins. The cursor is the last id seen.
 pub async fn audit_log(
     services: &Services,
@@ -971,7 +966,7 @@ pub async fn audit_log(
     cursor: Option<&str>,
 ) -> Result<Page<AuditEntry>> {
     caller.require_admin()?;
-    let limit = limit.unwrap_or(20).clamp(1, 100);
+    let limit = crate::page::limit(limit);
     let before: Option<i64> = match cursor {
         Some(c) => Some(
             c.parse()

@@ -146,6 +146,90 @@ impl JobQueue {
     }
 }
 
+/// Operators: failed jobs (dead letters) and other states, newest first.
+pub async fn admin_list(
+    services: &crate::Services,
+    caller: &crate::auth::Principal,
+    state: Option<JobState>,
+    kind: Option<&str>,
+    limit: Option<i64>,
+    cursor: Option<&str>,
+) -> crate::Result<crate::page::Page<JobView>> {
+    caller.require_admin()?;
+    let limit = crate::page::limit(limit);
+    let before = cursor
+        .map(|c| {
+            c.parse::<Uuid>()
+                .map_err(|_| crate::Error::invalid("cursor", "is not a cursor this API gave out"))
+        })
+        .transpose()?;
+    let items = list(&services.db, state, kind, limit, before).await?;
+    let next_cursor = (items.len() as i64 == limit)
+        .then(|| items.last().map(|j| j.id.to_string()))
+        .flatten();
+    Ok(crate::page::Page { items, next_cursor })
+}
+
+/// Operators: runs failed jobs again, by id or every failed job of a kind. Returns how many.
+pub async fn admin_retry(
+    services: &crate::Services,
+    caller: &crate::auth::Principal,
+    ids: Option<&[Uuid]>,
+    kind: Option<&str>,
+) -> crate::Result<Vec<JobReference>> {
+    caller.require_admin()?;
+    if ids.is_none() && kind.is_none() {
+        return Err(crate::Error::invalid(
+            "kind",
+            "give a kind (or retry one job by its id)",
+        ));
+    }
+    let requeued = requeue_failed(&services.db, ids, kind).await?;
+    for job in &requeued {
+        services.jobs.dispatch(job).await;
+    }
+    Ok(requeued.iter().map(NewJob::reference).collect())
+}
+
+/// A job with its payload and every failed attempt's error, for operators.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct JobDetail {
+    #[serde(flatten)]
+    pub job: JobView,
+    pub payload: serde_json::Value,
+    /// `[{"attempt", "error", "at"}]`
+    pub errors: serde_json::Value,
+}
+
+pub async fn admin_get(
+    services: &crate::Services,
+    caller: &crate::auth::Principal,
+    id: Uuid,
+) -> crate::Result<JobDetail> {
+    caller.require_admin()?;
+    let job = get(&services.db, id)
+        .await?
+        .ok_or(crate::Error::NotFound("job"))?;
+    let (payload, errors): (serde_json::Value, serde_json::Value) =
+        sqlx::query_as("SELECT payload, errors FROM jobs WHERE id = $1")
+            .bind(id)
+            .fetch_one(&services.db)
+            .await?;
+    Ok(JobDetail {
+        job,
+        payload,
+        errors,
+    })
+}
+
+pub async fn admin_queues(
+    services: &crate::Services,
+    caller: &crate::auth::Principal,
+) -> crate::Result<Vec<QueueDepth>> {
+    caller.require_admin()?;
+    depths(&services.db).await
+}
+
 /// How a job attempt failed, which decides what happens next.
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {

@@ -88,6 +88,36 @@ pub struct KindPolicy {
     pub timeout: Duration,
 }
 
+/// Every job kind, by name.
+pub const KINDS: [&str; 7] = [
+    "send_email",
+    "transcode_video",
+    "process_image",
+    "issue_certificate",
+    "recompute_course_stats",
+    "fan_out_notifications",
+    "export_user_data",
+];
+
+/// How a kind of job runs: queue, attempts, time limit. `None` for an unknown kind.
+pub fn policy_of(kind: &str) -> Option<KindPolicy> {
+    let (queue, max_attempts, secs) = match kind {
+        "send_email" => (Queue::Email, 8, 60),
+        "transcode_video" => (Queue::Media, 3, 2 * 60 * 60),
+        "process_image" => (Queue::Media, 5, 5 * 60),
+        "issue_certificate" => (Queue::Default, 5, 5 * 60),
+        "recompute_course_stats" => (Queue::Default, 5, 5 * 60),
+        "fan_out_notifications" => (Queue::Default, 10, 30 * 60),
+        "export_user_data" => (Queue::Default, 5, 10 * 60),
+        _ => return None,
+    };
+    Some(KindPolicy {
+        queue,
+        max_attempts,
+        timeout: Duration::from_secs(secs),
+    })
+}
+
 impl Job {
     pub fn kind(&self) -> &'static str {
         match self {
@@ -102,20 +132,11 @@ impl Job {
     }
 
     pub fn policy(&self) -> KindPolicy {
-        let (queue, max_attempts, secs) = match self {
-            Job::SendEmail(_) => (Queue::Email, 8, 60),
-            Job::TranscodeVideo(_) => (Queue::Media, 3, 2 * 60 * 60),
-            Job::ProcessImage(_) => (Queue::Media, 5, 5 * 60),
-            Job::IssueCertificate(_) => (Queue::Default, 5, 5 * 60),
-            Job::RecomputeCourseStats(_) => (Queue::Default, 5, 5 * 60),
-            Job::FanOutNotifications(_) => (Queue::Default, 10, 30 * 60),
-            Job::ExportUserData(_) => (Queue::Default, 5, 10 * 60),
-        };
-        KindPolicy {
-            queue,
-            max_attempts,
-            timeout: Duration::from_secs(secs),
-        }
+        policy_of(self.kind()).unwrap_or(KindPolicy {
+            queue: Queue::Default,
+            max_attempts: 5,
+            timeout: Duration::from_secs(300),
+        })
     }
 
     /// The payload alone (without the kind tag), as stored in the `jobs.payload` column.
@@ -146,6 +167,14 @@ mod tests {
         });
         let back = Job::from_parts(job.kind(), job.payload_json()).expect("round trip");
         assert_eq!(back, job);
+    }
+
+    #[test]
+    fn every_kind_has_a_policy() {
+        for kind in KINDS {
+            assert!(policy_of(kind).is_some(), "{kind}");
+        }
+        assert!(policy_of("nope").is_none());
     }
 
     #[test]

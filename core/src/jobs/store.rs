@@ -353,3 +353,126 @@ pub async fn get_visible(
         Err(Error::NotFound("job"))
     }
 }
+
+/// One page of jobs for operators, newest first, filtered by state and kind.
+pub async fn list(
+    pool: &PgPool,
+    state: Option<JobState>,
+    kind: Option<&str>,
+    limit: i64,
+    before: Option<Uuid>,
+) -> Result<Vec<JobView>> {
+    let state = state.map(|s| match s {
+        JobState::Queued => "queued",
+        JobState::Running => "running",
+        JobState::Retrying => "retrying",
+        JobState::Succeeded => "succeeded",
+        JobState::Failed => "failed",
+    });
+    let rows: Vec<JobRow> = sqlx::query_as(
+        "SELECT id, kind, state, attempts, max_attempts, progress, last_error, created_at,
+                run_at, started_at, finished_at, created_by
+           FROM jobs
+          WHERE ($1::text IS NULL OR state = $1) AND ($2::text IS NULL OR kind = $2)
+            AND ($3::uuid IS NULL OR id < $3)
+          ORDER BY id DESC LIMIT $4",
+    )
+    .bind(state)
+    .bind(kind)
+    .bind(before)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().map(Into::into).collect())
+}
+
+/// Sends failed jobs back to the queue with a fresh budget of attempts (their history is kept).
+/// `ids` or `kind` selects them; returns the jobs to dispatch.
+pub async fn requeue_failed(
+    pool: &PgPool,
+    ids: Option<&[Uuid]>,
+    kind: Option<&str>,
+) -> Result<Vec<NewJob>> {
+    let mut tx = pool.begin().await?;
+    let failed: Vec<(Uuid, String, i32)> = sqlx::query_as(
+        "SELECT id, kind, attempts FROM jobs
+          WHERE state = 'failed' AND ($1::uuid[] IS NULL OR id = ANY($1)) AND ($2::text IS NULL OR kind = $2)
+          ORDER BY id LIMIT 10000 FOR UPDATE SKIP LOCKED",
+    )
+    .bind(ids)
+    .bind(kind)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut requeued = Vec::with_capacity(failed.len());
+    for (id, kind, attempts) in failed {
+        // A kind this version does not know stays a dead letter.
+        let (Some(policy), Some(kind)) = (
+            super::policy_of(&kind),
+            super::KINDS.into_iter().find(|k| *k == kind),
+        ) else {
+            continue;
+        };
+        let run_at: DateTime<Utc> = sqlx::query_scalar(
+            "UPDATE jobs SET state = 'queued', max_attempts = $2, run_at = now(), dispatched_at = NULL,
+                    finished_at = NULL, updated_at = now()
+              WHERE id = $1 RETURNING run_at",
+        )
+        .bind(id)
+        .bind(attempts + policy.max_attempts)
+        .fetch_one(&mut *tx)
+        .await?;
+        requeued.push(NewJob {
+            id,
+            kind,
+            queue: policy.queue,
+            run_at,
+        });
+    }
+    tx.commit().await?;
+    Ok(requeued)
+}
+
+/// Jobs per queue and state, for `GET /admin/queues`.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct QueueDepth {
+    pub queue: String,
+    pub queued: i64,
+    pub running: i64,
+    pub retrying: i64,
+    pub failed: i64,
+    /// Queued or retrying jobs that are due now.
+    pub due: i64,
+    /// Age in seconds of the oldest due job, a measure of backlog.
+    pub oldest_due_secs: Option<f64>,
+}
+
+pub async fn depths(pool: &PgPool) -> Result<Vec<QueueDepth>> {
+    let rows: Vec<(String, i64, i64, i64, i64, i64, Option<f64>)> = sqlx::query_as(
+        "SELECT q.queue,
+                count(*) FILTER (WHERE j.state = 'queued'),
+                count(*) FILTER (WHERE j.state = 'running'),
+                count(*) FILTER (WHERE j.state = 'retrying'),
+                count(*) FILTER (WHERE j.state = 'failed'),
+                count(*) FILTER (WHERE j.state IN ('queued', 'retrying') AND j.run_at <= now()),
+                EXTRACT(EPOCH FROM now() - min(j.run_at) FILTER (WHERE j.state IN ('queued', 'retrying') AND j.run_at <= now()))::float8
+           FROM (VALUES ('email'), ('media'), ('default')) AS q(queue)
+           LEFT JOIN jobs j ON j.queue = q.queue AND j.state <> 'succeeded'
+          GROUP BY q.queue ORDER BY q.queue",
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(
+            |(queue, queued, running, retrying, failed, due, oldest_due_secs)| QueueDepth {
+                queue,
+                queued,
+                running,
+                retrying,
+                failed,
+                due,
+                oldest_due_secs,
+            },
+        )
+        .collect())
+}

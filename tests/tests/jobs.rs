@@ -1,0 +1,130 @@
+//! Operators and dead letters: failed jobs keep their payload and every attempt's error, and can be retried.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use lectern_tests::TestApp;
+use serde_json::json;
+
+#[tokio::test]
+async fn dead_letters_are_listed_inspected_and_retried() {
+    let app = TestApp::spawn().await;
+    let mut failed = Vec::new();
+    for to in ["bounce-1@example.com", "bounce-2@example.com"] {
+        let (_, body) = app
+            .post_as_admin("/api/v1/admin/email/test", &json!({ "to": to }))
+            .await;
+        let id = body["job"]["id"].as_str().unwrap().to_owned();
+        app.wait_for_job(&id, "failed", Duration::from_secs(20))
+            .await;
+        failed.push(id);
+    }
+    let (_, ok) = app
+        .post_as_admin(
+            "/api/v1/admin/email/test",
+            &json!({"to": "fine@example.com"}),
+        )
+        .await;
+    let ok_id = ok["job"]["id"].as_str().unwrap().to_owned();
+    app.wait_for_job(&ok_id, "succeeded", Duration::from_secs(20))
+        .await;
+
+    let (status, page) = app
+        .get_as_admin("/api/v1/admin/jobs?state=failed&kind=send_email")
+        .await;
+    assert_eq!(status, 200, "{page}");
+    let ids: Vec<&str> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        vec![failed[1].as_str(), failed[0].as_str()],
+        "newest first, only failed"
+    );
+    let (_, none) = app
+        .get_as_admin("/api/v1/admin/jobs?state=failed&kind=transcode_video")
+        .await;
+    assert_eq!(none["items"], json!([]));
+
+    let (status, detail) = app
+        .get_as_admin(&format!("/api/v1/admin/jobs/{}", failed[0]))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(detail["payload"]["to"], "bounce-1@example.com");
+    assert_eq!(detail["errors"].as_array().unwrap().len(), 1);
+    assert!(
+        detail["errors"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("refused")
+    );
+    assert!(detail["errors"][0]["at"].is_string());
+
+    let (status, queues) = app.get_as_admin("/api/v1/admin/queues").await;
+    assert_eq!(status, 200);
+    let email = queues
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["queue"] == "email")
+        .unwrap();
+    assert_eq!(email["failed"], 2);
+
+    // Retrying one runs it again (it fails again here: the mailbox still refuses), history kept.
+    let (status, retried) = app
+        .post_as_admin(
+            &format!("/api/v1/admin/jobs/{}/retry", failed[0]),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(status, 202, "{retried}");
+    assert_eq!(retried["job"]["state"], "queued");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, detail) = app
+            .get_as_admin(&format!("/api/v1/admin/jobs/{}", failed[0]))
+            .await;
+        if detail["state"] == "failed" && detail["attempts"] == 2 {
+            assert_eq!(detail["errors"].as_array().unwrap().len(), 2);
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{detail}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let (status, body) = app
+        .post_as_admin(&format!("/api/v1/admin/jobs/{ok_id}/retry"), &json!({}))
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("job_not_failed"))
+    );
+    let (status, _) = app
+        .post_as_admin(
+            &format!("/api/v1/admin/jobs/{}/retry", uuid::Uuid::now_v7()),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(status, 404);
+
+    let (status, bulk) = app
+        .post_as_admin("/api/v1/admin/jobs/retry", &json!({"kind": "send_email"}))
+        .await;
+    assert_eq!((status, bulk["retried"].as_i64()), (202, Some(2)));
+
+    // Students see none of it.
+    let student = app.register("curious@example.com", "student").await;
+    let token = student["access_token"].as_str().unwrap();
+    for path in ["/api/v1/admin/jobs?state=failed", "/api/v1/admin/queues"] {
+        assert_eq!(app.call("GET", path, Some(token), None).await.0, 403);
+    }
+    assert_eq!(
+        app.call("GET", &format!("/api/v1/jobs/{ok_id}"), Some(token), None)
+            .await
+            .0,
+        404
+    );
+}
