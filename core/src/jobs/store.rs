@@ -433,7 +433,7 @@ pub async fn requeue_failed(
 }
 
 /// Jobs per queue and state, for `GET /admin/queues`.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct QueueDepth {
     pub queue: String,
     pub queued: i64,
@@ -447,32 +447,20 @@ pub struct QueueDepth {
 }
 
 pub async fn depths(pool: &PgPool) -> Result<Vec<QueueDepth>> {
-    let rows: Vec<(String, i64, i64, i64, i64, i64, Option<f64>)> = sqlx::query_as(
+    let rows: Vec<QueueDepth> = sqlx::query_as(
         "SELECT q.queue,
-                count(*) FILTER (WHERE j.state = 'queued'),
-                count(*) FILTER (WHERE j.state = 'running'),
-                count(*) FILTER (WHERE j.state = 'retrying'),
-                count(*) FILTER (WHERE j.state = 'failed'),
-                count(*) FILTER (WHERE j.state IN ('queued', 'retrying') AND j.run_at <= now()),
-                EXTRACT(EPOCH FROM now() - min(j.run_at) FILTER (WHERE j.state IN ('queued', 'retrying') AND j.run_at <= now()))::float8
+                count(j.id) FILTER (WHERE j.state = 'queued') AS queued,
+                count(j.id) FILTER (WHERE j.state = 'running') AS running,
+                count(j.id) FILTER (WHERE j.state = 'retrying') AS retrying,
+                count(j.id) FILTER (WHERE j.state = 'failed') AS failed,
+                count(j.id) FILTER (WHERE j.state IN ('queued', 'retrying') AND j.run_at <= now()) AS due,
+                EXTRACT(EPOCH FROM now() - min(j.run_at)
+                    FILTER (WHERE j.state IN ('queued', 'retrying') AND j.run_at <= now()))::float8 AS oldest_due_secs
            FROM (VALUES ('email'), ('media'), ('default')) AS q(queue)
            LEFT JOIN jobs j ON j.queue = q.queue AND j.state <> 'succeeded'
           GROUP BY q.queue ORDER BY q.queue",
     )
     .fetch_all(pool)
     .await?;
-    Ok(rows
-        .into_iter()
-        .map(
-            |(queue, queued, running, retrying, failed, due, oldest_due_secs)| QueueDepth {
-                queue,
-                queued,
-                running,
-                retrying,
-                failed,
-                due,
-                oldest_due_secs,
-            },
-        )
-        .collect())
+    Ok(rows)
 }
