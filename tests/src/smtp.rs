@@ -96,7 +96,11 @@ impl Handler for CollectHandler {
         Ok(())
     }
 
+    /// Messages to a `slow...` recipient take 5 seconds to accept (a slow or stuck mail server).
     fn data_end(&mut self) -> Response {
+        if self.recipients.iter().any(|r| r.starts_with("slow")) {
+            thread::sleep(Duration::from_secs(5));
+        }
         let mail = ReceivedMail {
             from: std::mem::take(&mut self.from),
             recipients: std::mem::take(&mut self.recipients),

@@ -128,3 +128,45 @@ async fn dead_letters_are_listed_inspected_and_retried() {
         404
     );
 }
+
+#[tokio::test]
+async fn a_job_of_a_killed_worker_runs_again_on_a_live_one() {
+    let mut app = TestApp::spawn().await;
+    let (_, body) = app
+        .post_as_admin(
+            "/api/v1/admin/email/test",
+            &json!({"to": "slow@example.com"}),
+        )
+        .await;
+    let id = body["job"]["id"].as_str().unwrap().to_owned();
+    app.wait_for_job(&id, "running", Duration::from_secs(20))
+        .await;
+
+    // SIGKILL mid-job: no shutdown, no cleanup.
+    let mut killed = app.worker.take().unwrap();
+    killed.signal("KILL");
+    killed.wait_exit(Duration::from_secs(5)).expect("killed");
+    let started = std::time::Instant::now();
+    let replacement = app.spawn_worker("worker-2.log");
+
+    let deadline = started + Duration::from_secs(60);
+    let job = loop {
+        let (_, job) = app.get_as_admin(&format!("/api/v1/admin/jobs/{id}")).await;
+        if job["state"] == "succeeded" || std::time::Instant::now() > deadline {
+            break job;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(job["state"], "succeeded", "{job}\n{}", replacement.output());
+    let recovered_in = started.elapsed();
+    assert!(recovered_in < Duration::from_secs(60), "{recovered_in:?}");
+    assert_eq!(job["attempts"], 2);
+    assert!(
+        job["errors"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("stopped responding"),
+        "{job}"
+    );
+    println!("recovered in {recovered_in:?}");
+}
