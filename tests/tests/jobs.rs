@@ -170,3 +170,70 @@ async fn a_job_of_a_killed_worker_runs_again_on_a_live_one() {
     );
     println!("recovered in {recovered_in:?}");
 }
+
+#[tokio::test]
+async fn a_thousand_recomputes_for_one_course_coalesce_into_one_job() {
+    use lectern_core::jobs::{self, Job, RecomputeCourseStats};
+    let db = lectern_tests::TestDb::create().await;
+    let course = uuid::Uuid::now_v7();
+    let recompute = |course_id| Job::RecomputeCourseStats(RecomputeCourseStats { course_id });
+
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let pool = db.pool.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for _ in 0..50 {
+                let mut tx = pool.begin().await.unwrap();
+                let job = jobs::insert(&mut tx, &recompute(course), None, None)
+                    .await
+                    .unwrap();
+                tx.commit().await.unwrap();
+                ids.push((job.id, job.coalesced));
+            }
+            ids
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    assert_eq!(all.len(), 1000);
+    let fresh = all.iter().filter(|(_, coalesced)| !coalesced).count();
+    assert_eq!(fresh, 1, "one new job, 999 coalesced into it");
+    assert!(all.iter().all(|(id, _)| *id == all[0].0));
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 1);
+    // Debounced: it runs a little later, so the burst folds into it.
+    let (delay,): (f64,) =
+        sqlx::query_as("SELECT EXTRACT(EPOCH FROM run_at - created_at)::float8 FROM jobs")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert!(delay >= 1.5, "{delay}");
+
+    // Another course gets its own job.
+    let mut tx = db.pool.begin().await.unwrap();
+    let other = jobs::insert(&mut tx, &recompute(uuid::Uuid::now_v7()), None, None)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert!(!other.coalesced);
+
+    // Once the queued one is running, a new trigger queues a fresh run: no change is missed.
+    sqlx::query("UPDATE jobs SET state = 'running', lease_expires_at = now() + interval '30 seconds' WHERE id = $1")
+        .bind(all[0].0)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let mut tx = db.pool.begin().await.unwrap();
+    let next = jobs::insert(&mut tx, &recompute(course), None, None)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert!(!next.coalesced);
+    assert_ne!(next.id, all[0].0);
+}

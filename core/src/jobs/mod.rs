@@ -125,6 +125,9 @@ impl JobQueue {
     /// Pushes a committed job to its Redis queue and records that it was dispatched.
     /// Failure is logged, not returned: the relay dispatches the job once Redis is back.
     pub async fn dispatch(&self, job: &NewJob) {
+        if job.coalesced {
+            return;
+        }
         if let Err(e) = self.push(job.id, job.queue, job.delay()).await {
             tracing::warn!(job_id = %job.id, error = %e, "job committed but not pushed; the relay will push it");
             return;

@@ -139,6 +139,23 @@ impl Job {
         })
     }
 
+    /// Jobs with a key coalesce: while one with the same kind and key is queued, enqueuing
+    /// another adds nothing. Used where running once for a burst of triggers is the point.
+    pub fn dedupe_key(&self) -> Option<String> {
+        match self {
+            Job::RecomputeCourseStats(j) => Some(j.course_id.to_string()),
+            _ => None,
+        }
+    }
+
+    /// How long a coalescing job waits before it runs, so a burst of triggers folds into one run.
+    pub fn debounce(&self) -> std::time::Duration {
+        match self {
+            Job::RecomputeCourseStats(_) => std::time::Duration::from_secs(2),
+            _ => std::time::Duration::ZERO,
+        }
+    }
+
     /// The payload alone (without the kind tag), as stored in the `jobs.payload` column.
     pub fn payload_json(&self) -> serde_json::Value {
         serde_json::to_value(self)

@@ -18,6 +18,8 @@ pub struct NewJob {
     pub kind: &'static str,
     pub queue: Queue,
     pub run_at: DateTime<Utc>,
+    /// An identical job was already queued; this is that job, and it needs no new dispatch.
+    pub coalesced: bool,
 }
 
 impl NewJob {
@@ -121,6 +123,7 @@ impl From<JobRow> for JobView {
 }
 
 /// Writes a job row in the caller's transaction. Dispatch it with [`JobQueue::dispatch`] after commit.
+/// A job with a [`Job::dedupe_key`] coalesces with an identical queued one instead.
 pub async fn insert(
     conn: &mut PgConnection,
     job: &Job,
@@ -128,26 +131,59 @@ pub async fn insert(
     run_at: Option<DateTime<Utc>>,
 ) -> Result<NewJob> {
     let policy = job.policy();
-    let id = Uuid::now_v7();
-    let run_at: DateTime<Utc> = sqlx::query_scalar(
-        "INSERT INTO jobs (id, kind, queue, payload, max_attempts, created_by, run_at)
-         VALUES ($1, $2, $3, $4, $5, $6, COALESCE($7, now()))
-         RETURNING run_at",
-    )
-    .bind(id)
-    .bind(job.kind())
-    .bind(policy.queue.as_str())
-    .bind(job.payload_json())
-    .bind(policy.max_attempts)
-    .bind(created_by)
-    .bind(run_at)
-    .fetch_one(&mut *conn)
-    .await?;
-    Ok(NewJob {
-        id,
-        kind: job.kind(),
-        queue: policy.queue,
-        run_at,
+    let dedupe_key = job.dedupe_key();
+    let run_at = run_at.or_else(|| {
+        let debounce = job.debounce();
+        (!debounce.is_zero()).then(|| Utc::now() + debounce)
+    });
+    for _ in 0..3 {
+        let id = Uuid::now_v7();
+        let inserted: Option<DateTime<Utc>> = sqlx::query_scalar(
+            "INSERT INTO jobs (id, kind, queue, payload, max_attempts, created_by, run_at, dedupe_key)
+             VALUES ($1, $2, $3, $4, $5, $6, COALESCE($7, now()), $8)
+             ON CONFLICT (kind, dedupe_key) WHERE dedupe_key IS NOT NULL AND state = 'queued' DO NOTHING
+             RETURNING run_at",
+        )
+        .bind(id)
+        .bind(job.kind())
+        .bind(policy.queue.as_str())
+        .bind(job.payload_json())
+        .bind(policy.max_attempts)
+        .bind(created_by)
+        .bind(run_at)
+        .bind(dedupe_key.as_deref())
+        .fetch_optional(&mut *conn)
+        .await?;
+        if let Some(run_at) = inserted {
+            return Ok(NewJob {
+                id,
+                kind: job.kind(),
+                queue: policy.queue,
+                run_at,
+                coalesced: false,
+            });
+        }
+        let existing: Option<(Uuid, DateTime<Utc>)> = sqlx::query_as(
+            "SELECT id, run_at FROM jobs WHERE kind = $1 AND dedupe_key = $2 AND state = 'queued'",
+        )
+        .bind(job.kind())
+        .bind(dedupe_key.as_deref())
+        .fetch_optional(&mut *conn)
+        .await?;
+        if let Some((id, run_at)) = existing {
+            return Ok(NewJob {
+                id,
+                kind: job.kind(),
+                queue: policy.queue,
+                run_at,
+                coalesced: true,
+            });
+        }
+        // The queued twin started running in between: try again, now without a conflict.
+    }
+    Err(Error::Conflict {
+        code: "job_contention",
+        message: "could not enqueue the job under contention; try again".into(),
     })
 }
 
@@ -412,20 +448,28 @@ pub async fn requeue_failed(
         ) else {
             continue;
         };
-        let run_at: DateTime<Utc> = sqlx::query_scalar(
+        // A coalescing job whose twin is already queued stays failed: the twin does the work.
+        let run_at: Option<DateTime<Utc>> = sqlx::query_scalar(
             "UPDATE jobs SET state = 'queued', max_attempts = $2, run_at = now(), dispatched_at = NULL,
                     finished_at = NULL, updated_at = now()
-              WHERE id = $1 RETURNING run_at",
+              WHERE id = $1
+                AND NOT EXISTS (SELECT 1 FROM jobs twin WHERE twin.kind = jobs.kind
+                                AND twin.dedupe_key = jobs.dedupe_key AND twin.state = 'queued')
+             RETURNING run_at",
         )
         .bind(id)
         .bind(attempts + policy.max_attempts)
-        .fetch_one(&mut *tx)
+        .fetch_optional(&mut *tx)
         .await?;
+        let Some(run_at) = run_at else {
+            continue;
+        };
         requeued.push(NewJob {
             id,
             kind,
             queue: policy.queue,
             run_at,
+            coalesced: false,
         });
     }
     tx.commit().await?;
