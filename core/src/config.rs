@@ -168,6 +168,8 @@ pub struct Config {
     pub admin_token: Option<Secret>,
     pub auth: AuthConfig,
     pub worker_concurrency: WorkerConcurrency,
+    /// Per-kind overrides of the job time limit (`JOB_TIMEOUTS=send_email=30,transcode_video=3600`).
+    pub job_timeouts: BTreeMap<String, Duration>,
     pub shutdown_timeout: Duration,
     pub log_format: LogFormat,
 }
@@ -340,6 +342,27 @@ impl Config {
             media: r.positive("WORKER_CONCURRENCY_MEDIA", 2),
             default: r.positive("WORKER_CONCURRENCY_DEFAULT", 4),
         };
+        let mut job_timeouts = BTreeMap::new();
+        if let Some(raw) = r.raw("JOB_TIMEOUTS") {
+            for item in raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                let parsed = item.split_once('=').and_then(|(kind, secs)| {
+                    let kind = kind.trim();
+                    let secs: u64 = secs.trim().parse().ok().filter(|s| *s > 0)?;
+                    crate::jobs::KINDS
+                        .contains(&kind)
+                        .then(|| (kind.to_owned(), Duration::from_secs(secs)))
+                });
+                match parsed {
+                    Some((kind, limit)) => {
+                        job_timeouts.insert(kind, limit);
+                    }
+                    None => r.problem(
+                        "JOB_TIMEOUTS",
+                        format!("{item:?} is not kind=seconds with a known job kind"),
+                    ),
+                }
+            }
+        }
         let shutdown_timeout =
             Duration::from_secs(r.parse("SHUTDOWN_TIMEOUT_SECS", 30u64, "a number of seconds"));
         let log_format = match r.string("LOG_FORMAT", "pretty").as_str() {
@@ -373,6 +396,7 @@ impl Config {
             admin_token: admin_token.map(Secret::new),
             auth,
             worker_concurrency,
+            job_timeouts,
             shutdown_timeout,
             log_format,
         })

@@ -237,3 +237,31 @@ async fn a_thousand_recomputes_for_one_course_coalesce_into_one_job() {
     assert!(!next.coalesced);
     assert_ne!(next.id, all[0].0);
 }
+
+#[tokio::test]
+async fn the_watchdog_cancels_an_attempt_past_its_time_limit() {
+    let app = TestApp::spawn_with(lectern_tests::Options {
+        no_worker: false,
+        env: vec![("JOB_TIMEOUTS".into(), "send_email=1".into())],
+    })
+    .await;
+    // The mail server takes 5 s to accept this message; the limit is 1 s.
+    let (_, body) = app
+        .post_as_admin(
+            "/api/v1/admin/email/test",
+            &json!({"to": "slow-stuck@example.com"}),
+        )
+        .await;
+    let id = body["job"]["id"].as_str().unwrap();
+    let job = app
+        .wait_for_job(id, "retrying", Duration::from_secs(20))
+        .await;
+    assert_eq!(job["attempts"], 1);
+    assert!(
+        job["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("cancelled by the watchdog after 1 s"),
+        "{job}"
+    );
+}

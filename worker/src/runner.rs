@@ -45,16 +45,22 @@ async fn execute(services: &Services, claimed: Claimed) -> Result<(), BoxDynErro
         }
     };
     let policy = job.policy();
+    let time_limit = services
+        .config
+        .job_timeouts
+        .get(job.kind())
+        .copied()
+        .unwrap_or(policy.timeout);
     tracing::info!("job started");
     let started = std::time::Instant::now();
 
     let work = crate::handlers::handle(services, job);
     let outcome = tokio::select! {
-        result = tokio::time::timeout(policy.timeout, work) => match result {
+        result = tokio::time::timeout(time_limit, work) => match result {
             Ok(result) => result,
             Err(_) => Err(JobError::Retryable(format!(
                 "cancelled by the watchdog after {} s (the time limit for this kind of job)",
-                policy.timeout.as_secs()
+                time_limit.as_secs()
             ))),
         },
         () = keep_lease(services, &claimed) => Err(JobError::Retryable(
