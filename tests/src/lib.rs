@@ -354,6 +354,8 @@ impl TestApp {
             url: format!("http://127.0.0.1:{port}"),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
+                // Below actix's 5 s keep-alive, so a pooled connection is never one the server closed.
+                .pool_idle_timeout(Duration::from_secs(2))
                 .build()
                 .expect("client"),
             db,

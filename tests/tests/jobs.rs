@@ -265,3 +265,27 @@ async fn the_watchdog_cancels_an_attempt_past_its_time_limit() {
         "{job}"
     );
 }
+
+#[tokio::test]
+async fn sigterm_lets_the_in_flight_job_finish_then_exits_0() {
+    let mut app = TestApp::spawn().await;
+    let (_, body) = app
+        .post_as_admin(
+            "/api/v1/admin/email/test",
+            &json!({"to": "slow-graceful@example.com"}),
+        )
+        .await;
+    let id = body["job"]["id"].as_str().unwrap().to_owned();
+    app.wait_for_job(&id, "running", Duration::from_secs(20))
+        .await;
+    let worker = app.worker.as_mut().unwrap();
+    worker.signal("TERM");
+    let status = worker
+        .wait_exit(Duration::from_secs(15))
+        .expect("exits within the shutdown timeout");
+    assert_eq!(status.code(), Some(0), "{}", worker.output());
+    let (_, job) = app.get_as_admin(&format!("/api/v1/jobs/{id}")).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["attempts"], 1);
+    assert_eq!(app.smtp.messages().len(), 1);
+}
