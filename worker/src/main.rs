@@ -54,6 +54,12 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let prefix = config.queue_prefix.clone();
     let services = Services::new(config)?;
 
+    let wakers = std::sync::Arc::new(jobs::wake::Wakers::new(&prefix));
+    let listener = tokio::spawn({
+        let url = services.config.redis_url.expose().to_owned();
+        let wakers = std::sync::Arc::clone(&wakers);
+        async move { wakers.listen(url).await }
+    });
     let (stop_relay, relay_stopped) = tokio::sync::watch::channel(false);
     let relay = tokio::spawn(runner::relay_loop(services.clone(), relay_stopped));
 
@@ -67,10 +73,15 @@ async fn run(config: Config) -> anyhow::Result<()> {
         let services = services.clone();
         let prefix = prefix.clone();
         let name = worker_name(queue);
+        let wakers = std::sync::Arc::clone(&wakers);
         tracing::info!(queue = queue.as_str(), slots, worker = %name, "starting queue worker");
         monitor = monitor.register(move |_restarts| {
+            // Woken by a push at once; polls as a backstop.
+            let strategy = Strategy::new()
+                .stream(wakers.stream(queue))
+                .interval(jobs::POLL_INTERVAL);
             let backend = jobs::redis_storage(services.redis.clone(), &prefix, queue)
-                .poll_with_interval(jobs::POLL_INTERVAL);
+                .poll_with_strategy(strategy);
             WorkerBuilder::new(name.clone())
                 .backend(backend)
                 .concurrency(slots)
@@ -93,6 +104,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     monitor.run_with_signal(shutdown_signal()).await?;
     let _ = stop_relay.send(true);
     let _ = relay.await;
+    listener.abort();
     Ok(())
 }
 

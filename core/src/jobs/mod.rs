@@ -9,6 +9,7 @@
 
 mod payload;
 mod store;
+pub mod wake;
 
 pub use payload::*;
 pub use store::*;
@@ -63,8 +64,14 @@ pub struct JobRef {
     pub id: Uuid,
 }
 
-/// How often an idle worker asks Redis for work; bounds pick-up latency.
-pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// How often an idle worker asks Redis for work when no wake-up arrives (a backstop: pushes
+/// publish a wake-up on [`wake_channel`], which workers subscribe to).
+pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
+
+/// The pub/sub channel that wakes the workers of a queue as soon as a job is pushed.
+pub fn wake_channel(prefix: &str, queue: Queue) -> String {
+    format!("{prefix}-wake-{}", queue.as_str())
+}
 /// A worker that stops heart-beating for this long loses its Redis leases to live workers.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
 pub const MISSED_HEARTBEATS: usize = 3;
@@ -93,6 +100,8 @@ pub fn redis_connection(url: &str) -> redis::RedisResult<ConnectionManager> {
 #[derive(Clone)]
 pub struct JobQueue {
     pool: PgPool,
+    redis: ConnectionManager,
+    prefix: String,
     email: RedisStorage<JobRef>,
     media: RedisStorage<JobRef>,
     default: RedisStorage<JobRef>,
@@ -108,6 +117,8 @@ impl JobQueue {
     pub fn new(pool: PgPool, conn: ConnectionManager, prefix: &str) -> Self {
         JobQueue {
             pool,
+            redis: conn.clone(),
+            prefix: prefix.to_owned(),
             email: redis_storage(conn.clone(), prefix, Queue::Email),
             media: redis_storage(conn.clone(), prefix, Queue::Media),
             default: redis_storage(conn, prefix, Queue::Default),
@@ -145,7 +156,17 @@ impl JobQueue {
             .build();
         storage.push_task(task).await.map_err(|e| {
             crate::Error::Unavailable(crate::error::Dependency::Redis, e.to_string().into())
-        })
+        })?;
+        if delay.is_zero() {
+            // Best effort: an idle worker that misses this finds the job at its next poll.
+            let mut conn = self.redis.clone();
+            let _: redis::RedisResult<i64> = redis::cmd("PUBLISH")
+                .arg(wake_channel(&self.prefix, queue))
+                .arg("")
+                .query_async(&mut conn)
+                .await;
+        }
+        Ok(())
     }
 }
 
