@@ -289,3 +289,65 @@ async fn sigterm_lets_the_in_flight_job_finish_then_exits_0() {
     assert_eq!(job["attempts"], 1);
     assert_eq!(app.smtp.messages().len(), 1);
 }
+
+#[tokio::test]
+async fn redis_keeps_only_pending_deliveries_after_a_vacuum() {
+    let app = TestApp::spawn().await;
+    let (_, body) = app
+        .post_as_admin(
+            "/api/v1/admin/email/test",
+            &json!({"to": "tidy@example.com"}),
+        )
+        .await;
+    app.wait_for_job(
+        body["job"]["id"].as_str().unwrap(),
+        "succeeded",
+        Duration::from_secs(20),
+    )
+    .await;
+    let config = lectern_core::config::Config::from_source(|k| app.env.get(k).cloned()).unwrap();
+    let services = lectern_core::Services::new(config).unwrap();
+    let mut redis = redis::Client::open(lectern_tests::redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let queue = format!("{}-email", app.prefix);
+    // apalis-redis acknowledges asynchronously; wait until it has recorded the delivery as done.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let done: i64 = redis::cmd("SCARD")
+            .arg(format!("{queue}:done"))
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        if done >= 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the delivery was never acknowledged"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let dropped = lectern_core::jobs::vacuum_redis(&services).await.unwrap();
+    assert!(dropped >= 1, "{dropped}");
+    let done: i64 = redis::cmd("SCARD")
+        .arg(format!("{queue}:done"))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let data: i64 = redis::cmd("HLEN")
+        .arg(format!("{queue}:data"))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!((done, data), (0, 0));
+    // The job's history is untouched: it lives in PostgreSQL.
+    let state: String = sqlx::query_scalar("SELECT state FROM jobs")
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(state, "succeeded");
+}

@@ -123,6 +123,7 @@ async fn keep_lease(services: &Services, claimed: &Claimed) {
 /// Runs in every worker process; `SKIP LOCKED` keeps them from doing the same work twice.
 pub async fn relay_loop(services: Services, mut stop: tokio::sync::watch::Receiver<bool>) {
     let mut delay = Duration::from_secs(1);
+    let mut last_vacuum = std::time::Instant::now();
     loop {
         tokio::select! {
             _ = stop.changed() => return,
@@ -139,6 +140,11 @@ pub async fn relay_loop(services: Services, mut stop: tokio::sync::watch::Receiv
             let pushed = jobs::relay_due(&services.db, &services.jobs, 500).await?;
             if pushed > 0 {
                 tracing::info!(pushed, "relayed due jobs to Redis");
+            }
+            if last_vacuum.elapsed() >= Duration::from_secs(60) {
+                last_vacuum = std::time::Instant::now();
+                let dropped = jobs::vacuum_redis(&services).await?;
+                tracing::debug!(dropped, "vacuumed finished deliveries from Redis");
             }
             Ok::<_, lectern_core::Error>(())
         }

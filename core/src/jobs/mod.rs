@@ -314,3 +314,37 @@ mod tests {
         }
     }
 }
+
+/// Frees Redis of finished deliveries. apalis-redis keeps every task's data, metadata and id
+/// forever; Lectern's job history lives in PostgreSQL, so Redis only needs what is pending.
+/// One worker at a time does it (a short Redis lock). Returns how many tasks were dropped.
+pub async fn vacuum_redis(services: &crate::Services) -> crate::Result<usize> {
+    use apalis_core::backend::Vacuum;
+    let prefix = &services.config.queue_prefix;
+    let mut conn = services.redis.clone();
+    let locked: Option<String> = redis::cmd("SET")
+        .arg(format!("{prefix}-vacuum-lock"))
+        .arg("1")
+        .arg("NX")
+        .arg("EX")
+        .arg(50)
+        .query_async(&mut conn)
+        .await?;
+    if locked.is_none() {
+        return Ok(0);
+    }
+    let mut dropped = 0;
+    for queue in Queue::ALL {
+        let mut storage = redis_storage(services.redis.clone(), prefix, queue);
+        dropped += storage.vacuum().await.map_err(|e| {
+            crate::Error::Unavailable(crate::error::Dependency::Redis, e.to_string().into())
+        })?;
+        let name = queue.redis_name(prefix);
+        let _: () = redis::cmd("UNLINK")
+            .arg(format!("{name}:done"))
+            .arg(format!("{name}:dead"))
+            .query_async(&mut conn)
+            .await?;
+    }
+    Ok(dropped)
+}
