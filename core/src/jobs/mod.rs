@@ -291,30 +291,6 @@ pub fn backoff(attempt: i32, base: Duration, max: Duration) -> Duration {
     Duration::from_millis(jittered)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_and_is_capped() {
-        let base = Duration::from_secs(2);
-        let max = Duration::from_secs(60);
-        for _ in 0..100 {
-            let first = backoff(1, base, max);
-            assert!(
-                first >= Duration::from_secs(1) && first <= base,
-                "{first:?}"
-            );
-            let third = backoff(3, base, max);
-            assert!(
-                third >= Duration::from_secs(4) && third <= Duration::from_secs(8),
-                "{third:?}"
-            );
-            assert!(backoff(30, base, max) <= max);
-        }
-    }
-}
-
 /// Frees Redis of finished deliveries. apalis-redis keeps every task's data, metadata and id
 /// forever; Lectern's job history lives in PostgreSQL, so Redis only needs what is pending.
 /// One worker at a time does it (a short Redis lock). Returns how many tasks were dropped.
@@ -347,4 +323,28 @@ pub async fn vacuum_redis(services: &crate::Services) -> crate::Result<usize> {
             .await?;
     }
     Ok(dropped)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let base = Duration::from_secs(2);
+        let max = Duration::from_secs(60);
+        for _ in 0..100 {
+            let first = backoff(1, base, max);
+            assert!(
+                first >= Duration::from_secs(1) && first <= base,
+                "{first:?}"
+            );
+            let third = backoff(3, base, max);
+            assert!(
+                third >= Duration::from_secs(4) && third <= Duration::from_secs(8),
+                "{third:?}"
+            );
+            assert!(backoff(30, base, max) <= max);
+        }
+    }
 }
