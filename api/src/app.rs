@@ -38,6 +38,7 @@ pub fn build(
         .app_data(error::query_config())
         .service(routes::ops::healthz)
         .service(routes::ops::readyz)
+        .service(crate::metrics::metrics)
         .service(
             scope("/api/v1")
                 .route("/openapi.json", web::get().to(openapi_json))

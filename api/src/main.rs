@@ -3,6 +3,7 @@
 mod app;
 mod auth;
 mod error;
+mod metrics;
 mod request_context;
 mod routes;
 

@@ -324,6 +324,49 @@ async fn the_openapi_document_lists_the_routes() {
 }
 
 #[tokio::test]
+async fn metrics_count_requests_and_jobs() {
+    let app = TestApp::spawn_with(Options {
+        no_worker: true,
+        ..Default::default()
+    })
+    .await;
+    for _ in 0..3 {
+        app.get("/healthz").await;
+    }
+    app.get("/api/v1/no/such/route").await;
+    app.post_as_admin("/api/v1/admin/email/test", &json!({"to": "m@example.com"}))
+        .await;
+    let text = app
+        .http
+        .get(format!("{}/metrics", app.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing:\n{text}"))
+    };
+    assert!(
+        value("lectern_http_requests_total{class=\"2xx\"}") >= 4.0,
+        "{text}"
+    );
+    assert!(value("lectern_http_requests_total{class=\"4xx\"}") >= 1.0);
+    assert_eq!(value("lectern_database_up"), 1.0);
+    assert_eq!(
+        value("lectern_jobs{queue=\"email\",state=\"queued\"}"),
+        1.0,
+        "no worker runs it"
+    );
+    assert!(text.contains("lectern_http_request_duration_seconds_bucket{le=\"+Inf\"}"));
+}
+
+#[tokio::test]
 async fn invalid_configuration_exits_2_listing_every_problem() {
     let env: HashMap<String, String> = [
         ("PORT", "eighty"),
