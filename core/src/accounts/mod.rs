@@ -105,6 +105,18 @@ pub struct AuthResponse {
     pub token_type: &'static str,
 }
 
+impl AuthResponse {
+    fn new(user: UserView, access_token: String, refresh_token: String, expires_in: u64) -> Self {
+        AuthResponse {
+            user,
+            access_token,
+            refresh_token,
+            expires_in,
+            token_type: "Bearer",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 pub struct Registration {
     pub email: String,
@@ -240,13 +252,12 @@ pub async fn register(
         open_session(services, &mut tx, &user, client).await?;
     tx.commit().await?;
     services.jobs.dispatch(&mail).await;
-    Ok(AuthResponse {
+    Ok(AuthResponse::new(
         user,
         access_token,
         refresh_token,
         expires_in,
-        token_type: "Bearer",
-    })
+    ))
 }
 
 /// Writes a hashed one-time token and the mail job that carries it, in the caller's transaction.
@@ -457,13 +468,12 @@ pub async fn login(
     .await?;
     tx.commit().await?;
     rate_limit::reset(services, &account_key).await;
-    Ok(AuthResponse {
+    Ok(AuthResponse::new(
         user,
         access_token,
         refresh_token,
         expires_in,
-        token_type: "Bearer",
-    })
+    ))
 }
 
 fn invalid_refresh() -> Error {
@@ -542,13 +552,12 @@ pub async fn refresh(
     let (access_token, expires_in) =
         tokens::issue_access(&services.config, user.id, user.role, session_id)?;
     tx.commit().await?;
-    Ok(AuthResponse {
+    Ok(AuthResponse::new(
         user,
         access_token,
         refresh_token,
         expires_in,
-        token_type: "Bearer",
-    })
+    ))
 }
 
 async fn fetch_user(conn: &mut PgConnection, id: Uuid) -> Result<UserView> {
