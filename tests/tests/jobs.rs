@@ -351,3 +351,41 @@ async fn redis_keeps_only_pending_deliveries_after_a_vacuum() {
         .unwrap();
     assert_eq!(state, "succeeded");
 }
+
+#[tokio::test]
+async fn a_job_cut_short_by_shutdown_goes_back_to_the_queue_uncounted() {
+    let mut app = TestApp::spawn_with(lectern_tests::Options {
+        no_worker: false,
+        env: vec![("SHUTDOWN_TIMEOUT_SECS".into(), "1".into())],
+    })
+    .await;
+    // Takes 5 s; the shutdown timeout is 1 s.
+    let (_, body) = app
+        .post_as_admin(
+            "/api/v1/admin/email/test",
+            &json!({"to": "slow-cut@example.com"}),
+        )
+        .await;
+    let id = body["job"]["id"].as_str().unwrap().to_owned();
+    app.wait_for_job(&id, "running", Duration::from_secs(20))
+        .await;
+    let worker = app.worker.as_mut().unwrap();
+    worker.signal("TERM");
+    let status = worker
+        .wait_exit(Duration::from_secs(10))
+        .expect("exits after the shutdown timeout");
+    assert_eq!(status.code(), Some(0), "{}", worker.output());
+    let (_, job) = app.get_as_admin(&format!("/api/v1/admin/jobs/{id}")).await;
+    assert_eq!(
+        (job["state"].as_str(), job["attempts"].as_i64()),
+        (Some("queued"), Some(0)),
+        "{job}"
+    );
+
+    // The next worker runs it as its first attempt.
+    let _next = app.spawn_worker("worker-2.log");
+    let job = app
+        .wait_for_job(&id, "succeeded", Duration::from_secs(30))
+        .await;
+    assert_eq!(job["attempts"], 1);
+}

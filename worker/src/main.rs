@@ -102,6 +102,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     });
 
     monitor.run_with_signal(shutdown_signal()).await?;
+    runner::release_in_flight(&services).await;
     let _ = stop_relay.send(true);
     let _ = relay.await;
     listener.abort();

@@ -17,6 +17,44 @@ const HEARTBEAT: Duration = Duration::from_secs(10);
 const RETRY_BASE: Duration = Duration::from_secs(5);
 const RETRY_MAX: Duration = Duration::from_secs(30 * 60);
 
+/// Attempts this process is running: (job id, attempt). Given back if shutdown cuts them short.
+static IN_FLIGHT: std::sync::LazyLock<
+    std::sync::Mutex<std::collections::HashMap<uuid::Uuid, i32>>,
+> = std::sync::LazyLock::new(Default::default);
+
+fn track(id: uuid::Uuid, attempt: Option<i32>) {
+    if let Ok(mut map) = IN_FLIGHT.lock() {
+        match attempt {
+            Some(attempt) => {
+                map.insert(id, attempt);
+            }
+            None => {
+                map.remove(&id);
+            }
+        }
+    }
+}
+
+/// After the shutdown timeout: jobs still running here go back to the queue without counting
+/// the interrupted attempt, so a live worker (or this one, restarted) runs them at once.
+pub async fn release_in_flight(services: &Services) {
+    let pending: Vec<(uuid::Uuid, i32)> = IN_FLIGHT
+        .lock()
+        .map(|map| map.iter().map(|(id, attempt)| (*id, *attempt)).collect())
+        .unwrap_or_default();
+    for (id, attempt) in pending {
+        match jobs::release(&services.db, id, attempt).await {
+            Ok(true) => {
+                tracing::warn!(job_id = %id, "shutdown cut the job short; it is back on the queue")
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::error!(job_id = %id, error = %e, "could not give the job back; its lease will lapse and another worker will take it")
+            }
+        }
+    }
+}
+
 /// The apalis handler. Errors returned here only concern the transport (PostgreSQL unreachable
 /// while claiming); the job's own failures are recorded in its row.
 pub async fn run_job(job_ref: JobRef, services: Data<Services>) -> Result<(), BoxDynError> {
@@ -31,7 +69,11 @@ pub async fn run_job(job_ref: JobRef, services: Data<Services>) -> Result<(), Bo
         attempt = claimed.attempt,
         max_attempts = claimed.max_attempts,
     );
-    execute(&services, claimed).instrument(span).await
+    let (id, attempt) = (claimed.id, claimed.attempt);
+    track(id, Some(attempt));
+    let outcome = execute(&services, claimed).instrument(span).await;
+    track(id, None);
+    outcome
 }
 
 async fn execute(services: &Services, claimed: Claimed) -> Result<(), BoxDynError> {

@@ -508,3 +508,20 @@ pub async fn depths(pool: &PgPool) -> Result<Vec<QueueDepth>> {
     .await?;
     Ok(rows)
 }
+
+/// Gives back an attempt that was interrupted (the worker is shutting down), not failed: the
+/// attempt is not counted, and the job is due again at once for the next worker.
+pub async fn release(pool: &PgPool, id: Uuid, attempt: i32) -> Result<bool> {
+    let updated = sqlx::query(
+        "UPDATE jobs
+            SET state = CASE WHEN attempts > 1 THEN 'retrying' ELSE 'queued' END,
+                attempts = attempts - 1, lease_expires_at = NULL, dispatched_at = NULL,
+                run_at = now() - interval '1 hour', updated_at = now()
+          WHERE id = $1 AND attempts = $2 AND state = 'running'",
+    )
+    .bind(id)
+    .bind(attempt)
+    .execute(pool)
+    .await?;
+    Ok(updated.rows_affected() == 1)
+}
