@@ -898,3 +898,50 @@ async fn a_user_exports_their_data_and_deletes_their_account() {
     );
     app.register("privacy@example.com", "student").await;
 }
+
+#[tokio::test]
+async fn logout_all_ends_every_session_of_the_account_only() {
+    let app = TestApp::spawn_with(Options {
+        no_worker: true,
+        ..Default::default()
+    })
+    .await;
+    let first = app.register("many@example.com", "student").await;
+    let other = app.register("bystander@example.com", "student").await;
+    let (_, second) = login(&app, "many@example.com", "correct horse battery").await;
+    let (_, third) = login(&app, "many@example.com", "correct horse battery").await;
+    let (status, _) = app
+        .call(
+            "POST",
+            "/api/v1/auth/logout",
+            Some(&access(&second)),
+            Some(&json!({"all": true})),
+        )
+        .await;
+    assert_eq!(status, 204);
+    for body in [&first, &second, &third] {
+        assert_eq!(
+            app.call("GET", "/api/v1/me", Some(&access(body)), None)
+                .await
+                .0,
+            401
+        );
+        let (status, _) = app
+            .call(
+                "POST",
+                "/api/v1/auth/refresh",
+                None,
+                Some(&json!({"refresh_token": refresh_token(body)})),
+            )
+            .await;
+        assert_eq!(status, 401);
+    }
+    assert_eq!(
+        app.call("GET", "/api/v1/me", Some(&access(&other)), None)
+            .await
+            .0,
+        200
+    );
+    let (status, _) = app.call("POST", "/api/v1/auth/logout", None, None).await;
+    assert_eq!(status, 401);
+}
