@@ -487,6 +487,23 @@ impl TestApp {
         self.send(req).await
     }
 
+    /// Queues the operator's test mail to `to` through the API; returns the job id.
+    pub async fn queue_test_mail(&self, to: &str) -> String {
+        let (status, body) = self
+            .post_as_admin("/api/v1/admin/email/test", &serde_json::json!({ "to": to }))
+            .await;
+        assert_eq!(status, 202, "{body}");
+        body["job"]["id"].as_str().expect("job id").to_owned()
+    }
+
+    /// Sends SIGTERM to the worker and asserts it exits 0 within `timeout`.
+    pub fn terminate_worker(&mut self, timeout: Duration) {
+        let worker = self.worker.as_mut().expect("a worker");
+        worker.signal("TERM");
+        let status = worker.wait_exit(timeout).expect("the worker exits in time");
+        assert_eq!(status.code(), Some(0), "{}", worker.output());
+    }
+
     /// Waits until the job reaches `state` (or a final state), returning its view.
     pub async fn wait_for_job(&self, id: &str, state: &str, timeout: Duration) -> Value {
         let deadline = Instant::now() + timeout;

@@ -269,21 +269,10 @@ async fn the_watchdog_cancels_an_attempt_past_its_time_limit() {
 #[tokio::test]
 async fn sigterm_lets_the_in_flight_job_finish_then_exits_0() {
     let mut app = TestApp::spawn().await;
-    let (_, body) = app
-        .post_as_admin(
-            "/api/v1/admin/email/test",
-            &json!({"to": "slow-graceful@example.com"}),
-        )
-        .await;
-    let id = body["job"]["id"].as_str().unwrap().to_owned();
+    let id = app.queue_test_mail("slow-graceful@example.com").await;
     app.wait_for_job(&id, "running", Duration::from_secs(20))
         .await;
-    let worker = app.worker.as_mut().unwrap();
-    worker.signal("TERM");
-    let status = worker
-        .wait_exit(Duration::from_secs(15))
-        .expect("exits within the shutdown timeout");
-    assert_eq!(status.code(), Some(0), "{}", worker.output());
+    app.terminate_worker(Duration::from_secs(15));
     let (_, job) = app.get_as_admin(&format!("/api/v1/jobs/{id}")).await;
     assert_eq!(job["state"], "succeeded", "{job}");
     assert_eq!(job["attempts"], 1);
@@ -360,21 +349,10 @@ async fn a_job_cut_short_by_shutdown_goes_back_to_the_queue_uncounted() {
     })
     .await;
     // Takes 5 s; the shutdown timeout is 1 s.
-    let (_, body) = app
-        .post_as_admin(
-            "/api/v1/admin/email/test",
-            &json!({"to": "slow-cut@example.com"}),
-        )
-        .await;
-    let id = body["job"]["id"].as_str().unwrap().to_owned();
+    let id = app.queue_test_mail("slow-cut@example.com").await;
     app.wait_for_job(&id, "running", Duration::from_secs(20))
         .await;
-    let worker = app.worker.as_mut().unwrap();
-    worker.signal("TERM");
-    let status = worker
-        .wait_exit(Duration::from_secs(10))
-        .expect("exits after the shutdown timeout");
-    assert_eq!(status.code(), Some(0), "{}", worker.output());
+    app.terminate_worker(Duration::from_secs(10));
     let (_, job) = app.get_as_admin(&format!("/api/v1/admin/jobs/{id}")).await;
     assert_eq!(
         (job["state"].as_str(), job["attempts"].as_i64()),
