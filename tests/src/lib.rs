@@ -3,6 +3,7 @@
 //! processes, stopped (and the database dropped) when the test ends.
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::missing_panics_doc)]
 
+pub mod fixtures;
 pub mod smtp;
 
 use std::collections::HashMap;

@@ -1,0 +1,144 @@
+//! Learning benchmark: 200 simulated players sending watch heartbeats to the real `lectern-api`
+//! (`PUT /api/v1/progress/videos/{id}`) as fast as it answers, then certificate rendering speed.
+//! Run with `scripts/bench learning`.
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::print_stdout)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lectern_core::learning::certificates::{CertificateText, render_pdf};
+use lectern_tests::fixtures::{mint_users, published_course_with_videos};
+use lectern_tests::{Options, TestApp};
+use serde_json::json;
+
+#[tokio::main]
+async fn main() {
+    let seconds: u64 = std::env::var("BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10);
+    let players: usize = std::env::var("BENCH_PLAYERS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(200);
+    let app = TestApp::spawn_with(Options {
+        no_worker: true,
+        env: vec![
+            ("RATE_LIMITS".into(), "off".into()),
+            ("DATABASE_MAX_CONNECTIONS".into(), "32".into()),
+        ],
+    })
+    .await;
+    let pool = &app.db.pool;
+    let (teacher, _) = mint_users(pool, 1, "instructor").await.remove(0);
+    let (course, videos) =
+        published_course_with_videos(pool, teacher, "Bench", "0", 20, 3600.0).await;
+    let students = mint_users(pool, players, "student").await;
+    sqlx::query(
+        "INSERT INTO enrollments (id, user_id, course_id)
+         SELECT gen_random_uuid(), u, $1 FROM unnest($2::uuid[]) AS u",
+    )
+    .bind(course)
+    .bind(students.iter().map(|s| s.0).collect::<Vec<_>>())
+    .execute(pool)
+    .await
+    .unwrap();
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(players)
+        .build()
+        .unwrap();
+    // One opening heartbeat per player, then their viewing started an hour ago (as if they had
+    // been watching), so that the anti-skipping check lets a fast benchmark through.
+    for (i, (_, token)) in students.iter().enumerate() {
+        let video = videos[i % videos.len()];
+        let res = http
+            .put(format!("{}/api/v1/progress/videos/{video}", app.url))
+            .bearer_auth(token)
+            .json(&json!({"last_position": 5.0, "watch_time": 5.0}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status().as_u16(), 200);
+    }
+    sqlx::query("UPDATE video_progress SET first_watched_at = now() - interval '1 day'")
+        .execute(pool)
+        .await
+        .unwrap();
+    println!(
+        "lectern learning benchmark: {players} players, {} cores, {seconds} s, API and PostgreSQL on loopback",
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    let started = Instant::now();
+    let base = Arc::new(app.url.clone());
+    let mut tasks = Vec::new();
+    for (i, (_, token)) in students.iter().enumerate() {
+        let (http, base, token) = (http.clone(), base.clone(), token.clone());
+        let video = videos[i % videos.len()];
+        tasks.push(tokio::spawn(async move {
+            let (mut lat, mut errors, mut position) = (Vec::new(), 0usize, 5.0_f64);
+            while started.elapsed() < Duration::from_secs(seconds) {
+                position = if position >= 3595.0 {
+                    5.0
+                } else {
+                    position + 5.0
+                };
+                let t = Instant::now();
+                let ok = http
+                    .put(format!("{base}/api/v1/progress/videos/{video}"))
+                    .bearer_auth(&token)
+                    .json(&json!({"last_position": position, "watch_time": 5.0}))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success());
+                lat.push(t.elapsed());
+                if !ok {
+                    errors += 1;
+                }
+            }
+            (lat, errors)
+        }));
+    }
+    let (mut lat, mut errors) = (Vec::new(), 0);
+    for t in tasks {
+        let (l, e) = t.await.unwrap();
+        lat.extend(l);
+        errors += e;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    lat.sort();
+    let pct = |p: f64| {
+        lat[((lat.len() as f64 * p).ceil() as usize).clamp(1, lat.len()) - 1].as_secs_f64() * 1000.0
+    };
+    println!(
+        "PUT /progress/videos/{{id}}            {:>8.0} heartbeats/s   p50 {:>6.2} ms   p99 {:>6.2} ms   ({} requests, {errors} errors)",
+        lat.len() as f64 / elapsed,
+        pct(0.50),
+        pct(0.99),
+        lat.len()
+    );
+
+    // Certificates: render in process, as the job does.
+    let text = CertificateText {
+        student_name: "Łukasz Żółć".into(),
+        course_title: "Sailing Basics: From Knots to Navigation".into(),
+        instructor_name: "Ngô Bảo Châu".into(),
+        completed_on: "November 25, 2026".into(),
+        verification_code: "ABCD-EFGH-JKLM".into(),
+        verify_url:
+            "https://lectern.example/api/v1/certificates/01a213a7-6e03-74cb-9643-2db586cc92bf"
+                .into(),
+    };
+    let first = render_pdf(&text).unwrap();
+    let n = 200;
+    let started = Instant::now();
+    for _ in 0..n {
+        render_pdf(&text).unwrap();
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    println!(
+        "certificate PDF render                 {:>8.0} certificates/s per core   {:.1} ms each   {} bytes",
+        n as f64 / elapsed,
+        elapsed * 1000.0 / n as f64,
+        first.len()
+    );
+}

@@ -1,0 +1,387 @@
+//! Learning, end to end: watch progress from heartbeats, completion exactly once, certificates
+//! (PDF parsed back), and course counters that match the tables after a burst.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::time::{Duration, Instant};
+
+use lectern_tests::TestApp;
+use lectern_tests::fixtures::{mint_users, published_course_with_videos};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+async fn beat(
+    app: &TestApp,
+    token: &str,
+    video: Uuid,
+    position: f64,
+    watched: f64,
+) -> (u16, Value) {
+    app.call(
+        "PUT",
+        &format!("/api/v1/progress/videos/{video}"),
+        Some(token),
+        Some(&json!({"last_position": position, "watch_time": watched, "completed": true})),
+    )
+    .await
+}
+
+async fn eventually<F, Fut, T>(what: &str, timeout: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = probe().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn seeking_does_not_complete_a_video_but_watching_ninety_percent_does() {
+    let app = TestApp::spawn().await;
+    let pool = &app.db.pool;
+    let (teacher, _) = mint_users(pool, 1, "instructor").await.remove(0);
+    let (course, videos) = published_course_with_videos(pool, teacher, "Knots", "0", 2, 20.0).await;
+    let users = mint_users(pool, 2, "student").await;
+    let (s, outsider) = (&users[0].1, &users[1].1);
+
+    // Not enrolled: the video is not theirs to watch.
+    assert_eq!(beat(&app, s, videos[0], 5.0, 5.0).await.0, 404);
+    assert_eq!(
+        app.call(
+            "POST",
+            &format!("/api/v1/courses/{course}/enroll"),
+            Some(s),
+            None
+        )
+        .await
+        .0,
+        201
+    );
+    assert_eq!(beat(&app, outsider, videos[0], 5.0, 5.0).await.0, 404);
+    assert_eq!(beat(&app, s, Uuid::now_v7(), 5.0, 5.0).await.0, 404);
+
+    // Seek to the end and watch two seconds there: the client says "completed", the server does not.
+    let (status, p) = beat(&app, s, videos[0], 20.0, 2.0).await;
+    assert_eq!(status, 200, "{p}");
+    assert_eq!(p["watched_secs"], 2);
+    assert_eq!(p["completed"], false);
+    assert_eq!(p["course_progress"], 0.0);
+
+    // Bad input: nothing recorded.
+    for (position, watched, field) in [
+        (-1.0, 1.0, "last_position"),
+        (25.0, 1.0, "last_position"),
+        (10.0, -2.0, "watch_time"),
+        (10.0, 31.0, "watch_time"),
+        (3.0, 10.0, "watch_time"),
+    ] {
+        let (status, body) = beat(&app, s, videos[0], position, watched).await;
+        assert_eq!(status, 422, "{position} {watched}: {body}");
+        assert!(body["error"]["fields"][field].is_array(), "{body}");
+    }
+    let (status, body) = app
+        .call(
+            "PUT",
+            &format!("/api/v1/progress/videos/{}", videos[0]),
+            Some(s),
+            Some(&json!({"last_position": "x"})),
+        )
+        .await;
+    assert!(status == 400 || status == 422, "{status} {body}");
+
+    // Watch from the start in heartbeats: 0..15 plus the 18..20 seen after the seek is 17 s, not
+    // yet 90 % of 20; then 15..18 makes 20 s covered.
+    for (end, watched) in [(6.0, 6.0), (12.0, 6.0), (15.0, 3.0)] {
+        let (status, p) = beat(&app, s, videos[0], end, watched).await;
+        assert_eq!(status, 200, "{p}");
+        assert_eq!(p["completed"], false, "{p}");
+    }
+    let (_, p) = beat(&app, s, videos[0], 18.0, 3.0).await;
+    assert_eq!(
+        p["watched_secs"], 20,
+        "0..18 plus the 18..20 seen after the seek: {p}"
+    );
+    assert_eq!(p["completed"], true);
+    assert_eq!(p["course_progress"], 50.0);
+    assert_eq!(p["course_completed"], false);
+
+    assert_eq!(beat(&app, s, videos[1], 10.0, 10.0).await.0, 200);
+    let (_, progress) = app
+        .call(
+            "GET",
+            &format!("/api/v1/courses/{course}/progress"),
+            Some(s),
+            None,
+        )
+        .await;
+    assert_eq!(progress["enrollment"]["progress"], 50.0, "{progress}");
+    assert_eq!(progress["videos"].as_array().unwrap().len(), 2);
+    assert_eq!(progress["videos"][1]["watched_secs"], 10);
+    // Covering faster than real time allows is refused: playback of this long video has just
+    // started, and 60 s covered at once is more than any player could have shown.
+    let others = mint_users(pool, 1, "student").await;
+    let t = &others[0].1;
+    let (course2, long) = published_course_with_videos(pool, teacher, "Long", "0", 1, 600.0).await;
+    app.call(
+        "POST",
+        &format!("/api/v1/courses/{course2}/enroll"),
+        Some(t),
+        None,
+    )
+    .await;
+    assert_eq!(beat(&app, t, long[0], 30.0, 30.0).await.0, 200);
+    let (status, body) = beat(&app, t, long[0], 60.0, 30.0).await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(
+        beat(&app, t, long[0], 30.0, 30.0).await.0,
+        200,
+        "a replayed heartbeat adds nothing and passes"
+    );
+}
+
+#[tokio::test]
+async fn concurrent_heartbeats_complete_once_and_issue_one_certificate() {
+    let app = TestApp::spawn().await;
+    let pool = &app.db.pool;
+    let teacher = app.register("teacher@example.com", "instructor").await;
+    let teacher_id: Uuid = teacher["user"]["id"].as_str().unwrap().parse().unwrap();
+    let (course, videos) =
+        published_course_with_videos(pool, teacher_id, "Sailing Basics", "0", 1, 20.0).await;
+    let student = app.register("lukasz@example.com", "student").await;
+    let s = student["access_token"].as_str().unwrap().to_owned();
+    let (status, _) = app
+        .call(
+            "PATCH",
+            "/api/v1/me",
+            Some(&s),
+            Some(&json!({"full_name": "Łukasz Żółć"})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        app.call(
+            "POST",
+            &format!("/api/v1/courses/{course}/enroll"),
+            Some(&s),
+            None
+        )
+        .await
+        .0,
+        201
+    );
+    assert_eq!(beat(&app, &s, videos[0], 10.0, 10.0).await.0, 200);
+
+    // 50 heartbeats at once, each finishing the video.
+    let beats = (0..50).map(|_| beat(&app, &s, videos[0], 20.0, 10.0));
+    let results = futures::future::join_all(beats).await;
+    assert!(
+        results.iter().all(|(status, _)| *status == 200),
+        "{results:?}"
+    );
+    assert!(results.iter().all(|(_, p)| p["course_completed"] == true));
+    let (completed, certificate_jobs, certificates): (i64, i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM enrollments WHERE status = 'completed'),
+                (SELECT count(*) FROM jobs WHERE kind = 'issue_certificate'),
+                (SELECT count(*) FROM certificates)",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_eq!((completed, certificate_jobs), (1, 1));
+    assert!(certificates <= 1);
+
+    // The certificate: verifiable publicly, with a PDF that carries the name.
+    let id: Uuid = eventually("certificate issued", Duration::from_secs(30), || async {
+        sqlx::query_scalar("SELECT id FROM certificates WHERE issued_at IS NOT NULL")
+            .fetch_optional(pool)
+            .await
+            .unwrap()
+    })
+    .await;
+    let (status, cert) = app.get(&format!("/api/v1/certificates/{id}")).await;
+    assert_eq!(status, 200, "{cert}");
+    assert_eq!(cert["student_name"], "Łukasz Żółć");
+    assert_eq!(cert["course_title"], "Sailing Basics");
+    let code = cert["verification_code"].as_str().unwrap().to_owned();
+    let (status, by_code) = app
+        .get(&format!("/api/v1/certificates/{}", code.to_lowercase()))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(by_code["id"], id.to_string());
+    let text = pdf_text(&app, &cert).await;
+    assert!(text.contains("Łukasz Żółć"), "{text}");
+    assert!(text.contains("Sailing Basics"), "{text}");
+    assert!(text.contains(&code), "{text}");
+    let verify = cert["verify_url"].as_str().unwrap();
+    assert!(text.contains(verify), "{text}");
+    assert_eq!(
+        app.http.get(verify).send().await.unwrap().status().as_u16(),
+        200
+    );
+    assert_eq!(
+        app.get(&format!("/api/v1/certificates/{}", Uuid::now_v7()))
+            .await
+            .0,
+        404
+    );
+    let mails = app.smtp.wait_for(4, Duration::from_secs(20));
+    let cert_mail = mails
+        .iter()
+        .find(|m| m.parsed().subject.contains("certificate"))
+        .expect("certificate mail");
+    assert!(cert_mail.parsed().text.contains(&code));
+
+    // A new name, a re-issue: the same certificate, the new name, no second mail.
+    app.call(
+        "PATCH",
+        "/api/v1/me",
+        Some(&s),
+        Some(&json!({"full_name": "Lukas Zolc"})),
+    )
+    .await;
+    let outsider = app.register("other@example.com", "student").await;
+    let o = outsider["access_token"].as_str().unwrap();
+    assert_eq!(
+        app.call(
+            "POST",
+            &format!("/api/v1/certificates/{id}/reissue"),
+            Some(o),
+            None
+        )
+        .await
+        .0,
+        404
+    );
+    let (status, body) = app
+        .call(
+            "POST",
+            &format!("/api/v1/certificates/{id}/reissue"),
+            Some(&s),
+            None,
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    app.wait_for_job(
+        body["job"]["id"].as_str().unwrap(),
+        "succeeded",
+        Duration::from_secs(30),
+    )
+    .await;
+    let (_, again) = app.get(&format!("/api/v1/certificates/{id}")).await;
+    assert_eq!(again["student_name"], "Lukas Zolc");
+    assert_eq!(again["verification_code"], code.as_str());
+    assert!(pdf_text(&app, &again).await.contains("Lukas Zolc"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let certificate_mails = app
+        .smtp
+        .messages()
+        .iter()
+        .filter(|m| m.parsed().subject.contains("certificate"))
+        .count();
+    assert_eq!(certificate_mails, 1);
+}
+
+/// Downloads the certificate's PDF through its signed link and extracts its text with poppler.
+async fn pdf_text(app: &TestApp, cert: &Value) -> String {
+    let url = cert["pdf_url"].as_str().expect("pdf_url");
+    let bytes = app
+        .http
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert!(bytes.starts_with(b"%PDF-"), "not a PDF");
+    let path = app.dir.join(format!("{}.pdf", Uuid::now_v7()));
+    std::fs::write(&path, &bytes).unwrap();
+    let out = std::process::Command::new("pdftotext")
+        .arg(&path)
+        .arg("-")
+        .output()
+        .expect("pdftotext (poppler-utils, installed by scripts/bootstrap.sh)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn counters_match_the_tables_after_a_burst_of_enrollments_and_drops() {
+    let app = TestApp::spawn().await;
+    let pool = &app.db.pool;
+    let (teacher, _) = mint_users(pool, 1, "instructor").await.remove(0);
+    let (course, _) = published_course_with_videos(pool, teacher, "Popular", "0", 1, 60.0).await;
+    let students = mint_users(pool, 250, "student").await;
+    // 1,000 operations: every student enrolls; some drop; some come back; some drop twice.
+    let ops: Vec<(String, &'static str)> = students
+        .iter()
+        .enumerate()
+        .flat_map(|(i, (_, token))| {
+            let seq: &[&'static str] = match i % 4 {
+                0 => &["enroll", "enroll", "enroll", "enroll"],
+                1 => &["enroll", "drop", "enroll", "enroll"],
+                2 => &["enroll", "drop", "drop", "drop"],
+                _ => &["enroll", "drop", "enroll", "drop"],
+            };
+            seq.iter()
+                .map(move |op| (token.clone(), *op))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(ops.len(), 1000);
+    let mut by_student: Vec<Vec<(String, &str)>> = vec![Vec::new(); students.len()];
+    for (i, op) in ops.into_iter().enumerate() {
+        by_student[i / 4].push(op);
+    }
+    // Students run in parallel (32 at a time); each one's operations in order.
+    let runs = by_student.into_iter().map(|seq| {
+        let app = &app;
+        async move {
+            for (token, op) in seq {
+                let (status, body) = app
+                    .call(
+                        "POST",
+                        &format!("/api/v1/courses/{course}/{op}"),
+                        Some(&token),
+                        None,
+                    )
+                    .await;
+                assert!(status == 200 || status == 201, "{op}: {status} {body}");
+            }
+        }
+    });
+    futures::stream::iter(runs)
+        .buffer_unordered(32)
+        .collect::<Vec<_>>()
+        .await;
+    let truth: i64 = sqlx::query_scalar("SELECT count(*) FROM enrollments WHERE course_id = $1 AND status IN ('active', 'completed')")
+        .bind(course)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    let expected = (0..students.len()).filter(|i| i % 4 < 2).count() as i64;
+    assert_eq!(truth, expected, "the first two groups end enrolled");
+    eventually("counters to converge", Duration::from_secs(30), || async {
+        let (_, c) = app.get(&format!("/api/v1/courses/{course}")).await;
+        (c["enrollment_count"].as_i64() == Some(truth)).then_some(())
+    })
+    .await;
+    // Coalescing kept the recompute runs few.
+    let runs: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM jobs WHERE kind = 'recompute_course_stats'")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    assert!(runs < 100, "{runs} recompute jobs for 1,000 triggers");
+}
+
+use futures::StreamExt;
