@@ -92,7 +92,12 @@ pub fn build(
                 .service(routes::courses::heartbeat)
                 .service(routes::courses::course_progress)
                 .service(routes::courses::certificate)
-                .service(routes::courses::reissue_certificate),
+                .service(routes::courses::reissue_certificate)
+                .service(routes::notifications::list)
+                .service(routes::notifications::mark_read)
+                .service(routes::notifications::unread_count)
+                .service(routes::analytics::overview)
+                .service(routes::analytics::course),
         )
         .default_service(web::to(|| async {
             Err::<HttpResponse, _>(ApiError::NoRoute)

@@ -2,6 +2,7 @@
 //! clients. The API and the worker are thin shells around it.
 
 pub mod accounts;
+pub mod analytics;
 pub mod auth;
 pub mod config;
 pub mod courses;

@@ -184,3 +184,101 @@ async fn course_published(
         }
     }
 }
+
+#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct NotificationView {
+    pub id: Uuid,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub message: String,
+    pub data: serde_json::Value,
+    pub read: bool,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// The caller's notifications, newest first; `unread` keeps only those not yet read.
+pub async fn list(
+    services: &Services,
+    caller: &crate::auth::Principal,
+    unread: bool,
+    limit: Option<i64>,
+    cursor: Option<&str>,
+) -> Result<crate::page::Page<NotificationView>> {
+    let user = caller.require_user()?;
+    let limit = crate::page::limit(limit);
+    let before: Option<(chrono::DateTime<chrono::Utc>, Uuid)> =
+        cursor.map(crate::page::decode_cursor).transpose()?;
+    let items: Vec<NotificationView> = sqlx::query_as(
+        "SELECT id, type AS kind, title, message, data, read_at IS NOT NULL AS read, created_at
+           FROM notifications
+          WHERE user_id = $1 AND (NOT $2 OR read_at IS NULL)
+            AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4))
+          ORDER BY created_at DESC, id DESC LIMIT $5",
+    )
+    .bind(user.id)
+    .bind(unread)
+    .bind(before.map(|b| b.0))
+    .bind(before.map(|b| b.1))
+    .bind(limit)
+    .fetch_all(&services.db)
+    .await?;
+    let next_cursor = (items.len() as i64 == limit)
+        .then(|| {
+            items
+                .last()
+                .map(|n| crate::page::encode_cursor(&(n.created_at, n.id)))
+        })
+        .flatten();
+    Ok(crate::page::Page { items, next_cursor })
+}
+
+#[derive(Debug, Clone, Default, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MarkRead {
+    /// Notifications to mark as read; ids that are not the caller's are ignored.
+    #[serde(default)]
+    pub ids: Vec<Uuid>,
+    /// Mark every notification of the caller as read.
+    #[serde(default)]
+    pub all: bool,
+}
+
+/// Marks the caller's notifications as read; returns how many changed. Someone else's ids
+/// change nothing and reveal nothing.
+pub async fn mark_read(
+    services: &Services,
+    caller: &crate::auth::Principal,
+    input: &MarkRead,
+) -> Result<u64> {
+    let user = caller.require_user()?;
+    if !input.all && input.ids.is_empty() {
+        return Err(crate::Error::invalid(
+            "ids",
+            "give the ids to mark as read, or all: true",
+        ));
+    }
+    if input.ids.len() > 1000 {
+        return Err(crate::Error::invalid("ids", "at most 1000 ids at once"));
+    }
+    let done = sqlx::query(
+        "UPDATE notifications SET read_at = now()
+          WHERE user_id = $1 AND read_at IS NULL AND ($2 OR id = ANY($3))",
+    )
+    .bind(user.id)
+    .bind(input.all)
+    .bind(&input.ids)
+    .execute(&services.db)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+pub async fn unread_count(services: &Services, caller: &crate::auth::Principal) -> Result<i64> {
+    let user = caller.require_user()?;
+    Ok(sqlx::query_scalar(
+        "SELECT count(*) FROM notifications WHERE user_id = $1 AND read_at IS NULL",
+    )
+    .bind(user.id)
+    .fetch_one(&services.db)
+    .await?)
+}

@@ -742,6 +742,65 @@ async fn publishing_checks_every_rule_and_tells_followers() {
         .await;
     assert_eq!(status, 200);
     assert_eq!(app.get(&format!("/api/v1/courses/{id}")).await.0, 404);
+    // The followers' inboxes: unread count, list, mark as read (someone else's ids change nothing).
+    let (ann, bob) = (&followers[0].1, &followers[1].1);
+    let (status, count) = app
+        .call("GET", "/api/v1/notifications/unread-count", Some(ann), None)
+        .await;
+    assert_eq!(
+        (status, count["unread"].as_i64()),
+        (200, Some(1)),
+        "{count}"
+    );
+    let (_, inbox) = app
+        .call("GET", "/api/v1/notifications?unread=true", Some(ann), None)
+        .await;
+    assert_eq!(inbox["items"].as_array().unwrap().len(), 1, "{inbox}");
+    assert_eq!(inbox["items"][0]["type"], "course_published");
+    assert_eq!(inbox["items"][0]["data"]["course_id"], id.to_string());
+    let ann_note = inbox["items"][0]["id"].clone();
+    let (status, marked) = app
+        .call(
+            "POST",
+            "/api/v1/notifications/read",
+            Some(bob),
+            Some(&json!({"ids": [ann_note]})),
+        )
+        .await;
+    assert_eq!(
+        (status, marked["marked"].as_i64()),
+        (200, Some(0)),
+        "{marked}"
+    );
+    let (_, marked) = app
+        .call(
+            "POST",
+            "/api/v1/notifications/read",
+            Some(ann),
+            Some(&json!({"ids": [ann_note]})),
+        )
+        .await;
+    assert_eq!(marked["marked"], 1);
+    let (_, count) = app
+        .call("GET", "/api/v1/notifications/unread-count", Some(ann), None)
+        .await;
+    assert_eq!(count["unread"], 0);
+    let (_, count) = app
+        .call("GET", "/api/v1/notifications/unread-count", Some(bob), None)
+        .await;
+    assert_eq!(count["unread"], 1);
+    assert_eq!(
+        app.call(
+            "POST",
+            "/api/v1/notifications/read",
+            Some(bob),
+            Some(&json!({}))
+        )
+        .await
+        .0,
+        422
+    );
+
     let count: i64 = sqlx::query_scalar("SELECT count(*) FROM notifications")
         .fetch_one(&app.db.pool)
         .await
@@ -1121,7 +1180,28 @@ async fn enrollment_reviews_statistics_and_recommendations() {
         && m.parsed().subject.contains("Welcome to Free SQL")));
 
     // Drop keeps the row and its progress; re-enrolling re-activates it.
-    sqlx::query("UPDATE enrollments SET progress = 40 WHERE user_id = $1")
+    // Progress: two videos, one watched to the end.
+    let section = Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO sections (id, course_id, title, position) VALUES ($1, $2, 'Lessons', 1)",
+    )
+    .bind(section)
+    .bind(free)
+    .execute(pool)
+    .await
+    .unwrap();
+    let first = add_ready_media(pool, teacher_id, free, Some(section), "video").await;
+    add_ready_media(pool, teacher_id, free, Some(section), "video").await;
+    sqlx::query(
+        "INSERT INTO video_progress (user_id, media_id, enrollment_id, covered, completed_at)
+         SELECT $1, $2, id, '{[0,60)}', now() FROM enrollments WHERE user_id = $1",
+    )
+    .bind(student_id)
+    .bind(first)
+    .execute(pool)
+    .await
+    .unwrap();
+    sqlx::query("UPDATE enrollments SET progress = 50 WHERE user_id = $1")
         .bind(student_id)
         .execute(pool)
         .await
@@ -1150,7 +1230,7 @@ async fn enrollment_reviews_statistics_and_recommendations() {
         .await;
     assert_eq!(status, 200, "{back}");
     assert_eq!(back["outcome"], "reactivated");
-    assert_eq!(back["enrollment"]["progress"], 40.0);
+    assert_eq!(back["enrollment"]["progress"], 50.0);
     assert_eq!(back["enrollment"]["id"], dropped["id"]);
 
     // Paid: verified email and an Idempotency-Key; the price is recorded.

@@ -385,3 +385,57 @@ async fn counters_match_the_tables_after_a_burst_of_enrollments_and_drops() {
 }
 
 use futures::StreamExt;
+
+#[tokio::test]
+async fn the_nightly_recompute_repairs_drifted_counters_once() {
+    let app = TestApp::spawn().await;
+    let pool = &app.db.pool;
+    let (teacher, _) = mint_users(pool, 1, "instructor").await.remove(0);
+    let (course, _) = published_course_with_videos(pool, teacher, "Drifting", "0", 1, 60.0).await;
+    let students = mint_users(pool, 3, "student").await;
+    for (_, token) in &students {
+        app.call(
+            "POST",
+            &format!("/api/v1/courses/{course}/enroll"),
+            Some(token),
+            None,
+        )
+        .await;
+    }
+    eventually("counters", Duration::from_secs(20), || async {
+        let (_, c) = app.get(&format!("/api/v1/courses/{course}")).await;
+        (c["enrollment_count"] == 3).then_some(())
+    })
+    .await;
+    // Drift, as a bug or a manual edit would cause, then the night comes.
+    sqlx::query("UPDATE courses SET enrollment_count = 999, rating_count = 7 WHERE id = $1")
+        .bind(course)
+        .execute(pool)
+        .await
+        .unwrap();
+    let second_worker = app.spawn_worker("worker-2.log");
+    sqlx::query("UPDATE schedules SET next_run_at = now() - interval '1 minute'")
+        .execute(pool)
+        .await
+        .unwrap();
+    eventually("the nightly repair", Duration::from_secs(30), || async {
+        let (_, c) = app.get(&format!("/api/v1/courses/{course}")).await;
+        (c["enrollment_count"] == 3 && c["rating_count"] == 0).then_some(())
+    })
+    .await;
+    // Two workers, one run; the next one is tomorrow at 03:00 UTC.
+    let runs: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM jobs WHERE kind = 'recompute_all_course_stats'")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    assert_eq!(runs, 1);
+    let next_is_tomorrow: bool = sqlx::query_scalar(
+        "SELECT next_run_at > now() AND next_run_at <= now() + interval '27 hours' FROM schedules",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert!(next_is_tomorrow);
+    drop(second_worker);
+}

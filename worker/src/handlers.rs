@@ -8,6 +8,7 @@ pub async fn handle(services: &Services, job: Job) -> Result<(), JobError> {
         Job::SendEmail(mail) => email::deliver(services, &mail).await,
         Job::ExportUserData(export) => accounts::privacy::run_export(services, &export).await,
         Job::RecomputeCourseStats(job) => courses::stats::run(services, &job).await,
+        Job::RecomputeAllCourseStats(_) => courses::stats::run_all(services).await,
         Job::FanOutNotifications(job) => notifications::fan_out(services, &job).await,
         Job::IssueCertificate(job) => learning::certificates::run(services, &job).await,
         other => Err(JobError::Permanent(format!(

@@ -166,6 +166,7 @@ async fn keep_lease(services: &Services, claimed: &Claimed) {
 pub async fn relay_loop(services: Services, mut stop: tokio::sync::watch::Receiver<bool>) {
     let mut delay = Duration::from_secs(1);
     let mut last_vacuum = std::time::Instant::now();
+    let mut last_schedule_check = std::time::Instant::now();
     loop {
         tokio::select! {
             _ = stop.changed() => return,
@@ -182,6 +183,12 @@ pub async fn relay_loop(services: Services, mut stop: tokio::sync::watch::Receiv
             let pushed = jobs::relay_due(&services.db, &services.jobs, 500).await?;
             if pushed > 0 {
                 tracing::info!(pushed, "relayed due jobs to Redis");
+            }
+            if last_schedule_check.elapsed() >= Duration::from_secs(5) {
+                last_schedule_check = std::time::Instant::now();
+                if lectern_core::courses::stats::schedule_nightly(&services).await? {
+                    tracing::info!("queued the nightly recompute of course counters");
+                }
             }
             if last_vacuum.elapsed() >= Duration::from_secs(60) {
                 last_vacuum = std::time::Instant::now();

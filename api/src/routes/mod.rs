@@ -1,9 +1,11 @@
 //! Routes, grouped by area. Each handler parses, calls a core service, and maps the result.
 
 pub mod admin;
+pub mod analytics;
 pub mod auth;
 pub mod courses;
 pub mod jobs;
+pub mod notifications;
 pub mod ops;
 pub mod users;
 

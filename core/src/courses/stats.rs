@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use crate::Services;
 use crate::error::Result;
-use crate::jobs::{self, Job, JobError, NewJob, RecomputeCourseStats};
+use crate::jobs::{self, Job, JobError, NewJob, RecomputeAllCourseStats, RecomputeCourseStats};
 
 /// Queues a recompute of one course's counters (coalesced with any already waiting).
 pub async fn queue_recompute(
@@ -101,4 +101,38 @@ pub async fn run(services: &Services, job: &RecomputeCourseStats) -> Result<(), 
         .await
         .map(|_| ())
         .map_err(JobError::from)
+}
+
+/// The nightly repair job.
+pub async fn run_all(services: &Services) -> Result<(), JobError> {
+    let repaired = recompute_all(services).await.map_err(JobError::from)?;
+    tracing::info!(repaired, "nightly recompute of course counters");
+    Ok(())
+}
+
+/// Queues the nightly recompute when it is due. Every worker calls this now and then; the
+/// conditional UPDATE lets exactly one of them queue each night's run.
+pub async fn schedule_nightly(services: &Services) -> Result<bool> {
+    let mut tx = services.db.begin().await?;
+    let due: Option<String> = sqlx::query_scalar(
+        "UPDATE schedules
+            SET next_run_at = date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' + interval '1 day 3 hours'
+          WHERE name = 'recompute_all_course_stats' AND next_run_at <= now()
+          RETURNING name",
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    if due.is_none() {
+        return Ok(false);
+    }
+    let job = jobs::insert(
+        &mut tx,
+        &Job::RecomputeAllCourseStats(RecomputeAllCourseStats {}),
+        None,
+        None,
+    )
+    .await?;
+    tx.commit().await?;
+    services.jobs.dispatch(&job).await;
+    Ok(true)
 }

@@ -43,6 +43,10 @@ pub struct RecomputeCourseStats {
     pub course_id: Uuid,
 }
 
+/// Recompute every course's counters: the nightly repair of any drift.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecomputeAllCourseStats {}
+
 /// Deliver one event to many users (a course's publication to an instructor's followers), in batches.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FanOutNotifications {
@@ -82,6 +86,7 @@ pub enum Job {
     ProcessImage(ProcessImage),
     IssueCertificate(IssueCertificate),
     RecomputeCourseStats(RecomputeCourseStats),
+    RecomputeAllCourseStats(RecomputeAllCourseStats),
     FanOutNotifications(FanOutNotifications),
     ExportUserData(ExportUserData),
 }
@@ -96,12 +101,13 @@ pub struct KindPolicy {
 }
 
 /// Every job kind, by name.
-pub const KINDS: [&str; 7] = [
+pub const KINDS: [&str; 8] = [
     "send_email",
     "transcode_video",
     "process_image",
     "issue_certificate",
     "recompute_course_stats",
+    "recompute_all_course_stats",
     "fan_out_notifications",
     "export_user_data",
 ];
@@ -114,6 +120,7 @@ pub fn policy_of(kind: &str) -> Option<KindPolicy> {
         "process_image" => (Queue::Media, 5, 5 * 60),
         "issue_certificate" => (Queue::Default, 5, 5 * 60),
         "recompute_course_stats" => (Queue::Default, 5, 5 * 60),
+        "recompute_all_course_stats" => (Queue::Default, 3, 30 * 60),
         "fan_out_notifications" => (Queue::Default, 10, 30 * 60),
         "export_user_data" => (Queue::Default, 5, 10 * 60),
         _ => return None,
@@ -133,6 +140,7 @@ impl Job {
             Job::ProcessImage(_) => "process_image",
             Job::IssueCertificate(_) => "issue_certificate",
             Job::RecomputeCourseStats(_) => "recompute_course_stats",
+            Job::RecomputeAllCourseStats(_) => "recompute_all_course_stats",
             Job::FanOutNotifications(_) => "fan_out_notifications",
             Job::ExportUserData(_) => "export_user_data",
         }

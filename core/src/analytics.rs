@@ -1,0 +1,357 @@
+//! Instructor dashboards. Each is a fixed handful of SQL statements whatever the number of
+//! courses, videos or days: trends come from `generate_series` with empty days filled with zero,
+//! distributions from `CASE` buckets, per-video figures from one grouped join. Days are counted
+//! in the instructor's time zone; revenue is what students paid at enrollment, per currency.
+
+use chrono::NaiveDate;
+use serde::{Deserialize, Serialize};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::Services;
+use crate::auth::Principal;
+use crate::error::{Error, FieldErrors, Result};
+
+/// The longest range a dashboard covers.
+pub const MAX_RANGE_DAYS: i64 = 731;
+
+#[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct RangeParams {
+    /// First day (YYYY-MM-DD), default 29 days before `to`.
+    pub from: Option<String>,
+    /// Last day, included (YYYY-MM-DD), default today in `tz`.
+    pub to: Option<String>,
+    /// IANA time zone the days are counted in, default UTC.
+    pub tz: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Range {
+    pub from: NaiveDate,
+    pub to: NaiveDate,
+    pub tz: String,
+}
+
+async fn range(conn: &mut PgConnection, p: &RangeParams) -> Result<Range> {
+    let mut fields = FieldErrors::new();
+    let tz = p.tz.clone().unwrap_or_else(|| "UTC".into());
+    let known: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_timezone_names WHERE name = $1)")
+            .bind(&tz)
+            .fetch_one(&mut *conn)
+            .await?;
+    if !known {
+        fields.add("tz", format!("{tz:?} is not an IANA time zone"));
+    }
+    let parse = |name: &str, v: &Option<String>, fields: &mut FieldErrors| {
+        v.as_deref().and_then(|s| {
+            NaiveDate::parse_from_str(s, "%Y-%m-%d")
+                .map_err(|_| fields.add(name, "must be a date like 2026-11-25"))
+                .ok()
+        })
+    };
+    let from = parse("from", &p.from, &mut fields);
+    let to = parse("to", &p.to, &mut fields);
+    fields.into_result()?;
+    let today: NaiveDate = sqlx::query_scalar("SELECT (now() AT TIME ZONE $1)::date")
+        .bind(&tz)
+        .fetch_one(&mut *conn)
+        .await?;
+    let to = to.unwrap_or(today);
+    let from = from.unwrap_or(to - chrono::Duration::days(29));
+    if from > to {
+        return Err(Error::invalid("from", "must not be after to"));
+    }
+    if (to - from).num_days() >= MAX_RANGE_DAYS {
+        return Err(Error::invalid(
+            "to",
+            format!("the range must be at most {MAX_RANGE_DAYS} days"),
+        ));
+    }
+    Ok(Range { from, to, tz })
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct Money {
+    pub currency: String,
+    /// Exact decimal, as a string.
+    pub amount: String,
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct CourseSummary {
+    pub id: Uuid,
+    pub title: String,
+    pub status: String,
+    pub enrollments: i64,
+    pub completions: i64,
+    /// Completions over enrollments, 0 to 100.
+    pub completion_rate: f64,
+    pub rating_average: f64,
+    pub rating_count: i32,
+    pub enrollments_in_range: i64,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Overview {
+    pub range: Range,
+    pub courses_total: i64,
+    pub courses_published: i64,
+    pub enrollments_total: i64,
+    pub completions_total: i64,
+    pub enrollments_in_range: i64,
+    /// Average rating over every review of the instructor's courses.
+    pub rating_average: f64,
+    pub revenue: Vec<Money>,
+    pub revenue_in_range: Vec<Money>,
+    pub courses: Vec<CourseSummary>,
+}
+
+fn require_instructor(caller: &Principal) -> Result<Uuid> {
+    let user = caller.require_user()?;
+    if matches!(
+        user.role,
+        crate::auth::Role::Instructor | crate::auth::Role::Admin
+    ) {
+        Ok(user.id)
+    } else {
+        Err(Error::Forbidden {
+            code: "instructor_required",
+            message: "dashboards are for instructors".into(),
+        })
+    }
+}
+
+/// The instructor's overview: three statements whatever the number of courses.
+pub async fn overview(
+    services: &Services,
+    caller: &Principal,
+    params: &RangeParams,
+) -> Result<Overview> {
+    let instructor = require_instructor(caller)?;
+    let mut conn = services.db.acquire().await?;
+    let range = range(&mut conn, params).await?;
+    // 1. Per course: enrollments, completions, enrollments in range, ratings.
+    let courses: Vec<CourseSummary> = sqlx::query_as(
+        "SELECT c.id, c.title, c.status,
+                count(e.id) FILTER (WHERE e.status IN ('active', 'completed')) AS enrollments,
+                count(e.id) FILTER (WHERE e.status = 'completed') AS completions,
+                CASE WHEN count(e.id) FILTER (WHERE e.status IN ('active', 'completed')) = 0 THEN 0
+                     ELSE round(100.0 * count(e.id) FILTER (WHERE e.status = 'completed')
+                                / count(e.id) FILTER (WHERE e.status IN ('active', 'completed')), 2)::float8 END
+                    AS completion_rate,
+                c.rating_average::float8 AS rating_average, c.rating_count,
+                count(e.id) FILTER (WHERE (e.enrolled_at AT TIME ZONE $2)::date BETWEEN $3 AND $4) AS enrollments_in_range
+           FROM courses c
+           LEFT JOIN enrollments e ON e.course_id = c.id
+          WHERE c.instructor_id = $1 AND c.deleted_at IS NULL
+          GROUP BY c.id
+          ORDER BY c.created_at DESC",
+    )
+    .bind(instructor)
+    .bind(&range.tz)
+    .bind(range.from)
+    .bind(range.to)
+    .fetch_all(&mut *conn)
+    .await?;
+    // 2. Revenue per currency, all time and in range.
+    #[derive(sqlx::FromRow)]
+    struct Revenue {
+        currency: String,
+        total: String,
+        in_range: String,
+    }
+    let revenue: Vec<Revenue> = sqlx::query_as(
+        "SELECT e.currency, sum(e.price_paid)::text AS total,
+                coalesce(sum(e.price_paid) FILTER (WHERE (e.enrolled_at AT TIME ZONE $2)::date BETWEEN $3 AND $4), 0)::text AS in_range
+           FROM enrollments e JOIN courses c ON c.id = e.course_id
+          WHERE c.instructor_id = $1 AND e.price_paid > 0
+          GROUP BY e.currency ORDER BY e.currency",
+    )
+    .bind(instructor)
+    .bind(&range.tz)
+    .bind(range.from)
+    .bind(range.to)
+    .fetch_all(&mut *conn)
+    .await?;
+    // 3. The average over every review of the instructor's courses.
+    let rating_average: f64 = sqlx::query_scalar(
+        "SELECT coalesce(round(avg(r.rating), 2), 0)::float8 FROM reviews r JOIN courses c ON c.id = r.course_id
+          WHERE c.instructor_id = $1 AND r.deleted_at IS NULL AND c.deleted_at IS NULL",
+    )
+    .bind(instructor)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(Overview {
+        courses_total: courses.len() as i64,
+        courses_published: courses.iter().filter(|c| c.status == "published").count() as i64,
+        enrollments_total: courses.iter().map(|c| c.enrollments).sum(),
+        completions_total: courses.iter().map(|c| c.completions).sum(),
+        enrollments_in_range: courses.iter().map(|c| c.enrollments_in_range).sum(),
+        rating_average,
+        revenue: revenue
+            .iter()
+            .map(|r| Money {
+                currency: r.currency.clone(),
+                amount: r.total.clone(),
+            })
+            .collect(),
+        revenue_in_range: revenue
+            .into_iter()
+            .map(|r| Money {
+                currency: r.currency,
+                amount: r.in_range,
+            })
+            .collect(),
+        courses,
+        range,
+    })
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct DayCount {
+    pub day: NaiveDate,
+    pub enrollments: i64,
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct Bucket {
+    /// `0-24`, `25-49`, `50-74`, `75-99`, `100`.
+    pub bucket: String,
+    pub students: i64,
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct VideoStats {
+    pub media_id: Uuid,
+    pub title: String,
+    pub viewers: i64,
+    pub completions: i64,
+    /// Average share of the video watched by its viewers, 0 to 100.
+    pub average_watched: f64,
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct StarCount {
+    pub stars: i32,
+    pub reviews: i64,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct CourseAnalytics {
+    pub course_id: Uuid,
+    pub range: Range,
+    pub enrollments: i64,
+    pub completions: i64,
+    pub completion_rate: f64,
+    pub average_progress: f64,
+    pub enrollment_trend: Vec<DayCount>,
+    pub progress_distribution: Vec<Bucket>,
+    pub top_videos: Vec<VideoStats>,
+    pub revenue: Vec<Money>,
+    pub rating_distribution: Vec<StarCount>,
+}
+
+/// One course's dashboard: six statements whatever the number of days, videos or students.
+/// Another instructor's course is 404.
+pub async fn course(
+    services: &Services,
+    caller: &Principal,
+    course_id: Uuid,
+    params: &RangeParams,
+) -> Result<CourseAnalytics> {
+    let instructor = require_instructor(caller)?;
+    let mut conn = services.db.acquire().await?;
+    let owner: Option<Uuid> = sqlx::query_scalar(
+        "SELECT instructor_id FROM courses WHERE id = $1 AND deleted_at IS NULL",
+    )
+    .bind(course_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    match owner {
+        Some(owner) if owner == instructor || caller.is_admin() => {}
+        _ => return Err(Error::NotFound("course")),
+    }
+    let range = range(&mut conn, params).await?;
+    let (enrollments, completions, average_progress): (i64, i64, f64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE status IN ('active', 'completed')),
+                count(*) FILTER (WHERE status = 'completed'),
+                coalesce(round(avg(progress) FILTER (WHERE status IN ('active', 'completed')), 2), 0)::float8
+           FROM enrollments WHERE course_id = $1",
+    )
+    .bind(course_id)
+    .fetch_one(&mut *conn)
+    .await?;
+    let enrollment_trend: Vec<DayCount> = sqlx::query_as(
+        "SELECT d::date AS day, count(e.id) AS enrollments
+           FROM generate_series($2::date, $3::date, interval '1 day') AS d
+           LEFT JOIN enrollments e ON e.course_id = $1 AND (e.enrolled_at AT TIME ZONE $4)::date = d::date
+          GROUP BY d ORDER BY d",
+    )
+    .bind(course_id)
+    .bind(range.from)
+    .bind(range.to)
+    .bind(&range.tz)
+    .fetch_all(&mut *conn)
+    .await?;
+    let progress_distribution: Vec<Bucket> = sqlx::query_as(
+        "SELECT b.bucket, count(e.id) AS students
+           FROM (VALUES (1, '0-24'), (2, '25-49'), (3, '50-74'), (4, '75-99'), (5, '100')) AS b(n, bucket)
+           LEFT JOIN enrollments e ON e.course_id = $1 AND e.status IN ('active', 'completed')
+                AND b.n = CASE WHEN e.progress >= 100 THEN 5 ELSE width_bucket(e.progress, 0, 100, 4) END
+          GROUP BY b.n, b.bucket ORDER BY b.n",
+    )
+    .bind(course_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    let top_videos: Vec<VideoStats> = sqlx::query_as(
+        "SELECT m.id AS media_id, m.title, count(vp.user_id) AS viewers,
+                count(vp.completed_at) AS completions,
+                coalesce(round(avg(least(100.0, 100.0 * covered_secs(vp.covered) / m.duration_secs))::numeric, 2), 0)::float8
+                    AS average_watched
+           FROM media m
+           JOIN sections s ON s.id = m.section_id AND s.deleted_at IS NULL
+           LEFT JOIN video_progress vp ON vp.media_id = m.id
+          WHERE m.course_id = $1 AND m.kind = 'video' AND m.state = 'ready' AND m.deleted_at IS NULL
+          GROUP BY m.id
+          ORDER BY viewers DESC, completions DESC, m.id
+          LIMIT 20",
+    )
+    .bind(course_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    let revenue: Vec<Money> = sqlx::query_as(
+        "SELECT currency, sum(price_paid)::text AS amount FROM enrollments
+          WHERE course_id = $1 AND price_paid > 0 GROUP BY currency ORDER BY currency",
+    )
+    .bind(course_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    let rating_distribution: Vec<StarCount> = sqlx::query_as(
+        "SELECT s AS stars, count(r.id) AS reviews
+           FROM generate_series(1, 5) AS s
+           LEFT JOIN reviews r ON r.course_id = $1 AND r.rating = s AND r.deleted_at IS NULL
+          GROUP BY s ORDER BY s",
+    )
+    .bind(course_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(CourseAnalytics {
+        course_id,
+        range,
+        enrollments,
+        completions,
+        completion_rate: if enrollments == 0 {
+            0.0
+        } else {
+            (10000.0 * completions as f64 / enrollments as f64).round() / 100.0
+        },
+        average_progress,
+        enrollment_trend,
+        progress_distribution,
+        top_videos,
+        revenue,
+        rating_distribution,
+    })
+}
