@@ -732,6 +732,16 @@ async fn publishing_checks_every_rule_and_tells_followers() {
         .await;
     assert_eq!(status, 200);
     assert!(again["job"].is_null());
+    // A follower enrolls; after unpublishing, the public loses the course, they keep it.
+    let (status, body) = app
+        .call(
+            "POST",
+            &format!("/api/v1/courses/{id}/enroll"),
+            Some(&followers[0].1),
+            None,
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
     let (status, _) = app
         .call(
             "POST",
@@ -742,6 +752,40 @@ async fn publishing_checks_every_rule_and_tells_followers() {
         .await;
     assert_eq!(status, 200);
     assert_eq!(app.get(&format!("/api/v1/courses/{id}")).await.0, 404);
+    assert_eq!(
+        app.call(
+            "GET",
+            &format!("/api/v1/courses/{id}"),
+            Some(&followers[1].1),
+            None
+        )
+        .await
+        .0,
+        404
+    );
+    assert_eq!(
+        app.call(
+            "GET",
+            &format!("/api/v1/courses/{id}"),
+            Some(&followers[0].1),
+            None
+        )
+        .await
+        .0,
+        200
+    );
+    // New enrollments are closed.
+    assert_eq!(
+        app.call(
+            "POST",
+            &format!("/api/v1/courses/{id}/enroll"),
+            Some(&followers[1].1),
+            None
+        )
+        .await
+        .0,
+        404
+    );
     // The followers' inboxes: unread count, list, mark as read (someone else's ids change nothing).
     let (ann, bob) = (&followers[0].1, &followers[1].1);
     let (status, count) = app
@@ -801,10 +845,11 @@ async fn publishing_checks_every_rule_and_tells_followers() {
         422
     );
 
-    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM notifications")
-        .fetch_one(&app.db.pool)
-        .await
-        .unwrap();
+    let count: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM notifications WHERE type = 'course_published'")
+            .fetch_one(&app.db.pool)
+            .await
+            .unwrap();
     assert_eq!(count, 3);
 }
 

@@ -256,20 +256,40 @@ pub(crate) async fn load_visible(
     caller: Option<&Principal>,
     id_or_slug: &str,
 ) -> Result<CourseRow> {
-    load(conn, id_or_slug, false)
-        .await?
-        .filter(|row| row.visible_to(caller))
-        .ok_or_else(not_found)
+    let row = load(conn, id_or_slug, false).await?.ok_or_else(not_found)?;
+    if row.visible_to(caller) {
+        return Ok(row);
+    }
+    // Students keep access to a course they enrolled in after it is unpublished or archived.
+    if let Some(user_id) = caller.and_then(Principal::user_id)
+        && row.deleted_at.is_none()
+        && row.status != "draft"
+    {
+        let enrolled: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM enrollments WHERE user_id = $1 AND course_id = $2
+                             AND status IN ('active', 'completed'))",
+        )
+        .bind(user_id)
+        .bind(row.id)
+        .fetch_one(&mut *conn)
+        .await?;
+        if enrolled {
+            return Ok(row);
+        }
+    }
+    Err(not_found())
 }
 
+/// Courses belong to a user account: the operator token cannot author, students cannot either.
 fn require_author(caller: &Principal) -> Result<()> {
-    match caller {
-        Principal::Operator => Err(caller.require_user().err().unwrap_or_else(Error::forbidden)),
-        Principal::User(u) if matches!(u.role, Role::Instructor | Role::Admin) => Ok(()),
-        Principal::User(_) => Err(Error::Forbidden {
+    let user = caller.require_user()?;
+    if matches!(user.role, Role::Instructor | Role::Admin) {
+        Ok(())
+    } else {
+        Err(Error::Forbidden {
             code: "instructor_required",
             message: "only instructors can create courses".into(),
-        }),
+        })
     }
 }
 
