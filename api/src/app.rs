@@ -18,6 +18,7 @@ pub type OpenApiDoc = Arc<OnceLock<utoipa::openapi::OpenApi>>;
 
 pub fn build(
     services: web::Data<Services>,
+    hub: web::Data<crate::ws::Hub>,
     doc: OpenApiDoc,
 ) -> App<
     impl ServiceFactory<
@@ -32,6 +33,7 @@ pub fn build(
         .into_utoipa_app()
         .openapi(ApiDoc::openapi())
         .app_data(services)
+        .app_data(hub)
         .app_data(web::Data::new(doc.clone()))
         .app_data(error::json_config())
         .app_data(error::path_config())
@@ -42,6 +44,7 @@ pub fn build(
         .service(
             scope("/api/v1")
                 .route("/openapi.json", web::get().to(openapi_json))
+                .route("/ws", web::get().to(crate::ws::connect))
                 .service(routes::auth::register)
                 .service(routes::auth::login)
                 .service(routes::auth::refresh)

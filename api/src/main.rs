@@ -6,6 +6,7 @@ mod error;
 mod metrics;
 mod request_context;
 mod routes;
+mod ws;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -138,9 +139,19 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let services = Services::new(config)?;
     tokio::spawn(ensure_bucket(services.clone()));
 
+    // Real-time events from every process (API and workers) to the WebSockets this one holds.
+    let hub = web::Data::new(ws::Hub::default());
+    {
+        let hub = hub.clone();
+        tokio::spawn(lectern_core::events::subscribe(
+            services.config.redis_url.expose().to_owned(),
+            services.config.queue_prefix.clone(),
+            move |event| hub.deliver(event),
+        ));
+    }
     let data = web::Data::new(services);
     let doc = app::OpenApiDoc::default();
-    let server = HttpServer::new(move || app::build(data.clone(), doc.clone()))
+    let server = HttpServer::new(move || app::build(data.clone(), hub.clone(), doc.clone()))
         .bind((host, port))
         .map_err(|e| anyhow::anyhow!("cannot listen on {host}:{port}: {e}"))?
         .shutdown_timeout(shutdown_timeout.as_secs())

@@ -48,7 +48,7 @@ pub async fn fan_out(services: &Services, job: &FanOutNotifications) -> Result<(
 
 /// Tells an instructor that a student enrolled in their course (in-app, if they want it).
 async fn enrolled(services: &Services, enrollment_id: Uuid, event_id: Uuid) -> Result<()> {
-    sqlx::query(
+    let created: Vec<Created> = sqlx::query_as(
         "INSERT INTO notifications (id, user_id, type, title, message, data, event_key)
          SELECT gen_random_uuid(), c.instructor_id, 'new_enrollment', 'New student in ' || c.title,
                 s.full_name || ' enrolled in ' || c.title,
@@ -59,13 +59,45 @@ async fn enrolled(services: &Services, enrollment_id: Uuid, event_id: Uuid) -> R
            JOIN users s ON s.id = e.user_id
            JOIN users i ON i.id = c.instructor_id
           WHERE e.id = $1 AND i.notify_in_app AND i.status = 'active'
-         ON CONFLICT (user_id, event_key) WHERE event_key IS NOT NULL DO NOTHING",
+         ON CONFLICT (user_id, event_key) WHERE event_key IS NOT NULL DO NOTHING
+         RETURNING id, user_id, type AS kind, title, message, data, created_at",
     )
     .bind(enrollment_id)
     .bind(event_id)
-    .execute(&services.db)
+    .fetch_all(&services.db)
     .await?;
+    push(services, &created).await;
     Ok(())
+}
+
+/// A notification just stored, for the real-time push.
+#[derive(sqlx::FromRow)]
+struct Created {
+    id: Uuid,
+    user_id: Uuid,
+    kind: String,
+    title: String,
+    message: String,
+    data: serde_json::Value,
+    created_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Sends stored notifications to their users' open WebSockets, whichever API process holds them.
+async fn push(services: &Services, created: &[Created]) {
+    let envelopes: Vec<crate::events::Envelope> = created
+        .iter()
+        .map(|n| crate::events::Envelope {
+            user_id: n.user_id,
+            event: serde_json::json!({
+                "type": "notification",
+                "notification": {
+                    "id": n.id, "type": n.kind, "title": n.title, "message": n.message,
+                    "data": n.data, "read": false, "created_at": n.created_at,
+                }
+            }),
+        })
+        .collect();
+    crate::events::publish(services, &envelopes).await;
 }
 
 async fn course_published(
@@ -129,17 +161,18 @@ async fn course_published(
             .filter(|r| r.notify_in_app)
             .map(|r| r.id)
             .collect();
-        sqlx::query(
+        let created: Vec<Created> = sqlx::query_as(
             "INSERT INTO notifications (id, user_id, type, title, message, data, event_key)
              SELECT gen_random_uuid(), u, 'course_published', $2, $3, $4, $5 FROM unnest($1::uuid[]) AS u
-             ON CONFLICT (user_id, event_key) WHERE event_key IS NOT NULL DO NOTHING",
+             ON CONFLICT (user_id, event_key) WHERE event_key IS NOT NULL DO NOTHING
+             RETURNING id, user_id, type AS kind, title, message, data, created_at",
         )
         .bind(&in_app)
         .bind(&title)
         .bind(&message)
         .bind(&data)
         .bind(&event_key)
-        .execute(&mut *tx)
+        .fetch_all(&mut *tx)
         .await?;
         let mut mails = Vec::new();
         for r in batch.iter().filter(|r| r.notify_email) {
@@ -172,6 +205,7 @@ async fn course_published(
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
+        push(services, &created).await;
         for mail in &mails {
             services.jobs.dispatch(mail).await;
         }

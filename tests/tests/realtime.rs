@@ -1,0 +1,157 @@
+//! Real-time delivery over WebSockets across API processes: a notification created by the worker
+//! while the user is connected to another API process arrives on their socket within a second.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::time::{Duration, Instant};
+
+use futures::{SinkExt, StreamExt};
+use lectern_tests::fixtures::published_course_with_videos;
+use lectern_tests::{Proc, TestApp, free_port};
+use serde_json::Value;
+use tokio_tungstenite::tungstenite::Message;
+use uuid::Uuid;
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn open(base: &str, token: &str) -> Socket {
+    let url = format!(
+        "{}/api/v1/ws?token={token}",
+        base.replace("http://", "ws://")
+    );
+    tokio_tungstenite::connect_async(url)
+        .await
+        .expect("websocket upgrade")
+        .0
+}
+
+/// The next text message as JSON, or the close code.
+async fn next(ws: &mut Socket) -> Result<Value, u16> {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("a message in time")
+        {
+            Some(Ok(Message::Text(t))) => return Ok(serde_json::from_str(&t).unwrap()),
+            Some(Ok(Message::Close(frame))) => {
+                return Err(frame.map_or(1005, |f| u16::from(f.code)));
+            }
+            Some(Ok(_)) => continue,
+            other => panic!("socket ended: {other:?}"),
+        }
+    }
+}
+
+/// The close code after an `error` message.
+async fn closed_with(ws: &mut Socket) -> u16 {
+    loop {
+        match next(ws).await {
+            Ok(v) if v["type"] == "error" => continue,
+            Ok(v) => panic!("expected a close, got {v}"),
+            Err(code) => return code,
+        }
+    }
+}
+
+#[tokio::test]
+async fn notifications_reach_a_socket_on_another_api_process_within_a_second() {
+    let app = TestApp::spawn().await;
+    // A second API process behind the same "load balancer": same database, Redis and storage.
+    let port = free_port();
+    let mut env = app.env.clone();
+    env.insert("PORT".into(), port.to_string());
+    let second = Proc::spawn("lectern-api", &[], &env, app.dir.join("api-2.log"));
+    let second_url = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while app
+        .http
+        .get(format!("{second_url}/healthz"))
+        .send()
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "{}", second.output());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let teacher = app.register("teacher@example.com", "instructor").await;
+    let teacher_token = teacher["access_token"].as_str().unwrap().to_owned();
+    let teacher_id: Uuid = teacher["user"]["id"].as_str().unwrap().parse().unwrap();
+    let (course, _) =
+        published_course_with_videos(&app.db.pool, teacher_id, "Live", "0", 1, 60.0).await;
+
+    // The instructor listens on the first process.
+    let mut ws = open(&app.url, &teacher_token).await;
+    let ready = next(&mut ws).await.unwrap();
+    assert_eq!(ready["type"], "ready");
+    assert_eq!(ready["unread"], 0);
+
+    // A student enrolls through the second process; the worker stores the instructor's
+    // notification and publishes it.
+    let student = app.register("student@example.com", "student").await;
+    let s = student["access_token"].as_str().unwrap();
+    let res = app
+        .http
+        .post(format!("{second_url}/api/v1/courses/{course}/enroll"))
+        .bearer_auth(s)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 201);
+    let event = next(&mut ws).await.unwrap();
+    let arrived = chrono::Utc::now();
+    assert_eq!(event["type"], "notification", "{event}");
+    assert_eq!(event["notification"]["type"], "new_enrollment");
+    assert_eq!(
+        event["notification"]["data"]["course_id"],
+        course.to_string()
+    );
+    let created: chrono::DateTime<chrono::Utc> = event["notification"]["created_at"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let latency = arrived - created;
+    assert!(
+        latency < chrono::Duration::seconds(1),
+        "arrived {latency} after it was stored"
+    );
+    // It is the stored notification: a client that missed it finds it in the list.
+    let (_, inbox) = app
+        .call("GET", "/api/v1/notifications", Some(&teacher_token), None)
+        .await;
+    assert_eq!(inbox["items"][0]["id"], event["notification"]["id"]);
+    // The socket answers pings.
+    ws.send(Message::Ping(vec![1, 2, 3].into())).await.unwrap();
+
+    // Bad tokens: upgraded, then closed with 4401 and a reason.
+    let mut bad = open(&app.url, "not-a-token").await;
+    assert_eq!(closed_with(&mut bad).await, 4401);
+    let (status, _) = app
+        .call(
+            "POST",
+            "/api/v1/auth/logout",
+            Some(s),
+            Some(&serde_json::json!({})),
+        )
+        .await;
+    assert_eq!(status, 204);
+    let mut revoked = open(&second_url, s).await;
+    assert_eq!(closed_with(&mut revoked).await, 4401);
+
+    // At most five sockets per user per process; the sixth is closed with 4429.
+    let mut more = Vec::new();
+    for _ in 0..4 {
+        let mut w = open(&app.url, &teacher_token).await;
+        assert_eq!(next(&mut w).await.unwrap()["type"], "ready");
+        more.push(w);
+    }
+    let mut sixth = open(&app.url, &teacher_token).await;
+    assert_eq!(closed_with(&mut sixth).await, 4429);
+    // Closing one frees a slot.
+    more.pop().unwrap().close(None).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut again = open(&app.url, &teacher_token).await;
+    assert_eq!(next(&mut again).await.unwrap()["type"], "ready");
+    drop(second);
+}
