@@ -7,6 +7,7 @@ pub async fn handle(services: &Services, job: Job) -> Result<(), JobError> {
     match job {
         Job::SendEmail(mail) => email::deliver(services, &mail).await,
         Job::ExportUserData(export) => accounts::privacy::run_export(services, &export).await,
+        Job::Noop(noop) => lectern_core::jobs::run_noop(services, &noop).await,
         other => Err(JobError::Permanent(format!(
             "this worker version has no handler for {} jobs; upgrade the worker and retry the job",
             other.kind()
