@@ -93,10 +93,15 @@ async fn run(config: Config) -> anyhow::Result<()> {
         monitor = monitor.register(move |_restarts| {
             // Woken by a push at once; polls as a backstop.
             let connection = fetch::TrackedConnection::new(services.redis.clone());
-            let storage = RedisStorage::<jobs::JobRef, _>::new(connection.clone())
-                .with_config(jobs::queue_config(&prefix, queue).batch_size(fetch_batch(queue, slots)));
-            let backend =
-                fetch::Woken::new(storage, &connection, wakers.stream(queue), jobs::POLL_INTERVAL);
+            let storage = RedisStorage::<jobs::JobRef, _>::new(connection.clone()).with_config(
+                jobs::queue_config(&prefix, queue).batch_size(fetch_batch(queue, slots)),
+            );
+            let backend = fetch::Woken::new(
+                storage,
+                &connection,
+                wakers.stream(queue),
+                jobs::POLL_INTERVAL,
+            );
             WorkerBuilder::new(name.clone())
                 .backend(backend)
                 .concurrency(slots)

@@ -66,8 +66,8 @@ pub async fn release_in_flight(services: &Services) {
 /// latency when the queue is quiet.
 #[derive(Clone)]
 pub struct Batches {
-    claims: mpsc::UnboundedSender<(Uuid, oneshot::Sender<Result<Option<Claimed>, String>>)>,
-    successes: mpsc::UnboundedSender<((Uuid, i32), oneshot::Sender<Result<bool, String>>)>,
+    claims: mpsc::UnboundedSender<ClaimRequest>,
+    successes: mpsc::UnboundedSender<SuccessRequest>,
 }
 
 /// The most requests one statement carries.

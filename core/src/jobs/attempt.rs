@@ -51,9 +51,8 @@ pub fn current() -> Option<(Uuid, i32)> {
 /// longer owns the job (its lease lapsed and another worker took it over): the caller must roll
 /// back and give up. The worker does not record the success again after the handler returns.
 pub async fn complete_in(conn: &mut PgConnection) -> Result<bool> {
-    let (id, attempt) = current().ok_or_else(|| {
-        Error::Internal("complete_in called outside a job attempt".into())
-    })?;
+    let (id, attempt) = current()
+        .ok_or_else(|| Error::Internal("complete_in called outside a job attempt".into()))?;
     let done = super::store::succeed_in(conn, id, attempt).await?;
     if done {
         let _ = CURRENT.try_with(|a| a.completed.store(true, Ordering::Release));

@@ -233,7 +233,8 @@ impl JobQueue {
                 let mut task_ids = Vec::with_capacity(chunk.len());
                 for id in chunk {
                     let task_id = Uuid::now_v7().to_string();
-                    let body = serde_json::to_vec(&JobRef { id: *id }).map_err(crate::Error::internal)?;
+                    let body =
+                        serde_json::to_vec(&JobRef { id: *id }).map_err(crate::Error::internal)?;
                     pipe.hset_nx(&data, &task_id, body).ignore();
                     pipe.hset_multiple(
                         format!("{meta}:{task_id}"),

@@ -52,9 +52,8 @@ pub async fn run_noop(services: &Services, job: &Noop) -> Result<(), JobError> {
     if !job.record {
         return Ok(());
     }
-    let (id, attempt) = attempt::current().ok_or_else(|| {
-        JobError::Permanent("a recorded no-op only runs as a job attempt".into())
-    })?;
+    let (id, attempt) = attempt::current()
+        .ok_or_else(|| JobError::Permanent("a recorded no-op only runs as a job attempt".into()))?;
     let mut tx = services.db.begin().await.map_err(Error::from)?;
     // A second application of this job's effect would bump `effects` (and be visible) rather
     // than fail; the transaction below is what keeps it at one.

@@ -240,7 +240,8 @@ mod tests {
 
     #[test]
     fn a_noop_runs_on_the_queue_it_names() {
-        let noop: Job = Job::from_parts("noop", serde_json::json!({"queue": "media"})).expect("noop");
+        let noop: Job =
+            Job::from_parts("noop", serde_json::json!({"queue": "media"})).expect("noop");
         assert_eq!(noop.policy().queue, Queue::Media);
         assert_eq!(
             noop,

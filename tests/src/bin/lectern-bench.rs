@@ -302,7 +302,10 @@ async fn jobs(seconds: u64) {
         let app = TestApp::spawn_with(Options {
             no_worker: true,
             env: vec![
-                ("WORKER_CONCURRENCY_DEFAULT".into(), drain_concurrency.clone()),
+                (
+                    "WORKER_CONCURRENCY_DEFAULT".into(),
+                    drain_concurrency.clone(),
+                ),
                 ("RUST_LOG".into(), "warn".into()),
             ],
         })
