@@ -9,7 +9,8 @@ use std::time::Duration;
 use apalis::prelude::{BoxDynError, Data};
 use lectern_core::Services;
 use lectern_core::jobs::{self, Claimed, Job, JobError, JobRef};
-use tokio::sync::{mpsc, oneshot};
+use std::sync::Arc;
+use tokio::sync::{Mutex, mpsc, oneshot};
 use tracing::Instrument;
 use uuid::Uuid;
 
@@ -73,12 +74,20 @@ pub struct Batches {
 /// The most requests one statement carries.
 const MAX_BATCH: usize = 1000;
 
+/// Statements of each kind in flight at once: while PostgreSQL commits one group, the next
+/// can already be on its way (a busy or slow machine is latency-bound, not CPU-bound).
+const STATEMENTS_IN_FLIGHT: usize = 2;
+
 impl Batches {
     pub fn start(services: &Services) -> Batches {
         let (claims, claim_rx) = mpsc::unbounded_channel();
         let (successes, success_rx) = mpsc::unbounded_channel();
-        tokio::spawn(claim_loop(services.db.clone(), claim_rx));
-        tokio::spawn(success_loop(services.db.clone(), success_rx));
+        let claim_rx = Arc::new(Mutex::new(claim_rx));
+        let success_rx = Arc::new(Mutex::new(success_rx));
+        for _ in 0..STATEMENTS_IN_FLIGHT {
+            tokio::spawn(claim_loop(services.db.clone(), Arc::clone(&claim_rx)));
+            tokio::spawn(success_loop(services.db.clone(), Arc::clone(&success_rx)));
+        }
         Batches { claims, successes }
     }
 
@@ -101,8 +110,13 @@ impl Batches {
     }
 }
 
-/// Takes what is waiting in `rx` (at least one request, at most [`MAX_BATCH`]).
-async fn next_batch<T>(rx: &mut mpsc::UnboundedReceiver<T>) -> Option<Vec<T>> {
+/// Takes what is waiting in `rx` (at least one request, at most [`MAX_BATCH`]), sorted by job
+/// id so that concurrent statements lock rows in the same order.
+async fn next_batch<T>(
+    rx: &Mutex<mpsc::UnboundedReceiver<T>>,
+    id: impl Fn(&T) -> Uuid,
+) -> Option<Vec<T>> {
+    let mut rx = rx.lock().await;
     let first = rx.recv().await?;
     let mut batch = vec![first];
     while batch.len() < MAX_BATCH {
@@ -111,13 +125,14 @@ async fn next_batch<T>(rx: &mut mpsc::UnboundedReceiver<T>) -> Option<Vec<T>> {
             Err(_) => break,
         }
     }
+    batch.sort_by_key(|request| id(request));
     Some(batch)
 }
 
 type ClaimRequest = (Uuid, oneshot::Sender<Result<Option<Claimed>, String>>);
 
-async fn claim_loop(pool: sqlx::PgPool, mut rx: mpsc::UnboundedReceiver<ClaimRequest>) {
-    while let Some(batch) = next_batch(&mut rx).await {
+async fn claim_loop(pool: sqlx::PgPool, rx: Arc<Mutex<mpsc::UnboundedReceiver<ClaimRequest>>>) {
+    while let Some(batch) = next_batch(&rx, |(id, _)| *id).await {
         let ids: Vec<Uuid> = batch.iter().map(|(id, _)| *id).collect();
         match jobs::claim_many(&pool, &ids, LEASE).await {
             Ok(claimed) => {
@@ -145,8 +160,8 @@ async fn claim_loop(pool: sqlx::PgPool, mut rx: mpsc::UnboundedReceiver<ClaimReq
 
 type SuccessRequest = ((Uuid, i32), oneshot::Sender<Result<bool, String>>);
 
-async fn success_loop(pool: sqlx::PgPool, mut rx: mpsc::UnboundedReceiver<SuccessRequest>) {
-    while let Some(batch) = next_batch(&mut rx).await {
+async fn success_loop(pool: sqlx::PgPool, rx: Arc<Mutex<mpsc::UnboundedReceiver<SuccessRequest>>>) {
+    while let Some(batch) = next_batch(&rx, |((id, _), _)| *id).await {
         let attempts: Vec<(Uuid, i32)> = batch.iter().map(|(a, _)| *a).collect();
         match jobs::succeed_many(&pool, &attempts).await {
             Ok(done) => {

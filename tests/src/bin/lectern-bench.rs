@@ -186,7 +186,7 @@ fn proc_status(pid: u32, field: &str) -> String {
 use lectern_core::Services;
 use lectern_core::jobs::{self as job_queue, Job, Noop, Queue};
 
-/// Jobs preloaded for each drain figure.
+/// Jobs preloaded for each drain figure (`BENCH_DRAIN_JOBS` overrides it).
 const DRAIN_JOBS: usize = 100_000;
 /// Jobs per transaction in the batched enqueue.
 const ENQUEUE_BATCH: usize = 1000;
@@ -247,6 +247,13 @@ async fn count_state(app: &TestApp, state: &str) -> i64 {
         .unwrap()
 }
 
+/// Wall-clock time as PostgreSQL's `now()` sees it (same host, same clock).
+fn unix_seconds() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len().max(1)) - 1;
     sorted.get(i).copied().unwrap_or(0.0)
@@ -257,6 +264,11 @@ async fn jobs(seconds: u64) {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let drain_concurrency =
         std::env::var("BENCH_DRAIN_CONCURRENCY").unwrap_or_else(|_| "256".to_owned());
+    let drain_jobs: usize = std::env::var("BENCH_DRAIN_JOBS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .filter(|n| n % ENQUEUE_BATCH == 0 && *n > 0)
+        .unwrap_or(DRAIN_JOBS);
     println!(
         "lectern job benchmarks: {cores} cores, PostgreSQL and Redis on loopback, no-op jobs (`noop` kind)"
     );
@@ -312,7 +324,7 @@ async fn jobs(seconds: u64) {
         .await;
         let services = services(&app);
         let loading = Instant::now();
-        for _ in 0..DRAIN_JOBS / ENQUEUE_BATCH {
+        for _ in 0..drain_jobs / ENQUEUE_BATCH {
             assert!(enqueue_batch(&services, ENQUEUE_BATCH).await, "preload");
         }
         let loaded_in = loading.elapsed();
@@ -323,16 +335,17 @@ async fn jobs(seconds: u64) {
         let deadline = spawned + Duration::from_secs(600);
         let mut done = 0;
         while Instant::now() < deadline {
-            done = count_state(&app, "succeeded").await;
-            if done as usize >= DRAIN_JOBS {
+            done = count_state(&app, "succeeded").await + count_state(&app, "failed").await;
+            if done as usize >= drain_jobs {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
         let wall = spawned.elapsed();
-        let (window, attempts): (Option<f64>, Option<i64>) = sqlx::query_as(
-            "SELECT EXTRACT(EPOCH FROM max(finished_at) - min(started_at))::float8, sum(attempts)::int8
-               FROM jobs WHERE state = 'succeeded'",
+        let (window, attempts, failed): (Option<f64>, Option<i64>, i64) = sqlx::query_as(
+            "SELECT EXTRACT(EPOCH FROM max(finished_at) - min(started_at))::float8, sum(attempts)::int8,
+                    count(*) FILTER (WHERE state = 'failed')
+               FROM jobs WHERE state IN ('succeeded', 'failed')",
         )
         .fetch_one(&app.db.pool)
         .await
@@ -344,7 +357,7 @@ async fn jobs(seconds: u64) {
             format!("drain, {workers} worker processes")
         };
         println!(
-            "{label:<34} {:>9.0} jobs/s  ({done} of {DRAIN_JOBS} done, {} attempts; first start to last finish {window:.2} s, {:.2} s from process start; preloaded in {:.1} s)",
+            "{label:<34} {:>9.0} jobs/s  ({done} of {drain_jobs} done, {failed} failed, {} attempts; first start to last finish {window:.2} s, {:.2} s from process start; preloaded in {:.1} s)",
             done as f64 / window,
             attempts.unwrap_or(0),
             wall.as_secs_f64(),
@@ -378,15 +391,30 @@ async fn jobs(seconds: u64) {
             let s = Arc::clone(&services);
             calls.spawn(async move {
                 let t = Instant::now();
-                let ok = enqueue_one(&s).await;
-                (ok, t.elapsed().as_secs_f64() * 1000.0)
+                // enqueue_one, noting when the row is committed (the worker can see it from then).
+                let queued = async {
+                    let mut tx = s.db.begin().await?;
+                    let job = job_queue::insert(&mut tx, &noop(), None, None).await?;
+                    tx.commit().await?;
+                    let committed = unix_seconds();
+                    s.jobs.dispatch(&job).await;
+                    Ok::<_, lectern_core::Error>((job.id, committed))
+                }
+                .await;
+                (queued.ok(), t.elapsed().as_secs_f64() * 1000.0)
             });
         }
         let mut enqueue_ms = Vec::with_capacity(total);
+        let mut committed_at = std::collections::HashMap::new();
         let mut errors = 0;
         while let Some(joined) = calls.join_next().await {
-            let (ok, ms) = joined.unwrap();
-            errors += usize::from(!ok);
+            let (queued, ms) = joined.unwrap();
+            match queued {
+                Some((id, committed)) => {
+                    committed_at.insert(id, committed);
+                }
+                None => errors += 1,
+            }
             enqueue_ms.push(ms);
         }
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -403,6 +431,25 @@ async fn jobs(seconds: u64) {
         .unwrap();
         waits.sort_by(f64::total_cmp);
         enqueue_ms.sort_by(f64::total_cmp);
+        // The queue's own part: from COMMIT (the row exists) to the worker's claim.
+        let starts: Vec<(uuid::Uuid, f64)> = sqlx::query_as(
+            "SELECT id, EXTRACT(EPOCH FROM started_at)::float8 FROM jobs WHERE started_at IS NOT NULL",
+        )
+        .fetch_all(&app.db.pool)
+        .await
+        .unwrap();
+        let mut commit_to_start: Vec<f64> = starts
+            .iter()
+            .filter_map(|(id, started)| committed_at.get(id).map(|c| (started - c) * 1000.0))
+            .collect();
+        commit_to_start.sort_by(f64::total_cmp);
+        let over_50ms = commit_to_start.iter().filter(|ms| **ms > 50.0).count();
+        // Slow starts by 50 ms bucket: a wake-up lost to the 250 ms poll spreads them evenly
+        // up to 250 ms; a stalled process or machine bunches them.
+        let mut buckets = [0usize; 6];
+        for ms in commit_to_start.iter().filter(|ms| **ms > 50.0) {
+            buckets[((*ms / 50.0) as usize).min(5)] += 1;
+        }
         println!(
             "{:<34} p50 {:>6.2} ms   p99 {:>6.2} ms   max {:>7.2} ms   ({} jobs at {STEADY_RATE}/s, {errors} errors, 1 worker, default configuration)",
             "enqueue-to-start",
@@ -416,6 +463,14 @@ async fn jobs(seconds: u64) {
             "  of which enqueue",
             percentile(&enqueue_ms, 0.50),
             percentile(&enqueue_ms, 0.99),
+        );
+        println!(
+            "{:<34} p50 {:>6.2} ms   p99 {:>6.2} ms   max {:>7.2} ms   (push, wake-up, fetch, claim; {over_50ms} over 50 ms, by 50 ms bucket from 50: {:?})",
+            "  from COMMIT to start",
+            percentile(&commit_to_start, 0.50),
+            percentile(&commit_to_start, 0.99),
+            commit_to_start.last().copied().unwrap_or(0.0),
+            &buckets[1..],
         );
         println!(
             "{:<34} {at_rest} at rest, peak {}",
