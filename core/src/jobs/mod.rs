@@ -99,9 +99,19 @@ where
     RedisStorage::new(conn).with_config(queue_config(prefix, queue))
 }
 
+/// A Redis client whose connections send every request at once (`TCP_NODELAY`). redis-rs leaves
+/// Nagle's algorithm on: with several requests in flight on one multiplexed connection, a small
+/// write can wait for the previous segment's delayed ACK, tens of milliseconds.
+pub fn redis_client(url: &str) -> redis::RedisResult<redis::Client> {
+    use redis::IntoConnectionInfo;
+    let info = url.into_connection_info()?;
+    let tcp = info.tcp_settings().clone().set_nodelay(true);
+    redis::Client::open(info.set_tcp_settings(tcp))
+}
+
 /// A Redis connection that is established on first use and re-established after Redis restarts.
 pub fn redis_connection(url: &str) -> redis::RedisResult<ConnectionManager> {
-    let client = redis::Client::open(url)?;
+    let client = redis_client(url)?;
     let config = redis::aio::ConnectionManagerConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(2)))
         .set_response_timeout(Some(Duration::from_secs(5)))

@@ -374,15 +374,55 @@ async fn jobs(seconds: u64) {
 
     // Enqueue-to-start at a steady rate, one worker with the default configuration.
     {
+        let mut env = vec![("RUST_LOG".into(), "info".into())];
+        // BENCH_LATENCY_CONCURRENCY: the worker's default-queue slots (the configuration's 4 otherwise).
+        let slots = std::env::var("BENCH_LATENCY_CONCURRENCY").unwrap_or_else(|_| "4".to_owned());
+        env.push(("WORKER_CONCURRENCY_DEFAULT".into(), slots.clone()));
         let app = TestApp::spawn_with(Options {
             no_worker: false,
-            env: vec![("RUST_LOG".into(), "info".into())],
+            env,
         })
         .await;
         let services = Arc::new(services(&app));
         tokio::time::sleep(Duration::from_secs(2)).await;
         let worker_pid = app.worker.as_ref().map(|w| w.pid()).unwrap_or_default();
         let at_rest = rss(worker_pid);
+        // The floor under any PostgreSQL-backed enqueue on this machine: one-row INSERTs, each
+        // its own transaction (one WAL flush), at the same rate.
+        sqlx::query("CREATE TABLE bench_commits (id bigserial PRIMARY KEY, at timestamptz NOT NULL DEFAULT now())")
+            .execute(&app.db.pool)
+            .await
+            .unwrap();
+        let mut ticker = tokio::time::interval(Duration::from_secs(1) / STEADY_RATE as u32);
+        let mut commits = tokio::task::JoinSet::new();
+        for _ in 0..STEADY_RATE * seconds.min(5) {
+            ticker.tick().await;
+            let pool = app.db.pool.clone();
+            commits.spawn(async move {
+                let t = Instant::now();
+                let ok = sqlx::query("INSERT INTO bench_commits DEFAULT VALUES")
+                    .execute(&pool)
+                    .await
+                    .is_ok();
+                (ok, t.elapsed().as_secs_f64() * 1000.0)
+            });
+        }
+        let mut commit_ms = Vec::new();
+        while let Some(joined) = commits.join_next().await {
+            let (ok, ms) = joined.unwrap();
+            if ok {
+                commit_ms.push(ms);
+            }
+        }
+        commit_ms.sort_by(f64::total_cmp);
+        println!(
+            "{:<34} p50 {:>6.2} ms   p99 {:>6.2} ms   max {:>7.2} ms   ({} one-row INSERT transactions at {STEADY_RATE}/s: this machine's floor)",
+            "PostgreSQL commit alone",
+            percentile(&commit_ms, 0.50),
+            percentile(&commit_ms, 0.99),
+            commit_ms.last().copied().unwrap_or(0.0),
+            commit_ms.len(),
+        );
         let total = (STEADY_RATE * seconds) as usize;
         let mut ticker = tokio::time::interval(Duration::from_secs(1) / STEADY_RATE as u32);
         let mut calls = tokio::task::JoinSet::new();
@@ -451,7 +491,7 @@ async fn jobs(seconds: u64) {
             buckets[((*ms / 50.0) as usize).min(5)] += 1;
         }
         println!(
-            "{:<34} p50 {:>6.2} ms   p99 {:>6.2} ms   max {:>7.2} ms   ({} jobs at {STEADY_RATE}/s, {errors} errors, 1 worker, default configuration)",
+            "{:<34} p50 {:>6.2} ms   p99 {:>6.2} ms   max {:>7.2} ms   ({} jobs at {STEADY_RATE}/s, {errors} errors, 1 worker, {slots} default-queue slots)",
             "enqueue-to-start",
             percentile(&waits, 0.50),
             percentile(&waits, 0.99),
