@@ -63,6 +63,7 @@ pub fn build(
                 .service(routes::jobs::get_job)
                 .service(routes::jobs::admin_list)
                 .service(routes::jobs::admin_bulk_retry)
+                .service(routes::jobs::admin_noop)
                 .service(routes::jobs::admin_get)
                 .service(routes::jobs::admin_retry)
                 .service(routes::jobs::admin_queues)

@@ -367,3 +367,200 @@ async fn a_job_cut_short_by_shutdown_goes_back_to_the_queue_uncounted() {
         .await;
     assert_eq!(job["attempts"], 1);
 }
+
+/// Jobs whose handler records its effect in a PostgreSQL ledger, run by two worker processes, one
+/// SIGKILLed mid-run and replaced: every effect is recorded exactly once and none is missing.
+#[tokio::test]
+async fn through_a_worker_crash_every_effect_is_recorded_exactly_once() {
+    const JOBS: usize = 600;
+    let app = TestApp::spawn_with(lectern_tests::Options {
+        no_worker: true,
+        env: vec![("WORKER_CONCURRENCY_DEFAULT".into(), "8".into())],
+    })
+    .await;
+    let mut doomed = app.spawn_worker("worker-1.log");
+    let survivor = app.spawn_worker("worker-2.log");
+    let (status, body) = app
+        .post_as_admin(
+            "/api/v1/admin/jobs/noop",
+            &json!({"count": JOBS, "sleep_ms": 100, "record": true}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["queued"].as_u64()),
+        (202, Some(JOBS as u64)),
+        "{body}"
+    );
+    let ids: Vec<uuid::Uuid> = body["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|id| id.as_str().unwrap().parse().unwrap())
+        .collect();
+
+    let recorded = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM job_ledger")
+            .fetch_one(&app.db.pool)
+            .await
+            .unwrap()
+    };
+    // Mid-run: both workers busy (each has 8 jobs of 100 ms running), most jobs still to go.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while recorded().await < 100 {
+        assert!(std::time::Instant::now() < deadline, "{}", doomed.output());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    doomed.signal("KILL");
+    doomed.wait_exit(Duration::from_secs(5)).expect("killed");
+    let killed_at = std::time::Instant::now();
+    let at_kill = recorded().await;
+    assert!(
+        at_kill < JOBS as i64 / 2,
+        "{at_kill}: the kill came too late"
+    );
+    let fresh = app.spawn_worker("worker-3.log");
+
+    // Jobs the killed worker was running come back once their lease lapses (30 s).
+    let deadline = killed_at + Duration::from_secs(60);
+    loop {
+        let done: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE state = 'succeeded'")
+            .fetch_one(&app.db.pool)
+            .await
+            .unwrap();
+        if done == JOBS as i64 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{done} of {JOBS} jobs done 60 s after the crash\n--- survivor ---\n{}\n--- fresh ---\n{}",
+            survivor.output(),
+            fresh.output()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!("all jobs done {:?} after the crash", killed_at.elapsed());
+
+    let ledger: Vec<(uuid::Uuid, i32)> =
+        sqlx::query_as("SELECT job_id, effects FROM job_ledger ORDER BY job_id")
+            .fetch_all(&app.db.pool)
+            .await
+            .unwrap();
+    let mut expected = ids.clone();
+    expected.sort();
+    let recorded_ids: Vec<uuid::Uuid> = ledger.iter().map(|(id, _)| *id).collect();
+    assert_eq!(
+        recorded_ids, expected,
+        "every job has exactly one ledger row"
+    );
+    let twice: Vec<_> = ledger.iter().filter(|(_, effects)| *effects != 1).collect();
+    assert!(
+        twice.is_empty(),
+        "effects applied more than once: {twice:?}"
+    );
+
+    // The crash did hit running jobs: they were taken back and completed by another attempt.
+    let (retried, lost): (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE attempts > 1 AND last_error LIKE '%stopped responding%'),
+                count(*) FILTER (WHERE state <> 'succeeded')
+           FROM jobs",
+    )
+    .fetch_one(&app.db.pool)
+    .await
+    .unwrap();
+    assert!(retried >= 1, "no job was running on the killed worker");
+    assert_eq!(lost, 0);
+    let by_retried_attempt: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM job_ledger l JOIN jobs j ON j.id = l.job_id
+          WHERE j.attempts > 1 AND l.attempt = j.attempts",
+    )
+    .fetch_one(&app.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        by_retried_attempt, retried,
+        "a retried job's effect comes from its last attempt"
+    );
+}
+
+/// Queues do not share slots: with every media slot held by long jobs (and more queued behind
+/// them), a mail still starts at once.
+#[tokio::test]
+async fn mail_starts_within_a_second_while_every_media_slot_is_busy() {
+    let app = TestApp::spawn_with(lectern_tests::Options {
+        no_worker: false,
+        env: vec![("WORKER_CONCURRENCY_MEDIA".into(), "2".into())],
+    })
+    .await;
+    // The diagnostic route is for operators, and checks what it is given.
+    let student = app.register("nosy@example.com", "student").await;
+    let token = student["access_token"].as_str().unwrap();
+    let noop = "/api/v1/admin/jobs/noop";
+    assert_eq!(
+        app.call("POST", noop, Some(token), Some(&json!({})))
+            .await
+            .0,
+        403
+    );
+    for bad in [
+        json!({"count": 0}),
+        json!({"count": 10_001}),
+        json!({"sleep_ms": 600_001}),
+    ] {
+        let (status, body) = app.post_as_admin(noop, &bad).await;
+        assert_eq!(status, 422, "{bad}: {body}");
+    }
+    assert_eq!(
+        app.post_as_admin(noop, &json!({"queue": "gpu"})).await.0 / 100,
+        4
+    );
+
+    let (status, body) = app
+        .post_as_admin(
+            "/api/v1/admin/jobs/noop",
+            &json!({"count": 6, "sleep_ms": 30_000, "queue": "media"}),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let media = || async {
+        let (_, queues) = app.get_as_admin("/api/v1/admin/queues").await;
+        queues
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|q| q["queue"] == "media")
+            .cloned()
+            .unwrap()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while media().await["running"] != 2 {
+        assert!(std::time::Instant::now() < deadline, "{}", app.worker_log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let id = app.queue_test_mail("isolated@example.com").await;
+    let job = app
+        .wait_for_job(&id, "succeeded", Duration::from_secs(10))
+        .await;
+    let wait: f64 = sqlx::query_scalar(
+        "SELECT EXTRACT(EPOCH FROM started_at - created_at)::float8 FROM jobs WHERE id = $1",
+    )
+    .bind(uuid::Uuid::parse_str(&id).unwrap())
+    .fetch_one(&app.db.pool)
+    .await
+    .unwrap();
+    assert!(wait < 1.0, "the mail waited {wait} s to start: {job}");
+    let delivered = app
+        .smtp
+        .messages()
+        .iter()
+        .filter(|m| m.recipients.iter().any(|r| r == "isolated@example.com"))
+        .count();
+    assert_eq!(delivered, 1);
+    // The media queue was saturated the whole time: still two running, four waiting.
+    let media = media().await;
+    assert_eq!(
+        (media["running"].as_i64(), media["queued"].as_i64()),
+        (Some(2), Some(4)),
+        "{media}"
+    );
+}

@@ -1,6 +1,7 @@
 //! `lectern-worker`: runs the jobs the API enqueues. Scale out by running more copies, on any
 //! machine that reaches Redis, PostgreSQL and storage.
 
+mod fetch;
 mod handlers;
 mod runner;
 
@@ -8,6 +9,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use apalis::prelude::*;
+use apalis_redis::RedisStorage;
 use lectern_core::config::Config;
 use lectern_core::jobs::{self, Queue};
 use lectern_core::{Services, telemetry};
@@ -33,6 +35,16 @@ async fn main() -> ExitCode {
             tracing::error!(error = format!("{e:#}"), "lectern-worker stopped");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// How many job ids one fetch takes from Redis. A fetched id waits in this process until a slot
+/// frees up, so long jobs (media) take one at a time and never sit behind a running transcode
+/// while another process is idle; short ones take up to a slot each, which saves round trips.
+fn fetch_batch(queue: Queue, slots: usize) -> usize {
+    match queue {
+        Queue::Media => 1,
+        Queue::Email | Queue::Default => slots.clamp(1, 100),
     }
 }
 
@@ -63,6 +75,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let (stop_relay, relay_stopped) = tokio::sync::watch::channel(false);
     let relay = tokio::spawn(runner::relay_loop(services.clone(), relay_stopped));
 
+    let batches = runner::Batches::start(&services);
+
     let mut monitor = Monitor::new().shutdown_timeout(shutdown_timeout);
     for queue in Queue::ALL {
         let slots = match queue {
@@ -75,17 +89,24 @@ async fn run(config: Config) -> anyhow::Result<()> {
         let name = worker_name(queue);
         let wakers = std::sync::Arc::clone(&wakers);
         tracing::info!(queue = queue.as_str(), slots, worker = %name, "starting queue worker");
+        let batches = batches.clone();
         monitor = monitor.register(move |_restarts| {
             // Woken by a push at once; polls as a backstop.
-            let strategy = Strategy::new()
-                .stream(wakers.stream(queue))
-                .interval(jobs::POLL_INTERVAL);
-            let backend = jobs::redis_storage(services.redis.clone(), &prefix, queue)
-                .poll_with_strategy(strategy);
+            let connection = fetch::TrackedConnection::new(services.redis.clone());
+            let storage = RedisStorage::<jobs::JobRef, _>::new(connection.clone()).with_config(
+                jobs::queue_config(&prefix, queue).batch_size(fetch_batch(queue, slots)),
+            );
+            let backend = fetch::Woken::new(
+                storage,
+                &connection,
+                wakers.stream(queue),
+                jobs::POLL_INTERVAL,
+            );
             WorkerBuilder::new(name.clone())
                 .backend(backend)
                 .concurrency(slots)
                 .data(services.clone())
+                .data(batches.clone())
                 .build(runner::run_job)
         });
     }

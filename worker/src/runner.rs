@@ -3,12 +3,16 @@
 //! backoff, or a dead letter). Redis deliveries are at-least-once; the claim makes a duplicate
 //! delivery a no-op.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use apalis::prelude::{BoxDynError, Data};
 use lectern_core::Services;
 use lectern_core::jobs::{self, Claimed, Job, JobError, JobRef};
+use std::sync::Arc;
+use tokio::sync::{Mutex, mpsc, oneshot};
 use tracing::Instrument;
+use uuid::Uuid;
 
 /// A running attempt owns its job this long without a heartbeat; a crashed worker's job is
 /// handed to a live worker once it lapses.
@@ -16,6 +20,8 @@ const LEASE: Duration = Duration::from_secs(30);
 const HEARTBEAT: Duration = Duration::from_secs(10);
 const RETRY_BASE: Duration = Duration::from_secs(5);
 const RETRY_MAX: Duration = Duration::from_secs(30 * 60);
+/// Jobs the relay pushes per statement.
+const RELAY_BATCH: i64 = 1000;
 
 /// Attempts this process is running: (job id, attempt). Given back if shutdown cuts them short.
 static IN_FLIGHT: std::sync::LazyLock<
@@ -55,10 +61,133 @@ pub async fn release_in_flight(services: &Services) {
     }
 }
 
+/// Claims and successes of the deliveries this process runs, grouped: while one statement is
+/// running, the requests that arrive wait and then go together in the next one (one PostgreSQL
+/// write and commit per group, not per job). A lone request goes at once, so grouping adds no
+/// latency when the queue is quiet.
+#[derive(Clone)]
+pub struct Batches {
+    claims: mpsc::UnboundedSender<ClaimRequest>,
+    successes: mpsc::UnboundedSender<SuccessRequest>,
+}
+
+/// The most requests one statement carries.
+const MAX_BATCH: usize = 1000;
+
+/// Statements of each kind in flight at once: while PostgreSQL commits one group, the next
+/// can already be on its way (a busy or slow machine is latency-bound, not CPU-bound).
+const STATEMENTS_IN_FLIGHT: usize = 2;
+
+impl Batches {
+    pub fn start(services: &Services) -> Batches {
+        let (claims, claim_rx) = mpsc::unbounded_channel();
+        let (successes, success_rx) = mpsc::unbounded_channel();
+        let claim_rx = Arc::new(Mutex::new(claim_rx));
+        let success_rx = Arc::new(Mutex::new(success_rx));
+        for _ in 0..STATEMENTS_IN_FLIGHT {
+            tokio::spawn(claim_loop(services.db.clone(), Arc::clone(&claim_rx)));
+            tokio::spawn(success_loop(services.db.clone(), Arc::clone(&success_rx)));
+        }
+        Batches { claims, successes }
+    }
+
+    async fn claim(&self, id: Uuid) -> Result<Option<Claimed>, String> {
+        let (tx, rx) = oneshot::channel();
+        self.claims
+            .send((id, tx))
+            .map_err(|_| "the claim batcher stopped".to_owned())?;
+        rx.await
+            .map_err(|_| "the claim batcher stopped".to_owned())?
+    }
+
+    async fn succeed(&self, id: Uuid, attempt: i32) -> Result<bool, String> {
+        let (tx, rx) = oneshot::channel();
+        self.successes
+            .send(((id, attempt), tx))
+            .map_err(|_| "the completion batcher stopped".to_owned())?;
+        rx.await
+            .map_err(|_| "the completion batcher stopped".to_owned())?
+    }
+}
+
+/// Takes what is waiting in `rx` (at least one request, at most [`MAX_BATCH`]), sorted by job
+/// id so that concurrent statements lock rows in the same order.
+async fn next_batch<T>(
+    rx: &Mutex<mpsc::UnboundedReceiver<T>>,
+    id: impl Fn(&T) -> Uuid,
+) -> Option<Vec<T>> {
+    let mut rx = rx.lock().await;
+    let first = rx.recv().await?;
+    let mut batch = vec![first];
+    while batch.len() < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(request) => batch.push(request),
+            Err(_) => break,
+        }
+    }
+    batch.sort_by_key(|request| id(request));
+    Some(batch)
+}
+
+type ClaimRequest = (Uuid, oneshot::Sender<Result<Option<Claimed>, String>>);
+
+async fn claim_loop(pool: sqlx::PgPool, rx: Arc<Mutex<mpsc::UnboundedReceiver<ClaimRequest>>>) {
+    while let Some(batch) = next_batch(&rx, |(id, _)| *id).await {
+        let ids: Vec<Uuid> = batch.iter().map(|(id, _)| *id).collect();
+        match jobs::claim_many(&pool, &ids, LEASE).await {
+            Ok(claimed) => {
+                let mut by_id: HashMap<Uuid, Claimed> =
+                    claimed.into_iter().map(|c| (c.id, c)).collect();
+                // A job delivered twice in one group is claimed once: the first delivery runs it.
+                for (id, reply) in batch {
+                    if let Err(Ok(Some(orphan))) = reply.send(Ok(by_id.remove(&id))) {
+                        // The delivery gave up waiting (shutdown): give the job back at once.
+                        if let Err(e) = jobs::release(&pool, orphan.id, orphan.attempt).await {
+                            tracing::warn!(job_id = %orphan.id, error = %e, "could not give back a claimed job; its lease will lapse");
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                let message = format!("could not claim the job: {e}");
+                for (_, reply) in batch {
+                    let _ = reply.send(Err(message.clone()));
+                }
+            }
+        }
+    }
+}
+
+type SuccessRequest = ((Uuid, i32), oneshot::Sender<Result<bool, String>>);
+
+async fn success_loop(pool: sqlx::PgPool, rx: Arc<Mutex<mpsc::UnboundedReceiver<SuccessRequest>>>) {
+    while let Some(batch) = next_batch(&rx, |((id, _), _)| *id).await {
+        let attempts: Vec<(Uuid, i32)> = batch.iter().map(|(a, _)| *a).collect();
+        match jobs::succeed_many(&pool, &attempts).await {
+            Ok(done) => {
+                let done: std::collections::HashSet<Uuid> = done.into_iter().collect();
+                for ((id, _), reply) in batch {
+                    let _ = reply.send(Ok(done.contains(&id)));
+                }
+            }
+            Err(e) => {
+                let message = format!("could not record the job's success: {e}");
+                for (_, reply) in batch {
+                    let _ = reply.send(Err(message.clone()));
+                }
+            }
+        }
+    }
+}
+
 /// The apalis handler. Errors returned here only concern the transport (PostgreSQL unreachable
 /// while claiming); the job's own failures are recorded in its row.
-pub async fn run_job(job_ref: JobRef, services: Data<Services>) -> Result<(), BoxDynError> {
-    let Some(claimed) = jobs::claim(&services.db, job_ref.id, LEASE).await? else {
+pub async fn run_job(
+    job_ref: JobRef,
+    services: Data<Services>,
+    batches: Data<Batches>,
+) -> Result<(), BoxDynError> {
+    let Some(claimed) = batches.claim(job_ref.id).await? else {
         tracing::debug!(job_id = %job_ref.id, "delivery ignored: job already done, not due, or held by another worker");
         return Ok(());
     };
@@ -71,12 +200,16 @@ pub async fn run_job(job_ref: JobRef, services: Data<Services>) -> Result<(), Bo
     );
     let (id, attempt) = (claimed.id, claimed.attempt);
     track(id, Some(attempt));
-    let outcome = execute(&services, claimed).instrument(span).await;
+    let outcome = execute(&services, &batches, claimed).instrument(span).await;
     track(id, None);
     outcome
 }
 
-async fn execute(services: &Services, claimed: Claimed) -> Result<(), BoxDynError> {
+async fn execute(
+    services: &Services,
+    batches: &Batches,
+    claimed: Claimed,
+) -> Result<(), BoxDynError> {
     let job = match Job::from_parts(&claimed.kind, claimed.payload.clone()) {
         Ok(job) => job,
         Err(e) => {
@@ -96,10 +229,18 @@ async fn execute(services: &Services, claimed: Claimed) -> Result<(), BoxDynErro
     tracing::info!("job started");
     let started = std::time::Instant::now();
 
-    let work = crate::handlers::handle(services, job);
+    let work = jobs::attempt::scope(
+        claimed.id,
+        claimed.attempt,
+        crate::handlers::handle(services, job),
+    );
+    let mut completed_by_handler = false;
     let outcome = tokio::select! {
         result = tokio::time::timeout(time_limit, work) => match result {
-            Ok(result) => result,
+            Ok((result, completed)) => {
+                completed_by_handler = completed;
+                result
+            }
             Err(_) => Err(JobError::Retryable(format!(
                 "cancelled by the watchdog after {} s (the time limit for this kind of job)",
                 time_limit.as_secs()
@@ -113,7 +254,10 @@ async fn execute(services: &Services, claimed: Claimed) -> Result<(), BoxDynErro
 
     match outcome {
         Ok(()) => {
-            jobs::succeed(&services.db, claimed.id, claimed.attempt).await?;
+            // A handler that committed its effect with the completion has recorded it already.
+            if !completed_by_handler {
+                batches.succeed(claimed.id, claimed.attempt).await?;
+            }
             tracing::info!(elapsed_ms, "job succeeded");
         }
         Err(JobError::Retryable(reason)) if claimed.attempt < claimed.max_attempts => {
@@ -180,7 +324,15 @@ pub async fn relay_loop(services: Services, mut stop: tokio::sync::watch::Receiv
                     "took back jobs from workers that stopped responding"
                 );
             }
-            let pushed = jobs::relay_due(&services.db, &services.jobs, 500).await?;
+            // A long backlog (Redis was down) goes out in rounds of RELAY_BATCH, up to ten a second.
+            let mut pushed = 0;
+            for _ in 0..10 {
+                let round = jobs::relay_due(&services.db, &services.jobs, RELAY_BATCH).await?;
+                pushed += round;
+                if round < RELAY_BATCH as usize {
+                    break;
+                }
+            }
             if pushed > 0 {
                 tracing::info!(pushed, "relayed due jobs to Redis");
             }

@@ -147,3 +147,51 @@ pub async fn admin_queues(
 ) -> ApiResult<web::Json<Vec<QueueDepth>>> {
     Ok(web::Json(jobs::admin_queues(&services, &caller.0).await?))
 }
+
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NoopRequest {
+    /// How many jobs to enqueue, 1 to 10,000 (default 1).
+    #[serde(default = "one")]
+    pub count: u32,
+    /// How long each job holds its worker slot, in milliseconds (default 0, at most 600,000).
+    #[serde(default)]
+    pub sleep_ms: u32,
+    /// Record each job's effect in the ledger (`job_ledger`), in the transaction that completes it.
+    #[serde(default)]
+    pub record: bool,
+    /// The queue to run on (default `default`).
+    #[serde(default)]
+    pub queue: Option<jobs::Queue>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// Enqueues diagnostic no-op jobs: a smoke test of a queue's workers, end to end.
+#[utoipa::path(
+    tag = "admin",
+    request_body = NoopRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 202, description = "`{queued: n, ids: [job id]}`"),
+        (status = 403, body = ErrorBody),
+        (status = 422, body = ErrorBody)
+    )
+)]
+#[post("/admin/jobs/noop")]
+pub async fn admin_noop(
+    services: web::Data<Services>,
+    caller: Caller,
+    body: web::Json<NoopRequest>,
+) -> ApiResult<HttpResponse> {
+    let body = body.into_inner();
+    let noop = jobs::Noop {
+        sleep_ms: body.sleep_ms,
+        record: body.record,
+        queue: body.queue.unwrap_or(jobs::Queue::Default),
+    };
+    let ids = jobs::admin_enqueue_noops(&services, &caller.0, body.count, noop).await?;
+    Ok(HttpResponse::Accepted().json(serde_json::json!({ "queued": ids.len(), "ids": ids })))
+}

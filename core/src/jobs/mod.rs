@@ -7,10 +7,13 @@
 //! commit and the push, the relay in every worker ([`relay_due`]) pushes it later, so a committed
 //! job is never lost; a rolled-back transaction never leaves a job behind.
 
+pub mod attempt;
+mod noop;
 mod payload;
 mod store;
 pub mod wake;
 
+pub use noop::*;
 pub use payload::*;
 pub use store::*;
 
@@ -24,7 +27,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 /// Queues isolate kinds from each other: a burst of transcodes never delays a password-reset mail.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Queue {
     Email,
@@ -76,18 +79,39 @@ pub fn wake_channel(prefix: &str, queue: Queue) -> String {
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
 pub const MISSED_HEARTBEATS: usize = 3;
 
-/// The apalis-redis storage of one queue.
-pub fn redis_storage(conn: ConnectionManager, prefix: &str, queue: Queue) -> RedisStorage<JobRef> {
-    let config = RedisQueueConfig::default()
+/// The apalis-redis settings of one queue. Lectern keeps its own leases and history in
+/// PostgreSQL, so apalis-redis's task locks (an `LREM` over the whole pending list per task, which
+/// makes a long backlog quadratic) and its per-task pub/sub events are off.
+pub fn queue_config(prefix: &str, queue: Queue) -> RedisQueueConfig {
+    RedisQueueConfig::default()
         .queue(queue.redis_name(prefix))
         .heartbeat_interval(HEARTBEAT_INTERVAL)
-        .missed_heartbeats(MISSED_HEARTBEATS);
-    RedisStorage::new(conn).with_config(config)
+        .missed_heartbeats(MISSED_HEARTBEATS)
+        .lock_tasks(false)
+        .emit_events(false)
+}
+
+/// The apalis-redis storage of one queue.
+pub fn redis_storage<C>(conn: C, prefix: &str, queue: Queue) -> RedisStorage<JobRef, C>
+where
+    C: redis::aio::ConnectionLike + Send + Sync + Clone + 'static,
+{
+    RedisStorage::new(conn).with_config(queue_config(prefix, queue))
+}
+
+/// A Redis client whose connections send every request at once (`TCP_NODELAY`). redis-rs leaves
+/// Nagle's algorithm on: with several requests in flight on one multiplexed connection, a small
+/// write can wait for the previous segment's delayed ACK, tens of milliseconds.
+pub fn redis_client(url: &str) -> redis::RedisResult<redis::Client> {
+    use redis::IntoConnectionInfo;
+    let info = url.into_connection_info()?;
+    let tcp = info.tcp_settings().clone().set_nodelay(true);
+    redis::Client::open(info.set_tcp_settings(tcp))
 }
 
 /// A Redis connection that is established on first use and re-established after Redis restarts.
 pub fn redis_connection(url: &str) -> redis::RedisResult<ConnectionManager> {
-    let client = redis::Client::open(url)?;
+    let client = redis_client(url)?;
     let config = redis::aio::ConnectionManagerConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(2)))
         .set_response_timeout(Some(Duration::from_secs(5)))
@@ -148,27 +172,108 @@ impl JobQueue {
         }
     }
 
+    /// [`JobQueue::dispatch`] for many committed jobs: one Redis round trip per queue (and per
+    /// [`PUSH_CHUNK`] jobs) and one `UPDATE` to record them. Failures are logged, as in `dispatch`.
+    pub async fn dispatch_many(&self, jobs: &[NewJob]) {
+        let mut due: Vec<(Uuid, Queue)> = Vec::with_capacity(jobs.len());
+        for job in jobs.iter().filter(|j| !j.coalesced) {
+            if job.delay().is_zero() {
+                due.push((job.id, job.queue));
+            } else {
+                self.dispatch(job).await;
+            }
+        }
+        if due.is_empty() {
+            return;
+        }
+        let pushed = match self.push_now(&due).await {
+            Ok(()) => due.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+            Err(e) => {
+                tracing::warn!(jobs = due.len(), error = %e, "jobs committed but not pushed; the relay will push them");
+                return;
+            }
+        };
+        if let Err(e) = mark_dispatched_many(&self.pool, &pushed).await {
+            tracing::warn!(jobs = pushed.len(), error = %e, "jobs pushed but not marked dispatched; the relay may push them again (harmless)");
+        }
+    }
+
     /// Pushes one job id to Redis, to run after `delay` (second granularity in apalis-redis).
     pub async fn push(&self, id: Uuid, queue: Queue, delay: Duration) -> Result<(), crate::Error> {
+        if delay.is_zero() {
+            return self.push_now(&[(id, queue)]).await;
+        }
         let mut storage = self.storage(queue);
         let task = apalis::prelude::TaskBuilder::new(JobRef { id })
             .run_after(delay)
             .build();
         storage.push_task(task).await.map_err(|e| {
             crate::Error::Unavailable(crate::error::Dependency::Redis, e.to_string().into())
-        })?;
-        if delay.is_zero() {
-            // Best effort: an idle worker that misses this finds the job at its next poll.
-            let mut conn = self.redis.clone();
-            let _: redis::RedisResult<i64> = redis::cmd("PUBLISH")
-                .arg(wake_channel(&self.prefix, queue))
-                .arg("")
-                .query_async(&mut conn)
-                .await;
+        })
+    }
+
+    /// Pushes job ids that are due now straight onto their queues' pending lists, then wakes the
+    /// queues' idle workers: one atomic pipeline per queue and [`PUSH_CHUNK`] ids.
+    ///
+    /// apalis-redis's own push puts every task in its *scheduled* set, which its fetch script
+    /// promotes with a single Lua `unpack`: past about 8,000 due tasks (a backlog built while the
+    /// workers were down, a bulk enqueue) that call fails and the queue can no longer be fetched.
+    /// This writes the same records its fetch script reads (task data, metadata, pending list),
+    /// minus the scheduled set.
+    pub async fn push_now(&self, jobs: &[(Uuid, Queue)]) -> Result<(), crate::Error> {
+        let mut conn = self.redis.clone();
+        for queue in Queue::ALL {
+            let ids: Vec<Uuid> = jobs
+                .iter()
+                .filter(|(_, q)| *q == queue)
+                .map(|(id, _)| *id)
+                .collect();
+            if ids.is_empty() {
+                continue;
+            }
+            let config = queue_config(&self.prefix, queue);
+            let (data, meta, active) = (
+                config.job_data_hash(),
+                config.job_meta_hash(),
+                config.active_jobs_list(),
+            );
+            for chunk in ids.chunks(PUSH_CHUNK) {
+                let mut pipe = redis::pipe();
+                pipe.atomic();
+                let mut task_ids = Vec::with_capacity(chunk.len());
+                for id in chunk {
+                    let task_id = Uuid::now_v7().to_string();
+                    let body =
+                        serde_json::to_vec(&JobRef { id: *id }).map_err(crate::Error::internal)?;
+                    pipe.hset_nx(&data, &task_id, body).ignore();
+                    pipe.hset_multiple(
+                        format!("{meta}:{task_id}"),
+                        &[
+                            ("attempts", "0"),
+                            ("max_attempts", "25"),
+                            ("status", "Pending"),
+                            ("idempotency_key", ""),
+                        ],
+                    )
+                    .ignore();
+                    task_ids.push(task_id);
+                }
+                pipe.rpush(&active, &task_ids).ignore();
+                pipe.del(config.signal_list()).ignore();
+                pipe.lpush(config.signal_list(), 1).ignore();
+                // Wakes the queue's idle workers; one that misses it finds the jobs at its next poll.
+                pipe.publish(wake_channel(&self.prefix, queue), "").ignore();
+                pipe.query_async::<()>(&mut conn).await.map_err(|e| {
+                    crate::Error::Unavailable(crate::error::Dependency::Redis, Box::new(e))
+                })?;
+            }
         }
         Ok(())
     }
 }
+
+/// Ids per Redis pipeline when pushing many jobs.
+pub const PUSH_CHUNK: usize = 1000;
 
 /// Operators: failed jobs (dead letters) and other states, newest first.
 pub async fn admin_list(

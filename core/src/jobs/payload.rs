@@ -77,6 +77,32 @@ pub struct ExportUserData {
     pub export_id: Uuid,
 }
 
+/// A diagnostic job that does nothing but (optionally) wait, on the queue of the operator's
+/// choosing: a smoke test of the whole pipeline (API, Redis, worker, PostgreSQL) and the unit of
+/// the job benchmarks. With `record`, it writes its id to the `job_ledger` table in the same
+/// transaction that marks it succeeded, so an operator can check that every job's effect was
+/// applied exactly once, through crashes and duplicate deliveries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Noop {
+    /// How long the job holds its slot, in milliseconds (at most [`Noop::MAX_SLEEP_MS`]).
+    #[serde(default)]
+    pub sleep_ms: u32,
+    /// Record the job's effect in the ledger.
+    #[serde(default)]
+    pub record: bool,
+    /// The queue it runs on (default: `default`), e.g. `media` to occupy transcode slots.
+    #[serde(default = "default_queue")]
+    pub queue: Queue,
+}
+
+fn default_queue() -> Queue {
+    Queue::Default
+}
+
+impl Noop {
+    pub const MAX_SLEEP_MS: u32 = 10 * 60 * 1000;
+}
+
 /// Every job the product runs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", content = "payload", rename_all = "snake_case")]
@@ -89,6 +115,7 @@ pub enum Job {
     RecomputeAllCourseStats(RecomputeAllCourseStats),
     FanOutNotifications(FanOutNotifications),
     ExportUserData(ExportUserData),
+    Noop(Noop),
 }
 
 /// How a job kind is run: its queue, attempts, and time limit.
@@ -101,7 +128,7 @@ pub struct KindPolicy {
 }
 
 /// Every job kind, by name.
-pub const KINDS: [&str; 8] = [
+pub const KINDS: [&str; 9] = [
     "send_email",
     "transcode_video",
     "process_image",
@@ -110,6 +137,7 @@ pub const KINDS: [&str; 8] = [
     "recompute_all_course_stats",
     "fan_out_notifications",
     "export_user_data",
+    "noop",
 ];
 
 /// How a kind of job runs: queue, attempts, time limit. `None` for an unknown kind.
@@ -123,6 +151,8 @@ pub fn policy_of(kind: &str) -> Option<KindPolicy> {
         "recompute_all_course_stats" => (Queue::Default, 3, 30 * 60),
         "fan_out_notifications" => (Queue::Default, 10, 30 * 60),
         "export_user_data" => (Queue::Default, 5, 10 * 60),
+        // The queue is the payload's ([`Job::policy`]); this is the fallback.
+        "noop" => (Queue::Default, 3, 15 * 60),
         _ => return None,
     };
     Some(KindPolicy {
@@ -143,15 +173,23 @@ impl Job {
             Job::RecomputeAllCourseStats(_) => "recompute_all_course_stats",
             Job::FanOutNotifications(_) => "fan_out_notifications",
             Job::ExportUserData(_) => "export_user_data",
+            Job::Noop(_) => "noop",
         }
     }
 
     pub fn policy(&self) -> KindPolicy {
-        policy_of(self.kind()).unwrap_or(KindPolicy {
+        let policy = policy_of(self.kind()).unwrap_or(KindPolicy {
             queue: Queue::Default,
             max_attempts: 5,
             timeout: Duration::from_secs(300),
-        })
+        });
+        match self {
+            Job::Noop(noop) => KindPolicy {
+                queue: noop.queue,
+                ..policy
+            },
+            _ => policy,
+        }
     }
 
     /// Jobs with a key coalesce: while one with the same kind and key is queued, enqueuing
@@ -213,6 +251,23 @@ mod tests {
     fn an_unknown_kind_is_an_error_not_a_panic() {
         assert!(Job::from_parts("mine_bitcoin", serde_json::json!({})).is_err());
         assert!(Job::from_parts("send_email", serde_json::json!({"to": 3})).is_err());
+    }
+
+    #[test]
+    fn a_noop_runs_on_the_queue_it_names() {
+        let noop: Job =
+            Job::from_parts("noop", serde_json::json!({"queue": "media"})).expect("noop");
+        assert_eq!(noop.policy().queue, Queue::Media);
+        assert_eq!(
+            noop,
+            Job::Noop(Noop {
+                sleep_ms: 0,
+                record: false,
+                queue: Queue::Media
+            })
+        );
+        let plain = Job::from_parts("noop", serde_json::json!({})).expect("noop");
+        assert_eq!(plain.policy().queue, Queue::Default);
     }
 
     #[test]

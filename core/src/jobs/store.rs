@@ -187,6 +187,84 @@ pub async fn insert(
     })
 }
 
+/// [`insert`] for many jobs at once, in the caller's transaction: one multi-row `INSERT` for
+/// every job that runs now (jobs that coalesce or wait for a debounce go one by one, through
+/// [`insert`]). Dispatch them with [`JobQueue::dispatch_many`] after commit.
+pub async fn insert_many(
+    conn: &mut PgConnection,
+    jobs: &[Job],
+    created_by: Option<Uuid>,
+) -> Result<Vec<NewJob>> {
+    let mut queued = Vec::with_capacity(jobs.len());
+    let (mut ids, mut kinds, mut queues, mut payloads, mut max_attempts) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for job in jobs {
+        if job.dedupe_key().is_some() || !job.debounce().is_zero() {
+            queued.push(insert(conn, job, created_by, None).await?);
+            continue;
+        }
+        let policy = job.policy();
+        ids.push(Uuid::now_v7());
+        kinds.push(job.kind());
+        queues.push(policy.queue);
+        payloads.push(job.payload_json());
+        max_attempts.push(policy.max_attempts);
+    }
+    if ids.is_empty() {
+        return Ok(queued);
+    }
+    let queue_names: Vec<&str> = queues.iter().map(|q| q.as_str()).collect();
+    let (inserted, run_at): (i64, Option<DateTime<Utc>>) = sqlx::query_as(
+        "WITH inserted AS (
+            INSERT INTO jobs (id, kind, queue, payload, max_attempts, created_by)
+            SELECT id, kind, queue, payload, max_attempts, $6
+              FROM unnest($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::int4[])
+                AS new(id, kind, queue, payload, max_attempts)
+            RETURNING run_at)
+         SELECT count(*), min(run_at) FROM inserted",
+    )
+    .bind(&ids)
+    .bind(&kinds)
+    .bind(&queue_names)
+    .bind(&payloads)
+    .bind(&max_attempts)
+    .bind(created_by)
+    .fetch_one(&mut *conn)
+    .await?;
+    let run_at = match run_at {
+        Some(run_at) if usize::try_from(inserted).ok() == Some(ids.len()) => run_at,
+        _ => {
+            return Err(Error::Internal(
+                format!("inserted {inserted} of {} jobs", ids.len()).into(),
+            ));
+        }
+    };
+    queued.extend(
+        ids.into_iter()
+            .zip(kinds)
+            .zip(queues)
+            .map(|((id, kind), queue)| NewJob {
+                id,
+                kind,
+                queue,
+                run_at,
+                coalesced: false,
+            }),
+    );
+    Ok(queued)
+}
+
+/// Records that these jobs are in Redis.
+pub async fn mark_dispatched_many(pool: &PgPool, ids: &[Uuid]) -> Result<()> {
+    sqlx::query(
+        "UPDATE jobs SET dispatched_at = now() WHERE id = ANY($1) AND dispatched_at IS NULL",
+    )
+    .bind(ids)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
 pub async fn mark_dispatched(pool: &PgPool, id: Uuid) -> Result<()> {
     sqlx::query("UPDATE jobs SET dispatched_at = now() WHERE id = $1 AND dispatched_at IS NULL")
         .bind(id)
@@ -246,6 +324,34 @@ pub async fn claim(pool: &PgPool, id: Uuid, lease: Duration) -> Result<Option<Cl
     )
 }
 
+/// [`claim`] for many deliveries in one statement. Each id is claimed at most once, whatever
+/// the number of times it appears; the ids that cannot be claimed are missing from the result.
+pub async fn claim_many(pool: &PgPool, ids: &[Uuid], lease: Duration) -> Result<Vec<Claimed>> {
+    let rows: Vec<(Uuid, String, serde_json::Value, i32, i32)> = sqlx::query_as(
+        "UPDATE jobs
+            SET state = 'running', attempts = attempts + 1, started_at = now(), updated_at = now(),
+                lease_expires_at = now() + make_interval(secs => $2)
+          WHERE id = ANY($1)
+            AND ((state IN ('queued', 'retrying') AND run_at <= now() + interval '1 second')
+                 OR (state = 'running' AND lease_expires_at < now()))
+         RETURNING id, kind, payload, attempts, max_attempts",
+    )
+    .bind(ids)
+    .bind(lease.as_secs_f64())
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, kind, payload, attempt, max_attempts)| Claimed {
+            id,
+            kind,
+            payload,
+            attempt,
+            max_attempts,
+        })
+        .collect())
+}
+
 /// Extends a running attempt's lease (long jobs call this while they work) and records progress.
 pub async fn heartbeat(
     pool: &PgPool,
@@ -269,20 +375,49 @@ pub async fn heartbeat(
     Ok(updated.rows_affected() == 1)
 }
 
+const SUCCEED: &str = "UPDATE jobs
+    SET state = 'succeeded', progress = 100, lease_expires_at = NULL,
+        finished_at = now(), updated_at = now()
+  WHERE id = $1 AND attempts = $2 AND state = 'running'";
+
 /// Records a successful attempt. Fenced by the attempt number: a worker whose lease was taken
 /// over cannot overwrite the newer attempt's outcome.
 pub async fn succeed(pool: &PgPool, id: Uuid, attempt: i32) -> Result<bool> {
-    let updated = sqlx::query(
+    let updated = sqlx::query(SUCCEED)
+        .bind(id)
+        .bind(attempt)
+        .execute(pool)
+        .await?;
+    Ok(updated.rows_affected() == 1)
+}
+
+/// [`succeed`] inside the caller's transaction (see [`super::attempt::complete_in`]).
+pub async fn succeed_in(conn: &mut PgConnection, id: Uuid, attempt: i32) -> Result<bool> {
+    let updated = sqlx::query(SUCCEED)
+        .bind(id)
+        .bind(attempt)
+        .execute(conn)
+        .await?;
+    Ok(updated.rows_affected() == 1)
+}
+
+/// [`succeed`] for many attempts in one statement: `(job id, attempt)` pairs. Returns the ids
+/// whose success was recorded (the others no longer belonged to their attempt).
+pub async fn succeed_many(pool: &PgPool, attempts: &[(Uuid, i32)]) -> Result<Vec<Uuid>> {
+    let (ids, numbers): (Vec<Uuid>, Vec<i32>) = attempts.iter().copied().unzip();
+    let done: Vec<Uuid> = sqlx::query_scalar(
         "UPDATE jobs
             SET state = 'succeeded', progress = 100, lease_expires_at = NULL,
                 finished_at = now(), updated_at = now()
-          WHERE id = $1 AND attempts = $2 AND state = 'running'",
+           FROM unnest($1::uuid[], $2::int4[]) AS done(id, attempt)
+          WHERE jobs.id = done.id AND jobs.attempts = done.attempt AND jobs.state = 'running'
+         RETURNING jobs.id",
     )
-    .bind(id)
-    .bind(attempt)
-    .execute(pool)
+    .bind(&ids)
+    .bind(&numbers)
+    .fetch_all(pool)
     .await?;
-    Ok(updated.rows_affected() == 1)
+    Ok(done)
 }
 
 /// Records a failed attempt: back to `retrying` at `retry_at`, or `failed` for good (a dead
@@ -355,19 +490,22 @@ pub async fn relay_due(pool: &PgPool, queue: &JobQueue, limit: i64) -> Result<us
     .bind(limit)
     .fetch_all(&mut *tx)
     .await?;
-    let mut pushed = 0;
-    for (id, queue_name) in due {
-        queue
-            .push(id, Queue::parse(&queue_name), Duration::ZERO)
-            .await?;
-        sqlx::query("UPDATE jobs SET dispatched_at = now() WHERE id = $1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        pushed += 1;
+    if due.is_empty() {
+        tx.commit().await?;
+        return Ok(0);
     }
+    let jobs: Vec<(Uuid, Queue)> = due
+        .iter()
+        .map(|(id, queue_name)| (*id, Queue::parse(queue_name)))
+        .collect();
+    queue.push_now(&jobs).await?;
+    let ids: Vec<Uuid> = jobs.iter().map(|(id, _)| *id).collect();
+    sqlx::query("UPDATE jobs SET dispatched_at = now() WHERE id = ANY($1)")
+        .bind(&ids)
+        .execute(&mut *tx)
+        .await?;
     tx.commit().await?;
-    Ok(pushed)
+    Ok(ids.len())
 }
 
 /// Fails a job that cannot even be decoded (unknown kind or corrupt payload) without running it.
@@ -430,8 +568,8 @@ pub async fn requeue_failed(
     kind: Option<&str>,
 ) -> Result<Vec<NewJob>> {
     let mut tx = pool.begin().await?;
-    let failed: Vec<(Uuid, String, i32)> = sqlx::query_as(
-        "SELECT id, kind, attempts FROM jobs
+    let failed: Vec<(Uuid, String, i32, String)> = sqlx::query_as(
+        "SELECT id, kind, attempts, queue FROM jobs
           WHERE state = 'failed' AND ($1::uuid[] IS NULL OR id = ANY($1)) AND ($2::text IS NULL OR kind = $2)
           ORDER BY id LIMIT 10000 FOR UPDATE SKIP LOCKED",
     )
@@ -440,7 +578,7 @@ pub async fn requeue_failed(
     .fetch_all(&mut *tx)
     .await?;
     let mut requeued = Vec::with_capacity(failed.len());
-    for (id, kind, attempts) in failed {
+    for (id, kind, attempts, queue) in failed {
         // A kind this version does not know stays a dead letter.
         let (Some(policy), Some(kind)) = (
             super::policy_of(&kind),
@@ -467,7 +605,8 @@ pub async fn requeue_failed(
         requeued.push(NewJob {
             id,
             kind,
-            queue: policy.queue,
+            // The queue it was enqueued on (a kind's payload may choose it).
+            queue: Queue::parse(&queue),
             run_at,
             coalesced: false,
         });

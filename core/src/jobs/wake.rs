@@ -57,7 +57,7 @@ impl Wakers {
     }
 
     async fn listen_once(&self, redis_url: &str) -> redis::RedisResult<()> {
-        let client = redis::Client::open(redis_url)?;
+        let client = super::redis_client(redis_url)?;
         let mut pubsub = client.get_async_pubsub().await?;
         for (channel, _, _) in &self.senders {
             pubsub.subscribe(channel).await?;

@@ -1,5 +1,5 @@
-//! Benchmarks that drive the real `lectern-api` binary over HTTP, with real PostgreSQL and Redis.
-//! Run with `scripts/bench` (release build). Prints figures; asserts nothing.
+//! Benchmarks that drive the real `lectern-api` and `lectern-worker` binaries, with real PostgreSQL
+//! and Redis. Run with `scripts/bench [auth|jobs]` (release build). Prints figures; asserts nothing.
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::print_stdout)]
 
 use std::sync::Arc;
@@ -83,6 +83,16 @@ async fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(10);
+    let what = std::env::args().nth(1).unwrap_or_else(|| "all".to_owned());
+    if what == "auth" || what == "all" {
+        auth(seconds).await;
+    }
+    if what == "jobs" || what == "all" {
+        jobs(seconds).await;
+    }
+}
+
+async fn auth(seconds: u64) {
     let duration = Duration::from_secs(seconds);
     let app = TestApp::spawn_with(Options {
         no_worker: true,
@@ -146,62 +156,366 @@ async fn main() {
         "lectern-api peak RSS (auth run): {}",
         peak_rss(app.api.pid())
     );
-
-    // Enqueue-to-start: mails queued through the API at a steady 50 per second; the latency is
-    // the job row's started_at minus its created_at (commit, push, wake-up, claim).
-    drop(app);
-    let app = TestApp::spawn_with(Options {
-        no_worker: false,
-        env: vec![("RATE_LIMITS".into(), "off".into())],
-    })
-    .await;
-    app.wait_until_ready().await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let total = 50 * seconds as usize;
-    let mut ticker = tokio::time::interval(Duration::from_millis(20));
-    for i in 0..total {
-        ticker.tick().await;
-        let (status, _) = app
-            .post_as_admin(
-                "/api/v1/admin/email/test",
-                &json!({ "to": format!("bench-{i}@example.com") }),
-            )
-            .await;
-        assert_eq!(status, 202);
-    }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while app.smtp.messages().len() < total && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let mut waits: Vec<f64> = sqlx::query_scalar(
-        "SELECT EXTRACT(EPOCH FROM started_at - created_at)::float8 * 1000 FROM jobs WHERE started_at IS NOT NULL",
-    )
-    .fetch_all(&app.db.pool)
-    .await
-    .unwrap();
-    waits.sort_by(f64::total_cmp);
-    let at = |p: f64| waits[((waits.len() as f64 * p).ceil() as usize).clamp(1, waits.len()) - 1];
-    println!(
-        "{:<34} {:>9} jobs      p50 {:>7.2} ms   p99 {:>7.2} ms   (50 jobs/s through the API, 1 worker)",
-        "enqueue-to-start (send_email)",
-        waits.len(),
-        at(0.50),
-        at(0.99)
-    );
-    println!(
-        "lectern-worker peak RSS: {}",
-        peak_rss(app.worker.as_ref().unwrap().pid())
-    );
 }
 
 /// The process's peak resident set size, as the kernel reports it.
 fn peak_rss(pid: u32) -> String {
+    proc_status(pid, "VmHWM")
+}
+
+/// The process's resident set size now.
+fn rss(pid: u32) -> String {
+    proc_status(pid, "VmRSS")
+}
+
+fn proc_status(pid: u32, field: &str) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmHWM"))
-                .map(|l| l.trim_start_matches("VmHWM:").trim().to_owned())
+                .find(|l| l.starts_with(field))
+                .map(|l| l[field.len() + 1..].trim().to_owned())
         })
         .unwrap_or_default()
+}
+
+// ------------------------------------------------------------------------------------------------
+// Jobs: the enqueue path the API uses (`jobs::insert` in a transaction, COMMIT, `JobQueue`
+// dispatch), the real `lectern-worker` processes, PostgreSQL and Redis on loopback.
+
+use lectern_core::Services;
+use lectern_core::jobs::{self as job_queue, Job, Noop, Queue};
+
+/// Jobs preloaded for each drain figure (`BENCH_DRAIN_JOBS` overrides it).
+const DRAIN_JOBS: usize = 100_000;
+/// Jobs per transaction in the batched enqueue.
+const ENQUEUE_BATCH: usize = 1000;
+/// Jobs per second for the enqueue-to-start figure.
+const STEADY_RATE: u64 = 200;
+
+fn noop() -> Job {
+    Job::Noop(Noop {
+        sleep_ms: 0,
+        record: false,
+        queue: Queue::Default,
+    })
+}
+
+/// Core services of the benchmark's own (the API's code, in this process) against the app's
+/// database and Redis prefix.
+fn services(app: &TestApp) -> Services {
+    let config = lectern_core::config::Config::from_source(|k| match k {
+        "DATABASE_MAX_CONNECTIONS" => Some("20".to_owned()),
+        _ => app.env.get(k).cloned(),
+    })
+    .expect("configuration");
+    Services::new(config).expect("services")
+}
+
+/// One job, as a service enqueues it: its own transaction, then dispatch.
+async fn enqueue_one(services: &Services) -> bool {
+    let result = async {
+        let mut tx = services.db.begin().await?;
+        let job = job_queue::insert(&mut tx, &noop(), None, None).await?;
+        tx.commit().await?;
+        services.jobs.dispatch(&job).await;
+        Ok::<_, lectern_core::Error>(())
+    }
+    .await;
+    result.is_ok()
+}
+
+/// `n` jobs in one transaction (one multi-row INSERT), dispatched in one Redis round trip.
+async fn enqueue_batch(services: &Services, n: usize) -> bool {
+    let batch = vec![noop(); n];
+    let result = async {
+        let mut tx = services.db.begin().await?;
+        let jobs = job_queue::insert_many(&mut tx, &batch, None).await?;
+        tx.commit().await?;
+        services.jobs.dispatch_many(&jobs).await;
+        Ok::<_, lectern_core::Error>(())
+    }
+    .await;
+    result.is_ok()
+}
+
+async fn count_state(app: &TestApp, state: &str) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM jobs WHERE state = $1")
+        .bind(state)
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap()
+}
+
+/// Wall-clock time as PostgreSQL's `now()` sees it (same host, same clock).
+fn unix_seconds() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len().max(1)) - 1;
+    sorted.get(i).copied().unwrap_or(0.0)
+}
+
+async fn jobs(seconds: u64) {
+    let duration = Duration::from_secs(seconds);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let drain_concurrency =
+        std::env::var("BENCH_DRAIN_CONCURRENCY").unwrap_or_else(|_| "256".to_owned());
+    let drain_jobs: usize = std::env::var("BENCH_DRAIN_JOBS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .filter(|n| n % ENQUEUE_BATCH == 0 && *n > 0)
+        .unwrap_or(DRAIN_JOBS);
+    println!(
+        "lectern job benchmarks: {cores} cores, PostgreSQL and Redis on loopback, no-op jobs (`noop` kind)"
+    );
+
+    // Enqueue rate, no worker running.
+    {
+        let app = TestApp::spawn_with(Options {
+            no_worker: true,
+            env: vec![],
+        })
+        .await;
+        let services = Arc::new(services(&app));
+        let s = Arc::clone(&services);
+        let mut single = load(8, duration, move || {
+            let s = Arc::clone(&s);
+            async move { enqueue_one(&s).await }
+        })
+        .await;
+        single.print("enqueue, 1 job per transaction");
+        let s = Arc::clone(&services);
+        let batched = load(2, duration, move || {
+            let s = Arc::clone(&s);
+            async move { enqueue_batch(&s, ENQUEUE_BATCH).await }
+        })
+        .await;
+        println!(
+            "{:<34} {:>9.0} jobs/s  ({} batches of {ENQUEUE_BATCH}, {} errors, 2 concurrent, {:.1} s)",
+            "enqueue, batched (insert_many)",
+            (batched.requests * ENQUEUE_BATCH) as f64 / batched.elapsed.as_secs_f64(),
+            batched.requests,
+            batched.errors,
+            batched.elapsed.as_secs_f64()
+        );
+        println!(
+            "{:<34} {:>9.0} jobs/s  (8 concurrent callers)",
+            "enqueue, single",
+            single.requests as f64 / single.elapsed.as_secs_f64()
+        );
+    }
+
+    // Drain: DRAIN_JOBS no-op jobs already queued (in PostgreSQL and Redis), then the workers start.
+    for workers in [1usize, 2] {
+        let app = TestApp::spawn_with(Options {
+            no_worker: true,
+            env: vec![
+                (
+                    "WORKER_CONCURRENCY_DEFAULT".into(),
+                    drain_concurrency.clone(),
+                ),
+                ("RUST_LOG".into(), "warn".into()),
+            ],
+        })
+        .await;
+        let services = services(&app);
+        let loading = Instant::now();
+        for _ in 0..drain_jobs / ENQUEUE_BATCH {
+            assert!(enqueue_batch(&services, ENQUEUE_BATCH).await, "preload");
+        }
+        let loaded_in = loading.elapsed();
+        let spawned = Instant::now();
+        let procs: Vec<_> = (0..workers)
+            .map(|i| app.spawn_worker(&format!("drain-{i}.log")))
+            .collect();
+        let deadline = spawned + Duration::from_secs(600);
+        let mut done = 0;
+        while Instant::now() < deadline {
+            done = count_state(&app, "succeeded").await + count_state(&app, "failed").await;
+            if done as usize >= drain_jobs {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let wall = spawned.elapsed();
+        let (window, attempts, failed): (Option<f64>, Option<i64>, i64) = sqlx::query_as(
+            "SELECT EXTRACT(EPOCH FROM max(finished_at) - min(started_at))::float8, sum(attempts)::int8,
+                    count(*) FILTER (WHERE state = 'failed')
+               FROM jobs WHERE state IN ('succeeded', 'failed')",
+        )
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+        let window = window.unwrap_or(f64::NAN);
+        let label = if workers == 1 {
+            "drain, 1 worker process".to_owned()
+        } else {
+            format!("drain, {workers} worker processes")
+        };
+        println!(
+            "{label:<34} {:>9.0} jobs/s  ({done} of {drain_jobs} done, {failed} failed, {} attempts; first start to last finish {window:.2} s, {:.2} s from process start; preloaded in {:.1} s)",
+            done as f64 / window,
+            attempts.unwrap_or(0),
+            wall.as_secs_f64(),
+            loaded_in.as_secs_f64()
+        );
+        for p in &procs {
+            println!(
+                "{:<34} peak RSS {}  (WORKER_CONCURRENCY_DEFAULT={drain_concurrency}, RUST_LOG=warn)",
+                "  lectern-worker",
+                peak_rss(p.pid())
+            );
+        }
+    }
+
+    // Enqueue-to-start at a steady rate, one worker with the default configuration.
+    {
+        let mut env = vec![("RUST_LOG".into(), "info".into())];
+        // BENCH_LATENCY_CONCURRENCY: the worker's default-queue slots (the configuration's 4 otherwise).
+        let slots = std::env::var("BENCH_LATENCY_CONCURRENCY").unwrap_or_else(|_| "4".to_owned());
+        env.push(("WORKER_CONCURRENCY_DEFAULT".into(), slots.clone()));
+        let app = TestApp::spawn_with(Options {
+            no_worker: false,
+            env,
+        })
+        .await;
+        let services = Arc::new(services(&app));
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let worker_pid = app.worker.as_ref().map(|w| w.pid()).unwrap_or_default();
+        let at_rest = rss(worker_pid);
+        // The floor under any PostgreSQL-backed enqueue on this machine: one-row INSERTs, each
+        // its own transaction (one WAL flush), at the same rate.
+        sqlx::query("CREATE TABLE bench_commits (id bigserial PRIMARY KEY, at timestamptz NOT NULL DEFAULT now())")
+            .execute(&app.db.pool)
+            .await
+            .unwrap();
+        let mut ticker = tokio::time::interval(Duration::from_secs(1) / STEADY_RATE as u32);
+        let mut commits = tokio::task::JoinSet::new();
+        for _ in 0..STEADY_RATE * seconds.min(5) {
+            ticker.tick().await;
+            let pool = app.db.pool.clone();
+            commits.spawn(async move {
+                let t = Instant::now();
+                let ok = sqlx::query("INSERT INTO bench_commits DEFAULT VALUES")
+                    .execute(&pool)
+                    .await
+                    .is_ok();
+                (ok, t.elapsed().as_secs_f64() * 1000.0)
+            });
+        }
+        let mut commit_ms = Vec::new();
+        while let Some(joined) = commits.join_next().await {
+            let (ok, ms) = joined.unwrap();
+            if ok {
+                commit_ms.push(ms);
+            }
+        }
+        commit_ms.sort_by(f64::total_cmp);
+        println!(
+            "{:<34} p50 {:>6.2} ms   p99 {:>6.2} ms   max {:>7.2} ms   ({} one-row INSERT transactions at {STEADY_RATE}/s: this machine's floor)",
+            "PostgreSQL commit alone",
+            percentile(&commit_ms, 0.50),
+            percentile(&commit_ms, 0.99),
+            commit_ms.last().copied().unwrap_or(0.0),
+            commit_ms.len(),
+        );
+        let total = (STEADY_RATE * seconds) as usize;
+        let mut ticker = tokio::time::interval(Duration::from_secs(1) / STEADY_RATE as u32);
+        let mut calls = tokio::task::JoinSet::new();
+        for _ in 0..total {
+            ticker.tick().await;
+            let s = Arc::clone(&services);
+            calls.spawn(async move {
+                let t = Instant::now();
+                // enqueue_one, noting when the row is committed (the worker can see it from then).
+                let queued = async {
+                    let mut tx = s.db.begin().await?;
+                    let job = job_queue::insert(&mut tx, &noop(), None, None).await?;
+                    tx.commit().await?;
+                    let committed = unix_seconds();
+                    s.jobs.dispatch(&job).await;
+                    Ok::<_, lectern_core::Error>((job.id, committed))
+                }
+                .await;
+                (queued.ok(), t.elapsed().as_secs_f64() * 1000.0)
+            });
+        }
+        let mut enqueue_ms = Vec::with_capacity(total);
+        let mut committed_at = std::collections::HashMap::new();
+        let mut errors = 0;
+        while let Some(joined) = calls.join_next().await {
+            let (queued, ms) = joined.unwrap();
+            match queued {
+                Some((id, committed)) => {
+                    committed_at.insert(id, committed);
+                }
+                None => errors += 1,
+            }
+            enqueue_ms.push(ms);
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while (count_state(&app, "succeeded").await as usize) < total - errors
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let mut waits: Vec<f64> = sqlx::query_scalar(
+            "SELECT EXTRACT(EPOCH FROM started_at - created_at)::float8 * 1000 FROM jobs WHERE started_at IS NOT NULL",
+        )
+        .fetch_all(&app.db.pool)
+        .await
+        .unwrap();
+        waits.sort_by(f64::total_cmp);
+        enqueue_ms.sort_by(f64::total_cmp);
+        // The queue's own part: from COMMIT (the row exists) to the worker's claim.
+        let starts: Vec<(uuid::Uuid, f64)> = sqlx::query_as(
+            "SELECT id, EXTRACT(EPOCH FROM started_at)::float8 FROM jobs WHERE started_at IS NOT NULL",
+        )
+        .fetch_all(&app.db.pool)
+        .await
+        .unwrap();
+        let mut commit_to_start: Vec<f64> = starts
+            .iter()
+            .filter_map(|(id, started)| committed_at.get(id).map(|c| (started - c) * 1000.0))
+            .collect();
+        commit_to_start.sort_by(f64::total_cmp);
+        let over_50ms = commit_to_start.iter().filter(|ms| **ms > 50.0).count();
+        // Slow starts by 50 ms bucket: a wake-up lost to the 250 ms poll spreads them evenly
+        // up to 250 ms; a stalled process or machine bunches them.
+        let mut buckets = [0usize; 6];
+        for ms in commit_to_start.iter().filter(|ms| **ms > 50.0) {
+            buckets[((*ms / 50.0) as usize).min(5)] += 1;
+        }
+        println!(
+            "{:<34} p50 {:>6.2} ms   p99 {:>6.2} ms   max {:>7.2} ms   ({} jobs at {STEADY_RATE}/s, {errors} errors, 1 worker, {slots} default-queue slots)",
+            "enqueue-to-start",
+            percentile(&waits, 0.50),
+            percentile(&waits, 0.99),
+            waits.last().copied().unwrap_or(0.0),
+            waits.len(),
+        );
+        println!(
+            "{:<34} p50 {:>6.2} ms   p99 {:>6.2} ms   (the enqueue call alone: transaction, COMMIT, push, mark dispatched)",
+            "  of which enqueue",
+            percentile(&enqueue_ms, 0.50),
+            percentile(&enqueue_ms, 0.99),
+        );
+        println!(
+            "{:<34} p50 {:>6.2} ms   p99 {:>6.2} ms   max {:>7.2} ms   (push, wake-up, fetch, claim; {over_50ms} over 50 ms, by 50 ms bucket from 50: {:?})",
+            "  from COMMIT to start",
+            percentile(&commit_to_start, 0.50),
+            percentile(&commit_to_start, 0.99),
+            commit_to_start.last().copied().unwrap_or(0.0),
+            &buckets[1..],
+        );
+        println!(
+            "{:<34} {at_rest} at rest, peak {}",
+            "lectern-worker RSS",
+            peak_rss(worker_pid)
+        );
+    }
 }
