@@ -70,6 +70,9 @@ pub enum MailTransport {
 pub struct MailConfig {
     pub transport: MailTransport,
     pub from: String,
+    /// Bulk mail (follower announcements) is spread to at most this many messages a minute, so
+    /// a provider does not throttle or block the sender. Transactional mail is not limited.
+    pub bulk_per_minute: u32,
 }
 
 /// How many jobs one worker process runs at once, per queue.
@@ -547,7 +550,19 @@ fn read_mail<F: Fn(&str) -> Option<String>>(r: &mut Reader<F>) -> MailConfig {
     if from.parse::<lettre::message::Mailbox>().is_err() {
         r.problem("MAIL_FROM", format!("not a valid mailbox: {from:?}"));
     }
-    MailConfig { transport, from }
+    let bulk_per_minute = r.parse(
+        "MAIL_BULK_PER_MINUTE",
+        600u32,
+        "a number of messages per minute",
+    );
+    if bulk_per_minute == 0 {
+        r.problem("MAIL_BULK_PER_MINUTE", "must be at least 1".to_owned());
+    }
+    MailConfig {
+        transport,
+        from,
+        bulk_per_minute,
+    }
 }
 
 #[cfg(test)]

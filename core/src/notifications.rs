@@ -174,8 +174,21 @@ async fn course_published(
         .bind(&event_key)
         .fetch_all(&mut *tx)
         .await?;
+        // Bulk mail is spread over time: each message gets the next free slot of the stream.
+        let wanting: Vec<&Recipient> = batch.iter().filter(|r| r.notify_email).collect();
+        let spacing_ms = 60_000.0 / f64::from(services.config.mail.bulk_per_minute.max(1));
+        let first_slot: chrono::DateTime<chrono::Utc> = sqlx::query_scalar(
+            "UPDATE send_slots s SET next_at = greatest(s.next_at, now()) + $1 * interval '1 millisecond'
+               FROM (SELECT greatest(next_at, now()) AS slot FROM send_slots WHERE name = 'bulk_mail' FOR UPDATE) prev
+              WHERE s.name = 'bulk_mail' RETURNING prev.slot",
+        )
+        .bind(spacing_ms * wanting.len() as f64)
+        .fetch_one(&mut *tx)
+        .await?;
         let mut mails = Vec::new();
-        for r in batch.iter().filter(|r| r.notify_email) {
+        for (i, r) in wanting.into_iter().enumerate() {
+            let run_at =
+                first_slot + chrono::Duration::milliseconds((spacing_ms * i as f64) as i64);
             let mut vars = serde_json::Map::new();
             vars.insert("full_name".into(), r.full_name.clone().into());
             vars.insert(
@@ -193,7 +206,7 @@ async fn course_published(
                 template: EmailTemplate::CoursePublished,
                 vars,
             });
-            mails.push(jobs::insert(&mut tx, &job, None, None).await?);
+            mails.push(jobs::insert(&mut tx, &job, None, Some(run_at)).await?);
         }
         sqlx::query(
             "UPDATE fanout_cursors SET after_user_id = $2, delivered = delivered + $3, updated_at = now()

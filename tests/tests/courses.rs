@@ -1359,3 +1359,91 @@ async fn enrollment_reviews_statistics_and_recommendations() {
         .await;
     assert_eq!(recs["items"][0]["id"], popular.to_string(), "{recs}");
 }
+
+#[tokio::test]
+async fn follower_mail_is_spread_to_the_configured_rate() {
+    let app = lectern_tests::TestApp::spawn_with(lectern_tests::Options {
+        no_worker: false,
+        env: vec![("MAIL_BULK_PER_MINUTE".into(), "60".into())],
+    })
+    .await;
+    let pool = &app.db.pool;
+    let (teacher, t) = lectern_tests::fixtures::mint_users(pool, 1, "instructor")
+        .await
+        .remove(0);
+    let followers = lectern_tests::fixtures::mint_users(pool, 4, "student").await;
+    for (_, f) in &followers {
+        assert_eq!(
+            app.call(
+                "POST",
+                &format!("/api/v1/users/{teacher}/follow"),
+                Some(f),
+                None
+            )
+            .await
+            .0,
+            204
+        );
+    }
+    // A course that meets every publishing rule, written as the media pipeline would leave it.
+    let (course, _) = lectern_tests::fixtures::published_course_with_videos(
+        pool,
+        teacher,
+        "Throttled",
+        "0",
+        5,
+        60.0,
+    )
+    .await;
+    sqlx::query("INSERT INTO sections (id, course_id, title, position) VALUES ($1, $2, 'More', 2)")
+        .bind(Uuid::now_v7())
+        .bind(course)
+        .execute(pool)
+        .await
+        .unwrap();
+    let thumb = add_ready_media(pool, teacher, course, None, "image").await;
+    sqlx::query(
+        "UPDATE courses SET status = 'draft', description = repeat('d', 120), learning_outcomes = '{a,b,c}',
+                thumbnail_media_id = $2 WHERE id = $1",
+    )
+    .bind(course)
+    .bind(thumb)
+    .execute(pool)
+    .await
+    .unwrap();
+    let started = std::time::Instant::now();
+    let (status, body) = app
+        .call(
+            "POST",
+            &format!("/api/v1/courses/{course}/publish"),
+            Some(&t),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    // Four mails at 60 a minute: one a second.
+    let mut run_at: Vec<f64> = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while run_at.len() < 4 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        run_at = sqlx::query_scalar(
+            "SELECT extract(epoch FROM run_at)::float8 FROM jobs
+              WHERE kind = 'send_email' AND payload->>'template' = 'course_published' ORDER BY run_at",
+        )
+        .fetch_all(pool)
+        .await
+        .unwrap();
+    }
+    assert_eq!(run_at.len(), 4);
+    for pair in run_at.windows(2) {
+        let gap = pair[1] - pair[0];
+        assert!((0.99..1.01).contains(&gap), "{run_at:?}");
+    }
+    let mails = app.smtp.wait_for(4, Duration::from_secs(20));
+    assert_eq!(mails.len(), 4);
+    assert!(
+        started.elapsed() >= Duration::from_millis(2500),
+        "all four arrived within {:?}",
+        started.elapsed()
+    );
+}

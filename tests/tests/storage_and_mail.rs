@@ -169,6 +169,7 @@ async fn the_local_default_writes_eml_files() {
     let mailer = Mailer::new(&MailConfig {
         transport: MailTransport::Folder(dir.clone()),
         from: "Lectern <no-reply@lectern.test>".into(),
+        bulk_per_minute: 600,
     })
     .unwrap();
     let rendered = mail::render(
