@@ -57,11 +57,19 @@ pub struct VideoProgressView {
     pub course_completed: bool,
 }
 
+/// What the single heartbeat statement returns: the video and enrollment it found (no row: not
+/// a video the caller may watch), and the upserted progress (absent: the heartbeat was refused).
 #[derive(sqlx::FromRow)]
-struct Target {
+struct Beat {
     duration_secs: f64,
     course_id: Uuid,
     enrollment_id: Uuid,
+    course_progress: f64,
+    enrollment_status: String,
+    covered: Option<i32>,
+    last_position: Option<f64>,
+    completed_at: Option<DateTime<Utc>>,
+    just_completed: Option<bool>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -97,23 +105,62 @@ pub async fn heartbeat(
 ) -> Result<VideoProgressView> {
     let user = caller.require_user()?;
     check(hb)?;
+    if hb.watch_time > hb.last_position + 1.0 {
+        return Err(Error::invalid(
+            "watch_time",
+            "cannot be more than the playback position",
+        ));
+    }
     let mut tx = services.db.begin().await?;
-    // The video must be a processed video in a live section of a course the caller is enrolled
-    // in; anything else is 404, whether the video does not exist or is not theirs to watch.
-    let target: Option<Target> = sqlx::query_as(
-        "SELECT m.duration_secs, m.course_id, e.id AS enrollment_id
-           FROM media m
-           JOIN sections s ON s.id = m.section_id AND s.deleted_at IS NULL
-           JOIN enrollments e ON e.course_id = m.course_id AND e.user_id = $2
-                             AND e.status IN ('active', 'completed')
-          WHERE m.id = $1 AND m.kind = 'video' AND m.state = 'ready' AND m.deleted_at IS NULL
-            AND m.duration_secs > 0",
+    // One statement: find the video (a processed video in a live section of a course the caller
+    // is enrolled in; anything else is 404, whether it does not exist or is not theirs), refuse a
+    // position past its end, merge the watched interval, and report the result.
+    let beat: Option<Beat> = sqlx::query_as(
+        "WITH target AS (
+             SELECT m.duration_secs, m.course_id, e.id AS enrollment_id,
+                    e.progress::float8 AS course_progress, e.status AS enrollment_status,
+                    least($3, m.duration_secs) AS position
+               FROM media m
+               JOIN sections s ON s.id = m.section_id AND s.deleted_at IS NULL
+               JOIN enrollments e ON e.course_id = m.course_id AND e.user_id = $1
+                                 AND e.status IN ('active', 'completed')
+              WHERE m.id = $2 AND m.kind = 'video' AND m.state = 'ready' AND m.deleted_at IS NULL
+                AND m.duration_secs > 0),
+              span AS (
+             SELECT t.*, int4multirange(int4range(round(greatest(t.position - $4, 0))::int,
+                                                  round(t.position)::int)) AS watched
+               FROM target t WHERE $3 <= t.duration_secs + 1),
+              up AS (
+             INSERT INTO video_progress AS vp (user_id, media_id, enrollment_id, covered, last_position, watch_time, completed_at)
+             SELECT $1, $2, sp.enrollment_id, sp.watched, sp.position, $4,
+                    CASE WHEN covered_secs(sp.watched) >= $5 * sp.duration_secs THEN now() END
+               FROM span sp
+             ON CONFLICT (user_id, media_id) DO UPDATE SET
+                    covered = vp.covered + excluded.covered,
+                    last_position = excluded.last_position,
+                    watch_time = vp.watch_time + excluded.watch_time,
+                    last_heartbeat_at = now(),
+                    completed_at = coalesce(vp.completed_at,
+                        CASE WHEN covered_secs(vp.covered + excluded.covered)
+                                  >= $5 * (SELECT duration_secs FROM target) THEN now() END)
+              WHERE covered_secs(vp.covered + excluded.covered)
+                    <= $6 * extract(epoch FROM now() - vp.first_watched_at) + $7
+             RETURNING covered_secs(covered) AS covered, last_position, completed_at,
+                       coalesce(completed_at = now(), false) AS just_completed)
+         SELECT t.duration_secs, t.course_id, t.enrollment_id, t.course_progress, t.enrollment_status,
+                up.covered, up.last_position, up.completed_at, up.just_completed
+           FROM target t LEFT JOIN up ON true",
     )
-    .bind(media_id)
     .bind(user.id)
+    .bind(media_id)
+    .bind(hb.last_position)
+    .bind(hb.watch_time)
+    .bind(COMPLETION_SHARE)
+    .bind(MAX_PLAYBACK_RATE)
+    .bind(SLACK_SECS)
     .fetch_optional(&mut *tx)
     .await?;
-    let target = target.ok_or(Error::NotFound("video"))?;
+    let target = beat.ok_or(Error::NotFound("video"))?;
     let duration = target.duration_secs;
     if hb.last_position > duration + 1.0 {
         return Err(Error::invalid(
@@ -121,49 +168,19 @@ pub async fn heartbeat(
             format!("is past the end of the video ({duration:.1} s)"),
         ));
     }
-    if hb.watch_time > hb.last_position + 1.0 {
-        return Err(Error::invalid(
-            "watch_time",
-            "cannot be more than the playback position",
-        ));
-    }
-    let position = hb.last_position.min(duration);
-    let from = (position - hb.watch_time).max(0.0).round() as i32;
-    let to = position.round() as i32;
-    let needed = COMPLETION_SHARE * duration;
-    let upserted: Option<Upserted> = sqlx::query_as(
-        "INSERT INTO video_progress AS vp (user_id, media_id, enrollment_id, covered, last_position, watch_time, completed_at)
-         VALUES ($1, $2, $3, int4multirange(int4range($4, $5)), $6, $7,
-                 CASE WHEN covered_secs(int4multirange(int4range($4, $5))) >= $8 THEN now() END)
-         ON CONFLICT (user_id, media_id) DO UPDATE SET
-                covered = vp.covered + excluded.covered,
-                last_position = excluded.last_position,
-                watch_time = vp.watch_time + excluded.watch_time,
-                last_heartbeat_at = now(),
-                completed_at = coalesce(vp.completed_at,
-                    CASE WHEN covered_secs(vp.covered + excluded.covered) >= $8 THEN now() END)
-          WHERE covered_secs(vp.covered + excluded.covered)
-                <= $9 * extract(epoch FROM now() - vp.first_watched_at) + $10
-         RETURNING covered_secs(covered) AS covered, last_position, completed_at,
-                   coalesce(completed_at = now(), false) AS just_completed",
-    )
-    .bind(user.id)
-    .bind(media_id)
-    .bind(target.enrollment_id)
-    .bind(from)
-    .bind(to)
-    .bind(position)
-    .bind(hb.watch_time)
-    .bind(needed)
-    .bind(MAX_PLAYBACK_RATE)
-    .bind(SLACK_SECS)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let Some(row) = upserted else {
+    let (Some(covered), Some(last_position), Some(just_completed)) =
+        (target.covered, target.last_position, target.just_completed)
+    else {
         return Err(Error::invalid(
             "watch_time",
             "is more than could have been watched in the time since playback started",
         ));
+    };
+    let row = Upserted {
+        covered,
+        last_position,
+        completed_at: target.completed_at,
+        just_completed,
     };
     let mut jobs: Vec<NewJob> = Vec::new();
     let (course_progress, course_completed) = if row.just_completed {
@@ -177,12 +194,10 @@ pub async fn heartbeat(
         }
         (progress, completed)
     } else {
-        let (progress, status): (f64, String) =
-            sqlx::query_as("SELECT progress::float8, status FROM enrollments WHERE id = $1")
-                .bind(target.enrollment_id)
-                .fetch_one(&mut *tx)
-                .await?;
-        (progress, status == "completed")
+        (
+            target.course_progress,
+            target.enrollment_status == "completed",
+        )
     };
     tx.commit().await?;
     for job in &jobs {
