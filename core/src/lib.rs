@@ -10,6 +10,7 @@ pub mod error;
 pub mod health;
 pub mod jobs;
 pub mod mail;
+pub mod media;
 pub mod page;
 pub mod services;
 pub mod storage;

@@ -12,7 +12,7 @@ use tracing::Instrument;
 
 /// A running attempt owns its job this long without a heartbeat; a crashed worker's job is
 /// handed to a live worker once it lapses.
-const LEASE: Duration = Duration::from_secs(30);
+const LEASE: Duration = jobs::LEASE;
 const HEARTBEAT: Duration = Duration::from_secs(10);
 const RETRY_BASE: Duration = Duration::from_secs(5);
 const RETRY_MAX: Duration = Duration::from_secs(30 * 60);
@@ -96,7 +96,12 @@ async fn execute(services: &Services, claimed: Claimed) -> Result<(), BoxDynErro
     tracing::info!("job started");
     let started = std::time::Instant::now();
 
-    let work = crate::handlers::handle(services, job);
+    let context = jobs::JobContext {
+        id: claimed.id,
+        attempt: claimed.attempt,
+        max_attempts: claimed.max_attempts,
+    };
+    let work = jobs::CURRENT_JOB.scope(context, crate::handlers::handle(services, job));
     let outcome = tokio::select! {
         result = tokio::time::timeout(time_limit, work) => match result {
             Ok(result) => result,
@@ -166,6 +171,7 @@ async fn keep_lease(services: &Services, claimed: &Claimed) {
 pub async fn relay_loop(services: Services, mut stop: tokio::sync::watch::Receiver<bool>) {
     let mut delay = Duration::from_secs(1);
     let mut last_vacuum = std::time::Instant::now();
+    let mut last_sweep = std::time::Instant::now();
     loop {
         tokio::select! {
             _ = stop.changed() => return,
@@ -182,6 +188,10 @@ pub async fn relay_loop(services: Services, mut stop: tokio::sync::watch::Receiv
             let pushed = jobs::relay_due(&services.db, &services.jobs, 500).await?;
             if pushed > 0 {
                 tracing::info!(pushed, "relayed due jobs to Redis");
+            }
+            if last_sweep.elapsed() >= services.config.media.sweep_interval {
+                last_sweep = std::time::Instant::now();
+                lectern_core::media::sweep_abandoned(&services).await?;
             }
             if last_vacuum.elapsed() >= Duration::from_secs(60) {
                 last_vacuum = std::time::Instant::now();

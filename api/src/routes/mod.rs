@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod auth;
 pub mod jobs;
+pub mod media;
 pub mod ops;
 pub mod users;
 

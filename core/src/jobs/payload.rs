@@ -31,6 +31,15 @@ pub struct ProcessImage {
     pub media_id: Uuid,
 }
 
+/// Remove every stored object of a deleted media (and abort its open multipart upload, if any).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeleteMediaObjects {
+    pub media_id: Uuid,
+    /// `(object key, upload id)` of a multipart upload still open when the media was deleted.
+    #[serde(default)]
+    pub multipart: Option<(String, String)>,
+}
+
 /// Render (or re-render) the PDF certificate of a completed enrollment.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct IssueCertificate {
@@ -77,6 +86,7 @@ pub enum Job {
     RecomputeCourseStats(RecomputeCourseStats),
     FanOutNotifications(FanOutNotifications),
     ExportUserData(ExportUserData),
+    DeleteMediaObjects(DeleteMediaObjects),
 }
 
 /// How a job kind is run: its queue, attempts, and time limit.
@@ -89,7 +99,7 @@ pub struct KindPolicy {
 }
 
 /// Every job kind, by name.
-pub const KINDS: [&str; 7] = [
+pub const KINDS: [&str; 8] = [
     "send_email",
     "transcode_video",
     "process_image",
@@ -97,6 +107,7 @@ pub const KINDS: [&str; 7] = [
     "recompute_course_stats",
     "fan_out_notifications",
     "export_user_data",
+    "delete_media_objects",
 ];
 
 /// How a kind of job runs: queue, attempts, time limit. `None` for an unknown kind.
@@ -109,6 +120,7 @@ pub fn policy_of(kind: &str) -> Option<KindPolicy> {
         "recompute_course_stats" => (Queue::Default, 5, 5 * 60),
         "fan_out_notifications" => (Queue::Default, 10, 30 * 60),
         "export_user_data" => (Queue::Default, 5, 10 * 60),
+        "delete_media_objects" => (Queue::Media, 10, 10 * 60),
         _ => return None,
     };
     Some(KindPolicy {
@@ -128,6 +140,7 @@ impl Job {
             Job::RecomputeCourseStats(_) => "recompute_course_stats",
             Job::FanOutNotifications(_) => "fan_out_notifications",
             Job::ExportUserData(_) => "export_user_data",
+            Job::DeleteMediaObjects(_) => "delete_media_objects",
         }
     }
 
