@@ -81,8 +81,14 @@ impl Drop for Spool {
     }
 }
 
-fn multipart_error(e: impl std::fmt::Display) -> ApiError {
-    ApiError::Malformed(format!("invalid multipart/form-data body: {e}"))
+fn multipart_error(e: actix_multipart::MultipartError) -> ApiError {
+    use actix_multipart::MultipartError as E;
+    match e {
+        E::ContentTypeMissing | E::ContentTypeParse | E::ContentTypeIncompatible => {
+            ApiError::UnsupportedMediaType("send the file as multipart/form-data".into())
+        }
+        other => ApiError::Malformed(format!("invalid multipart/form-data body: {other}")),
+    }
 }
 
 async fn text_field(field: &mut actix_multipart::Field) -> ApiResult<String> {

@@ -454,8 +454,8 @@ impl Snapshotter {
             .output("in", 0)
             .and_then(|p| p.input("out", 0))
             .and_then(|p| p.parse(&spec))
-            .map_err(failed("snapshot filter"))?;
-        graph.validate().map_err(failed("snapshot filter"))?;
+            .map_err(failed("snapshot filter (parse)"))?;
+        graph.validate().map_err(failed("snapshot filter (validate)"))?;
         Ok(Snapshotter { graph })
     }
 
@@ -464,9 +464,12 @@ impl Snapshotter {
             .graph
             .get("in")
             .ok_or_else(|| MediaError::Processing("snapshot filter lost its input".into()))?;
+        // The buffer source takes the frame's reference: give it a copy, the ladder needs the
+        // original.
+        let copy = decoded.clone();
         source
             .source()
-            .add(decoded)
+            .add(&copy)
             .map_err(failed("snapshot filter"))?;
         let mut sink = self
             .graph
@@ -575,7 +578,10 @@ pub fn transcode(
         "video_size={}x{}:pix_fmt={}:time_base={}/{}:pixel_aspect={}/{}",
         decoder.width(),
         decoder.height(),
-        pixel.name(),
+        pixel
+            .descriptor()
+            .map(|d| d.name())
+            .ok_or_else(|| MediaError::Invalid("the video's pixel format is unknown".into()))?,
         in_tb.numerator(),
         in_tb.denominator(),
         aspect.numerator(),
@@ -595,15 +601,17 @@ pub fn transcode(
         ));
     }
     {
-        let mut parser = graph.output("in", 0).map_err(failed("ladder filter"))?;
+        let mut parser = graph.output("in", 0).map_err(failed("ladder filter (source)"))?;
         for i in 0..rungs.len() {
             parser = parser
                 .input(&format!("out{i}"), 0)
-                .map_err(failed("ladder filter"))?;
+                .map_err(failed("ladder filter (sinks)"))?;
         }
-        parser.parse(&spec).map_err(failed("ladder filter"))?;
+        parser
+            .parse(&spec)
+            .map_err(|e| MediaError::Processing(format!("ladder filter {spec:?}: {e}")))?;
     }
-    graph.validate().map_err(failed("ladder filter"))?;
+    graph.validate().map_err(failed("ladder filter (validate)"))?;
     let filtered_tb = graph
         .get("out0")
         .map(|mut s| s.sink().time_base())
@@ -1225,6 +1233,78 @@ mod tests {
         assert_eq!(rotation_from_matrix(&matrix(-one, 0, 0, -one)), Some(180));
         assert_eq!(rotation_from_matrix(&matrix(0, -one, one, 0)), Some(270));
         assert_eq!(rotation_from_matrix(&[0; 8]), None);
+    }
+
+
+    /// Sets the display matrix of the first track of an MP4 (as phones write it) to a clockwise
+    /// rotation of 90°: FFmpeg 5.1's command line cannot write one.
+    fn rotate_first_track_90(mp4: &mut [u8]) {
+        let at = mp4.windows(4).position(|w| w == b"tkhd").expect("a tkhd box");
+        let version = mp4[at + 4];
+        // type(4) version+flags(4) times(8 or 16) track id(4) reserved(4) duration(4 or 8)
+        // reserved(8) layer, group, volume, reserved(8): then the matrix.
+        let matrix = at + 4 + 4 + if version == 1 { 16 + 4 + 4 + 8 } else { 8 + 4 + 4 + 4 } + 8 + 8;
+        let one: i32 = 1 << 16;
+        let values = [0, one, 0, -one, 0, 0, 0, 0, 1 << 30];
+        for (i, v) in values.iter().enumerate() {
+            mp4[matrix + i * 4..matrix + i * 4 + 4].copy_from_slice(&v.to_be_bytes());
+        }
+    }
+
+    fn generated(name: &str, args: &[&str]) -> (PathBuf, PathBuf) {
+        let dir = std::env::temp_dir().join(format!("lectern-video-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join(name);
+        let status = std::process::Command::new("ffmpeg")
+            .args(["-hide_banner", "-loglevel", "error", "-y"])
+            .args(args)
+            .arg(&path)
+            .status()
+            .expect("the ffmpeg command line");
+        assert!(status.success());
+        (dir, path)
+    }
+
+    #[test]
+    fn a_short_clip_becomes_a_ladder_with_poster_and_storyboard() {
+        let (dir, path) = generated(
+            "clip.mp4",
+            &[
+                "-f", "lavfi", "-i", "testsrc2=size=640x480:rate=30:duration=3", "-f", "lavfi",
+                "-i", "sine=duration=3", "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt",
+                "yuv420p", "-c:a", "aac", "-shortest",
+            ],
+        );
+        let mut bytes = std::fs::read(&path).expect("read");
+        rotate_first_track_90(&mut bytes);
+        std::fs::write(&path, bytes).expect("write");
+        let probe = probe(&path).expect("probe");
+        assert_eq!((probe.width, probe.height, probe.rotation), (480, 640, 90));
+        assert!(probe.has_audio);
+        assert!((probe.duration_secs - 3.0).abs() < 0.2, "{probe:?}");
+        let out = dir.join("out");
+        std::fs::create_dir_all(&out).expect("out");
+        let mut seen = Vec::new();
+        let cancel = std::sync::atomic::AtomicBool::new(false);
+        let result = transcode(&path, &probe, &out, &TranscodeOptions::default(), &mut |f| seen.push(f), &cancel)
+            .expect("transcode");
+        let sizes: Vec<_> = result.renditions.iter().map(|r| (r.width, r.height)).collect();
+        assert_eq!(sizes, vec![(480, 640), (360, 480)]);
+        assert!(seen.windows(2).all(|w| w[0] <= w[1]) && seen.last() == Some(&1.0), "{seen:?}");
+        let master = std::fs::read_to_string(out.join("master.m3u8")).expect("master");
+        assert!(master.contains("RESOLUTION=480x640"), "{master}");
+        for r in &result.renditions {
+            let playlist = std::fs::read_to_string(out.join(&r.name).join("index.m3u8")).expect("playlist");
+            let total: f64 = parse_media_playlist(&playlist).iter().map(|(d, _)| d).sum();
+            assert!((total - 3.0).abs() < 0.2, "{playlist}");
+            assert!(r.bandwidth >= r.average_bandwidth && r.average_bandwidth > 0);
+        }
+        let poster = ::image::open(out.join("poster.jpg")).expect("poster");
+        assert_eq!((poster.width(), poster.height()), (480, 640));
+        assert_eq!(result.storyboard.as_ref().map(|s| s.tiles), Some(3));
+        let vtt = std::fs::read_to_string(out.join("storyboard.vtt")).expect("vtt");
+        assert_eq!(vtt.matches("#xywh=").count(), 3);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
