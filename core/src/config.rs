@@ -206,7 +206,7 @@ impl MediaConfig {
         let mime = mime.trim().to_ascii_lowercase();
         self.allowed_types
             .iter()
-            .find(|(_, types)| types.iter().any(|t| *t == mime))
+            .find(|(_, types)| types.contains(&mime))
             .map(|(kind, _)| *kind)
     }
 }
@@ -570,8 +570,11 @@ fn read_media<F: Fn(&str) -> Option<String>>(r: &mut Reader<F>) -> MediaConfig {
             "must be between 5 MiB and 5 GiB (S3 part limits)",
         );
     }
-    let multipart_threshold =
-        r.parse("MEDIA_MULTIPART_THRESHOLD_BYTES", 64 * MIB, "a number of bytes");
+    let multipart_threshold = r.parse(
+        "MEDIA_MULTIPART_THRESHOLD_BYTES",
+        64 * MIB,
+        "a number of bytes",
+    );
     if multipart_threshold < part_size {
         r.problem(
             "MEDIA_MULTIPART_THRESHOLD_BYTES",
@@ -595,10 +598,15 @@ fn read_media<F: Fn(&str) -> Option<String>>(r: &mut Reader<F>) -> MediaConfig {
         sweep_interval: secs(r, "MEDIA_SWEEP_INTERVAL_SECS", 60),
         url_ttl: secs(r, "MEDIA_URL_TTL_SECS", 900),
         max_video_duration: secs(r, "MEDIA_VIDEO_MAX_DURATION_SECS", 6 * 3600),
-        image_max_width: u32::try_from(r.positive("MEDIA_IMAGE_MAX_WIDTH", 16_384)).unwrap_or(16_384),
+        image_max_width: u32::try_from(r.positive("MEDIA_IMAGE_MAX_WIDTH", 16_384))
+            .unwrap_or(16_384),
         image_max_height: u32::try_from(r.positive("MEDIA_IMAGE_MAX_HEIGHT", 16_384))
             .unwrap_or(16_384),
-        image_max_pixels: r.parse("MEDIA_IMAGE_MAX_PIXELS", 50_000_000u64, "a number of pixels"),
+        image_max_pixels: r.parse(
+            "MEDIA_IMAGE_MAX_PIXELS",
+            50_000_000u64,
+            "a number of pixels",
+        ),
     }
 }
 

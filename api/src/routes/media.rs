@@ -96,7 +96,9 @@ async fn text_field(field: &mut actix_multipart::Field) -> ApiResult<String> {
     while let Some(chunk) = field.next().await {
         let chunk = chunk.map_err(multipart_error)?;
         if value.len() + chunk.len() > 4096 {
-            return Err(ApiError::Malformed("a form field is longer than 4096 bytes".into()));
+            return Err(ApiError::Malformed(
+                "a form field is longer than 4096 bytes".into(),
+            ));
         }
         value.extend_from_slice(&chunk);
     }
@@ -176,7 +178,9 @@ pub async fn direct_upload(
                 file.flush().await.map_err(Error::internal)?;
             }
             "title" => upload.title = Some(text_field(&mut field).await?),
-            "course_id" => upload.course_id = uuid_field("course_id", &text_field(&mut field).await?)?,
+            "course_id" => {
+                upload.course_id = uuid_field("course_id", &text_field(&mut field).await?)?
+            }
             "section_id" => {
                 upload.section_id = uuid_field("section_id", &text_field(&mut field).await?)?;
             }
@@ -271,7 +275,9 @@ pub async fn hls_master(
     id: web::Path<Uuid>,
     query: web::Query<TokenQuery>,
 ) -> ApiResult<HttpResponse> {
-    Ok(playlist(media::hls_master(&services, *id, &query.token).await?))
+    Ok(playlist(
+        media::hls_master(&services, *id, &query.token).await?,
+    ))
 }
 
 /// HLS variant playlist; its segments are presigned storage URLs.

@@ -67,7 +67,9 @@ fn check_limits(w: u32, h: u32, limits: &ImageLimits) -> Result<(), MediaError> 
     if w == 0 || h == 0 {
         return Err(MediaError::Invalid("the image has no pixels".into()));
     }
-    if w > limits.max_width || h > limits.max_height || u64::from(w) * u64::from(h) > limits.max_pixels
+    if w > limits.max_width
+        || h > limits.max_height
+        || u64::from(w) * u64::from(h) > limits.max_pixels
     {
         return Err(MediaError::Invalid(format!(
             "the image is {w} × {h} pixels; the largest accepted is {} × {} and {} megapixels",
@@ -80,7 +82,11 @@ fn check_limits(w: u32, h: u32, limits: &ImageLimits) -> Result<(), MediaError> 
 }
 
 /// Decodes `path` and writes `thumbnail.{jpg,webp}` and `preview.{jpg,webp}` into `out_dir`.
-pub fn process(path: &Path, limits: &ImageLimits, out_dir: &Path) -> Result<ImageOutput, MediaError> {
+pub fn process(
+    path: &Path,
+    limits: &ImageLimits,
+    out_dir: &Path,
+) -> Result<ImageOutput, MediaError> {
     let (format, w, h) = inspect(path, limits)?;
     let mut decoder = ImageReader::open(path)
         .map_err(MediaError::io)?
@@ -186,7 +192,9 @@ fn decode_jpeg_reduced(path: &Path, scale: u32) -> Result<DynamicImage, MediaErr
         got = decoder.receive_frame(&mut frame).is_ok();
     }
     if !got {
-        return Err(MediaError::Invalid("the JPEG has no decodable picture".into()));
+        return Err(MediaError::Invalid(
+            "the JPEG has no decodable picture".into(),
+        ));
     }
     let mut rgb = ff::frame::Video::empty();
     let mut scaler = ff::software::scaling::Context::get(
@@ -223,8 +231,7 @@ fn decode_jpeg_reduced(path: &Path, scale: u32) -> Result<DynamicImage, MediaErr
 pub fn write_jpeg_and_webp(img: &DynamicImage, base: &Path) -> Result<(), MediaError> {
     let rgb = DynamicImage::ImageRgb8(img.to_rgb8());
     let jpg = std::fs::File::create(base.with_extension("jpg")).map_err(MediaError::io)?;
-    let mut encoder =
-        image::codecs::jpeg::JpegEncoder::new_with_quality(BufWriter::new(jpg), 85);
+    let mut encoder = image::codecs::jpeg::JpegEncoder::new_with_quality(BufWriter::new(jpg), 85);
     encoder
         .encode_image(&rgb)
         .map_err(|e| MediaError::Processing(format!("JPEG encoding: {e}")))?;
@@ -253,7 +260,10 @@ mod tests {
         std::fs::write(&path, super::super::sniff::tests::png_bomb(50_000, 50_000)).expect("write");
         assert!(std::fs::metadata(&path).expect("meta").len() < 10_000);
         let err = process(&path, &ImageLimits::default(), &dir).expect_err("refused");
-        assert!(matches!(&err, MediaError::Invalid(m) if m.contains("50000 × 50000")), "{err}");
+        assert!(
+            matches!(&err, MediaError::Invalid(m) if m.contains("50000 × 50000")),
+            "{err}"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -267,7 +277,12 @@ mod tests {
         let out = process(&path, &ImageLimits::default(), &dir).expect("processed");
         assert_eq!(out.thumbnail, (300, 200));
         assert_eq!(out.preview, (900, 600));
-        for name in ["thumbnail.jpg", "thumbnail.webp", "preview.jpg", "preview.webp"] {
+        for name in [
+            "thumbnail.jpg",
+            "thumbnail.webp",
+            "preview.jpg",
+            "preview.webp",
+        ] {
             let img = image::open(dir.join(name)).expect(name);
             assert!(img.width() > 0, "{name}");
         }
@@ -302,9 +317,11 @@ mod tests {
         assert_eq!(reduced_scale(20000, 100, 1280), 8);
         let dir = temp_dir();
         let path = dir.join("big.jpg");
-        image::RgbImage::from_fn(3000, 2000, |x, y| image::Rgb([(x % 256) as u8, (y % 256) as u8, 90]))
-            .save(&path)
-            .expect("save");
+        image::RgbImage::from_fn(3000, 2000, |x, y| {
+            image::Rgb([(x % 256) as u8, (y % 256) as u8, 90])
+        })
+        .save(&path)
+        .expect("save");
         let out = process(&path, &ImageLimits::default(), &dir).expect("processed");
         assert_eq!(out.decode_scale, 2);
         assert_eq!((out.width, out.height), (3000, 2000));

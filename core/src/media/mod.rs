@@ -21,11 +21,11 @@ use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use crate::Services;
 use crate::auth::{Principal, Role};
 use crate::error::{Error, FieldErrors, Result};
 use crate::jobs::{self, Job, JobError, JobReference, JobView};
 use crate::storage::{PresignedRequest, StorageError};
-use crate::Services;
 
 /// What a file is, for the rules and the pipeline that apply to it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
@@ -191,7 +191,8 @@ struct MediaRow {
     processed_at: Option<DateTime<Utc>>,
 }
 
-const COLUMNS: &str = "id, owner_id, course_id, section_id, kind, state, title, file_name, mime_type,
+const COLUMNS: &str =
+    "id, owner_id, course_id, section_id, kind, state, title, file_name, mime_type,
     size_bytes, duration_secs, width, height, rotation, frame_rate, video_codec, audio_codec,
     bit_rate, has_audio, renditions, poster, storyboard, image, error, upload_expires_at,
     object_key, multipart_upload_id, job_id, created_at, updated_at, processed_at";
@@ -345,13 +346,22 @@ fn check_declared(
     let media = &services.config.media;
     let mut fields = FieldErrors::new();
     let name = file_name.map(str::trim).unwrap_or_default();
-    let name = name.rsplit(['/', '\\']).next().unwrap_or_default().to_owned();
+    let name = name
+        .rsplit(['/', '\\'])
+        .next()
+        .unwrap_or_default()
+        .to_owned();
     if name.is_empty() {
         fields.add("file_name", "is required");
     } else if name.chars().count() > 255 || name.chars().any(char::is_control) {
-        fields.add("file_name", "must be at most 255 characters, without control characters");
+        fields.add(
+            "file_name",
+            "must be at most 255 characters, without control characters",
+        );
     }
-    let mime = mime.map(|m| m.trim().to_ascii_lowercase()).unwrap_or_default();
+    let mime = mime
+        .map(|m| m.trim().to_ascii_lowercase())
+        .unwrap_or_default();
     let kind = if mime.is_empty() {
         fields.add("mime_type", "is required");
         None
@@ -390,7 +400,10 @@ fn check_declared(
         if size > max {
             fields.add(
                 "file_size",
-                format!("{size} bytes is more than the {max} bytes accepted for a {} file", kind.as_str()),
+                format!(
+                    "{size} bytes is more than the {max} bytes accepted for a {} file",
+                    kind.as_str()
+                ),
             );
         }
     }
@@ -422,17 +435,21 @@ async fn check_placement(
             .filter(|(_, instructor)| owns(*instructor))
             .ok_or(Error::NotFound("section"))?;
         if course.is_some_and(|c| c != section_course) {
-            return Err(Error::invalid("section_id", "the section is not in this course"));
+            return Err(Error::invalid(
+                "section_id",
+                "the section is not in this course",
+            ));
         }
         let _ = instructor;
         course = Some(section_course);
     }
     if let Some(c) = course {
-        let instructor: Option<Uuid> =
-            sqlx::query_scalar("SELECT instructor_id FROM courses WHERE id = $1 AND deleted_at IS NULL")
-                .bind(c)
-                .fetch_optional(&services.db)
-                .await?;
+        let instructor: Option<Uuid> = sqlx::query_scalar(
+            "SELECT instructor_id FROM courses WHERE id = $1 AND deleted_at IS NULL",
+        )
+        .bind(c)
+        .fetch_optional(&services.db)
+        .await?;
         if !instructor.is_some_and(owns) {
             return Err(Error::NotFound("course"));
         }
@@ -477,7 +494,8 @@ pub async fn start_upload(
     tracing::Span::current().record("media_id", tracing::field::display(id));
     let key = source_key(id);
     let ttl = media.url_ttl;
-    let expires_at = Utc::now() + chrono::Duration::from_std(media.upload_expiry).unwrap_or_default();
+    let expires_at =
+        Utc::now() + chrono::Duration::from_std(media.upload_expiry).unwrap_or_default();
     let title = input.title.unwrap_or_else(|| file_name.clone());
     if title.chars().count() > 200 {
         return Err(Error::invalid("title", "must be at most 200 characters"));
@@ -553,7 +571,12 @@ pub async fn start_upload(
         }
         return Err(e.into());
     }
-    tracing::info!(kind = kind.as_str(), size, multipart = upload_id.is_some(), "upload started");
+    tracing::info!(
+        kind = kind.as_str(),
+        size,
+        multipart = upload_id.is_some(),
+        "upload started"
+    );
     let mut conn = services.db.acquire().await?;
     let row = load(&mut conn, id, false)
         .await?
@@ -647,8 +670,13 @@ pub async fn complete_upload(
                 "list every uploaded part with its part_number and the etag its PUT answered",
             ));
         }
-        let parts: Vec<(i32, String)> = parts.into_iter().map(|p| (p.part_number, p.etag)).collect();
-        match services.storage.complete_multipart(&key, upload_id, &parts).await {
+        let parts: Vec<(i32, String)> =
+            parts.into_iter().map(|p| (p.part_number, p.etag)).collect();
+        match services
+            .storage
+            .complete_multipart(&key, upload_id, &parts)
+            .await
+        {
             Ok(()) => {}
             Err(StorageError::Unavailable(e)) => {
                 return Err(StorageError::Unavailable(e).into());
@@ -661,10 +689,12 @@ pub async fn complete_upload(
                 });
             }
         }
-        sqlx::query("UPDATE media SET multipart_upload_id = NULL, updated_at = now() WHERE id = $1")
-            .bind(id)
-            .execute(&services.db)
-            .await?;
+        sqlx::query(
+            "UPDATE media SET multipart_upload_id = NULL, updated_at = now() WHERE id = $1",
+        )
+        .bind(id)
+        .execute(&services.db)
+        .await?;
     }
     let Some(info) = services.storage.head(&key).await? else {
         return Err(Error::Conflict {
@@ -727,7 +757,11 @@ async fn start_processing(
           WHERE id = $1 AND state = 'pending'",
     )
     .bind(id)
-    .bind(if new_job.is_some() { "processing" } else { "ready" })
+    .bind(if new_job.is_some() {
+        "processing"
+    } else {
+        "ready"
+    })
     .bind(new_job.as_ref().map(|j| j.id))
     .execute(&mut *tx)
     .await?;
@@ -797,7 +831,10 @@ pub async fn direct_upload(
         let mut head = vec![0u8; sniff::SNIFF_LEN];
         let mut filled = 0;
         while filled < head.len() {
-            let n = file.read(&mut head[filled..]).await.map_err(Error::internal)?;
+            let n = file
+                .read(&mut head[filled..])
+                .await
+                .map_err(Error::internal)?;
             if n == 0 {
                 break;
             }
@@ -923,7 +960,9 @@ pub async fn run_delete_objects(
         match services.storage.abort_multipart(key, upload).await {
             Ok(()) | Err(StorageError::NotFound(_)) => {}
             Err(e) if e.is_transient() => return Err(storage_job_error(e)),
-            Err(e) => tracing::warn!(error = %e, "aborting the multipart upload failed; deleting objects anyway"),
+            Err(e) => {
+                tracing::warn!(error = %e, "aborting the multipart upload failed; deleting objects anyway")
+            }
         }
     }
     let removed = services
@@ -969,7 +1008,8 @@ struct WorkDir(PathBuf);
 
 impl WorkDir {
     fn new(what: &str, id: Uuid) -> std::result::Result<WorkDir, MediaError> {
-        let path = std::env::temp_dir().join(format!("lectern-{what}-{id}-{}", Uuid::new_v4().simple()));
+        let path =
+            std::env::temp_dir().join(format!("lectern-{what}-{id}-{}", Uuid::new_v4().simple()));
         std::fs::create_dir_all(&path).map_err(MediaError::io)?;
         Ok(WorkDir(path))
     }
@@ -1039,7 +1079,10 @@ async fn fail_job(services: &Services, row: &MediaRow, error: JobError) -> JobEr
     error
 }
 
-async fn load_for_job(services: &Services, id: Uuid) -> std::result::Result<Option<MediaRow>, JobError> {
+async fn load_for_job(
+    services: &Services,
+    id: Uuid,
+) -> std::result::Result<Option<MediaRow>, JobError> {
     let mut conn = services
         .db
         .acquire()
@@ -1084,7 +1127,11 @@ fn files_under(dir: &Path) -> std::io::Result<Vec<(PathBuf, String)>> {
 }
 
 /// Uploads every file of `dir` under `prefix`, a few at a time.
-async fn upload_dir(services: &Services, dir: &Path, prefix: &str) -> std::result::Result<usize, JobError> {
+async fn upload_dir(
+    services: &Services,
+    dir: &Path,
+    prefix: &str,
+) -> std::result::Result<usize, JobError> {
     use futures::StreamExt;
     let files = files_under(dir).map_err(|e| JobError::Retryable(format!("local disk: {e}")))?;
     let count = files.len();
@@ -1167,7 +1214,9 @@ async fn transcode_media(services: &Services, row: &MediaRow) -> std::result::Re
     match services.storage.download_to(&key, &source).await {
         Ok(_) => {}
         Err(StorageError::NotFound(_)) => {
-            return Err(JobError::Permanent("the uploaded file is gone from storage".into()));
+            return Err(JobError::Permanent(
+                "the uploaded file is gone from storage".into(),
+            ));
         }
         Err(e) => return Err(storage_job_error(e)),
     }
@@ -1219,14 +1268,25 @@ async fn transcode_media(services: &Services, row: &MediaRow) -> std::result::Re
     .bind(probe.bit_rate)
     .bind(probe.has_audio)
     .bind(serde_json::to_value(&out.renditions).unwrap_or_default())
-    .bind(out.poster.as_ref().and_then(|p| serde_json::to_value(p).ok()))
-    .bind(out.storyboard.as_ref().and_then(|s| serde_json::to_value(s).ok()))
+    .bind(
+        out.poster
+            .as_ref()
+            .and_then(|p| serde_json::to_value(p).ok()),
+    )
+    .bind(
+        out.storyboard
+            .as_ref()
+            .and_then(|s| serde_json::to_value(s).ok()),
+    )
     .execute(&services.db)
     .await
     .map_err(|e| JobError::from(Error::from(e)))?;
     if updated.rows_affected() == 0 {
         // Deleted while processing: the deletion job may already have run; remove what we wrote.
-        let _ = services.storage.delete_prefix(&format!("media/{id}/")).await;
+        let _ = services
+            .storage
+            .delete_prefix(&format!("media/{id}/"))
+            .await;
         tracing::info!("the media was deleted while processing; outputs removed");
         return Ok(());
     }
@@ -1240,7 +1300,10 @@ async fn transcode_media(services: &Services, row: &MediaRow) -> std::result::Re
     Ok(())
 }
 
-fn check_probe(probe: &video::VideoProbe, max_duration: f64) -> std::result::Result<(), MediaError> {
+fn check_probe(
+    probe: &video::VideoProbe,
+    max_duration: f64,
+) -> std::result::Result<(), MediaError> {
     if probe.width < MIN_VIDEO_SIDE || probe.height < MIN_VIDEO_SIDE {
         return Err(MediaError::Invalid(format!(
             "the video is {} × {} pixels; the smallest accepted is {MIN_VIDEO_SIDE} × {MIN_VIDEO_SIDE}",
@@ -1280,7 +1343,10 @@ pub async fn run_process_image(
     }
 }
 
-async fn process_image_media(services: &Services, row: &MediaRow) -> std::result::Result<(), JobError> {
+async fn process_image_media(
+    services: &Services,
+    row: &MediaRow,
+) -> std::result::Result<(), JobError> {
     let id = row.id;
     let work = WorkDir::new("image", id)?;
     let source = work.path().join("source");
@@ -1288,7 +1354,9 @@ async fn process_image_media(services: &Services, row: &MediaRow) -> std::result
     match services.storage.download_to(&key, &source).await {
         Ok(_) => {}
         Err(StorageError::NotFound(_)) => {
-            return Err(JobError::Permanent("the uploaded file is gone from storage".into()));
+            return Err(JobError::Permanent(
+                "the uploaded file is gone from storage".into(),
+            ));
         }
         Err(e) => return Err(storage_job_error(e)),
     }
@@ -1322,7 +1390,10 @@ async fn process_image_media(services: &Services, row: &MediaRow) -> std::result
     .await
     .map_err(|e| JobError::from(Error::from(e)))?;
     if updated.rows_affected() == 0 {
-        let _ = services.storage.delete_prefix(&format!("media/{id}/")).await;
+        let _ = services
+            .storage
+            .delete_prefix(&format!("media/{id}/"))
+            .await;
         return Ok(());
     }
     publish_event(
@@ -1403,8 +1474,16 @@ pub struct Playback {
 
 async fn pictures(services: &Services, base: &str, ttl: Duration) -> Result<PictureUrls> {
     Ok(PictureUrls {
-        jpeg: services.storage.presign_get(&format!("{base}.jpg"), ttl).await?.url,
-        webp: services.storage.presign_get(&format!("{base}.webp"), ttl).await?.url,
+        jpeg: services
+            .storage
+            .presign_get(&format!("{base}.jpg"), ttl)
+            .await?
+            .url,
+        webp: services
+            .storage
+            .presign_get(&format!("{base}.webp"), ttl)
+            .await?
+            .url,
     })
 }
 
@@ -1451,7 +1530,8 @@ pub async fn playback(services: &Services, caller: &Principal, id: Uuid) -> Resu
                 &format!("/media/{id}/hls/master.m3u8?token={token}"),
             ));
             if row.poster.is_some() {
-                out.poster = Some(pictures(services, &format!("{}poster", video_prefix(id)), ttl).await?);
+                out.poster =
+                    Some(pictures(services, &format!("{}poster", video_prefix(id)), ttl).await?);
             }
             if row.storyboard.is_some() {
                 out.storyboard_vtt_url = Some(api_url(
@@ -1461,8 +1541,10 @@ pub async fn playback(services: &Services, caller: &Principal, id: Uuid) -> Resu
             }
         }
         Kind::Image => {
-            out.thumbnail = Some(pictures(services, &format!("{}thumbnail", image_prefix(id)), ttl).await?);
-            out.preview = Some(pictures(services, &format!("{}preview", image_prefix(id)), ttl).await?);
+            out.thumbnail =
+                Some(pictures(services, &format!("{}thumbnail", image_prefix(id)), ttl).await?);
+            out.preview =
+                Some(pictures(services, &format!("{}preview", image_prefix(id)), ttl).await?);
         }
         Kind::Audio | Kind::Document => {
             let key = row.object_key.clone().unwrap_or_else(|| source_key(id));
@@ -1495,7 +1577,9 @@ async fn read_text(services: &Services, key: &str) -> Result<String> {
 pub async fn hls_master(services: &Services, id: Uuid, token: &str) -> Result<String> {
     ready_video(services, id, token).await?;
     let text = read_text(services, &format!("{}master.m3u8", video_prefix(id))).await?;
-    Ok(rewrite_uris(&text, |uri| Some(format!("{uri}?token={token}"))))
+    Ok(rewrite_uris(&text, |uri| {
+        Some(format!("{uri}?token={token}"))
+    }))
 }
 
 /// A variant playlist, each segment a presigned storage URL.
@@ -1591,7 +1675,10 @@ mod tests {
     fn playlist_uris_are_rewritten_and_tags_kept() {
         let text = "#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=1\n720p/index.m3u8\n";
         let out = rewrite_uris(text, |u| Some(format!("{u}?token=t")));
-        assert_eq!(out, "#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=1\n720p/index.m3u8?token=t\n");
+        assert_eq!(
+            out,
+            "#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=1\n720p/index.m3u8?token=t\n"
+        );
         assert!(is_plain_name("seg_00001.ts"));
         assert!(!is_plain_name("../source"));
         assert!(!is_plain_name("a/b.ts"));

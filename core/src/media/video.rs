@@ -11,8 +11,8 @@
 
 use std::path::{Path, PathBuf};
 
-use ffmpeg_next as ff;
 use ff::{Dictionary, Packet, Rational, codec, filter, format, frame, media};
+use ffmpeg_next as ff;
 use serde::{Deserialize, Serialize};
 
 use super::MediaError;
@@ -318,7 +318,11 @@ pub fn gop_frames(frame_rate: f64) -> u32 {
 }
 
 /// The x264 options of one rung, as `key=value` pairs (also what the benchmark passes to the CLI).
-pub fn x264_options(rung: &Rung, frame_rate: f64, settings: &EncodeSettings) -> Vec<(String, String)> {
+pub fn x264_options(
+    rung: &Rung,
+    frame_rate: f64,
+    settings: &EncodeSettings,
+) -> Vec<(String, String)> {
     let gop = gop_frames(frame_rate);
     let level = h264_level(rung, frame_rate);
     vec![
@@ -455,7 +459,9 @@ impl Snapshotter {
             .and_then(|p| p.input("out", 0))
             .and_then(|p| p.parse(&spec))
             .map_err(failed("snapshot filter (parse)"))?;
-        graph.validate().map_err(failed("snapshot filter (validate)"))?;
+        graph
+            .validate()
+            .map_err(failed("snapshot filter (validate)"))?;
         Ok(Snapshotter { graph })
     }
 
@@ -589,7 +595,11 @@ pub fn transcode(
     );
     let mut graph = filter::Graph::new();
     add_filter(&mut graph, "buffer", "in", &buffer_args)?;
-    let mut spec = format!("[in]{}split={}", rotation_filters(probe.rotation), rungs.len());
+    let mut spec = format!(
+        "[in]{}split={}",
+        rotation_filters(probe.rotation),
+        rungs.len()
+    );
     for i in 0..rungs.len() {
         spec.push_str(&format!("[s{i}]"));
     }
@@ -601,7 +611,9 @@ pub fn transcode(
         ));
     }
     {
-        let mut parser = graph.output("in", 0).map_err(failed("ladder filter (source)"))?;
+        let mut parser = graph
+            .output("in", 0)
+            .map_err(failed("ladder filter (source)"))?;
         for i in 0..rungs.len() {
             parser = parser
                 .input(&format!("out{i}"), 0)
@@ -611,16 +623,17 @@ pub fn transcode(
             .parse(&spec)
             .map_err(|e| MediaError::Processing(format!("ladder filter {spec:?}: {e}")))?;
     }
-    graph.validate().map_err(failed("ladder filter (validate)"))?;
+    graph
+        .validate()
+        .map_err(failed("ladder filter (validate)"))?;
     let filtered_tb = graph
         .get("out0")
         .map(|mut s| s.sink().time_base())
         .unwrap_or(in_tb);
 
     // One encoder and one HLS muxer per rendition.
-    let x264 = codec::encoder::find_by_name("libx264").ok_or_else(|| {
-        MediaError::Processing("this FFmpeg build has no libx264 encoder".into())
-    })?;
+    let x264 = codec::encoder::find_by_name("libx264")
+        .ok_or_else(|| MediaError::Processing("this FFmpeg build has no libx264 encoder".into()))?;
     let mut outputs = Vec::with_capacity(rungs.len());
     for (i, rung) in rungs.iter().enumerate() {
         let name = format!("{}p", rung.lines);
@@ -628,10 +641,7 @@ pub fn transcode(
         std::fs::create_dir_all(&dir).map_err(MediaError::io)?;
         let playlist = dir.join("index.m3u8");
         let mut octx = format::output_as(&playlist, "hls").map_err(failed("HLS muxer"))?;
-        let global = octx
-            .format()
-            .flags()
-            .contains(format::Flags::GLOBAL_HEADER);
+        let global = octx.format().flags().contains(format::Flags::GLOBAL_HEADER);
         let mut enc = codec::context::Context::new_with_codec(x264)
             .encoder()
             .video()
@@ -927,9 +937,10 @@ fn open_audio(astream: &format::stream::Stream) -> Result<AudioPath, MediaError>
         count: 0,
         ..Default::default()
     });
-    let mut decoder = actx.decoder().audio().map_err(|e| {
-        MediaError::Invalid(format!("the audio track cannot be decoded: {e}"))
-    })?;
+    let mut decoder = actx
+        .decoder()
+        .audio()
+        .map_err(|e| MediaError::Invalid(format!("the audio track cannot be decoded: {e}")))?;
     decoder.set_packet_time_base(astream.time_base());
     let aac = codec::encoder::find(codec::Id::AAC)
         .ok_or_else(|| MediaError::Processing("this FFmpeg build has no AAC encoder".into()))?;
@@ -988,7 +999,11 @@ fn open_audio(astream: &format::stream::Stream) -> Result<AudioPath, MediaError>
 impl AudioPath {
     /// Decodes a packet (or flushes everything on `None`) and writes the AAC packets into every
     /// rendition.
-    fn feed(&mut self, packet: Option<&Packet>, outputs: &mut [VideoOut]) -> Result<(), MediaError> {
+    fn feed(
+        &mut self,
+        packet: Option<&Packet>,
+        outputs: &mut [VideoOut],
+    ) -> Result<(), MediaError> {
         let mut decoded = frame::Audio::empty();
         match packet {
             Some(p) => {
@@ -1031,10 +1046,7 @@ impl AudioPath {
             .graph
             .get("out")
             .map_or(Rational::new(1, AUDIO_RATE), |mut s| s.sink().time_base());
-        loop {
-            let Some(mut sink) = self.graph.get("out") else {
-                break;
-            };
+        while let Some(mut sink) = self.graph.get("out") {
             if sink.sink().frame(&mut resampled).is_err() {
                 break;
             }
@@ -1099,7 +1111,11 @@ fn measure_bandwidth(dir: &Path) -> Result<(u64, u64, usize), MediaError> {
         secs += duration;
     }
     let average = if secs > 0.0 { bits / secs } else { 0.0 };
-    Ok((peak.max(average).ceil() as u64, average.ceil() as u64, segments.len()))
+    Ok((
+        peak.max(average).ceil() as u64,
+        average.ceil() as u64,
+        segments.len(),
+    ))
 }
 
 /// (EXTINF duration, URI) of every segment of a media playlist.
@@ -1146,10 +1162,7 @@ fn write_storyboard(
 ) -> Result<Storyboard, MediaError> {
     let columns = STORYBOARD_COLUMNS.min(tiles.len()).max(1);
     let rows = tiles.len().div_ceil(columns);
-    let mut sheet = image::RgbImage::new(
-        tile_width * columns as u32,
-        tile_height * rows as u32,
-    );
+    let mut sheet = image::RgbImage::new(tile_width * columns as u32, tile_height * rows as u32);
     let mut vtt = String::from("WEBVTT\n\n");
     for (i, tile) in tiles.iter().enumerate() {
         let (x, y) = (
@@ -1201,14 +1214,20 @@ mod tests {
     fn the_ladder_never_upscales_and_keeps_portrait() {
         let l = ladder(1920, 1080, 30.0);
         let sizes: Vec<_> = l.iter().map(|r| (r.width, r.height)).collect();
-        assert_eq!(sizes, vec![(1920, 1080), (1280, 720), (854, 480), (640, 360)]);
+        assert_eq!(
+            sizes,
+            vec![(1920, 1080), (1280, 720), (854, 480), (640, 360)]
+        );
         let p = ladder(720, 1280, 30.0);
         let sizes: Vec<_> = p.iter().map(|r| (r.width, r.height)).collect();
         assert_eq!(sizes, vec![(720, 1280), (480, 854), (360, 640)]);
         let small = ladder(320, 240, 30.0);
         assert_eq!(small.len(), 1);
         assert_eq!((small[0].width, small[0].height), (320, 240));
-        assert!(l.windows(2).all(|w| w[0].max_video_bitrate > w[1].max_video_bitrate));
+        assert!(
+            l.windows(2)
+                .all(|w| w[0].max_video_bitrate > w[1].max_video_bitrate)
+        );
     }
 
     #[test]
@@ -1235,15 +1254,26 @@ mod tests {
         assert_eq!(rotation_from_matrix(&[0; 8]), None);
     }
 
-
     /// Sets the display matrix of the first track of an MP4 (as phones write it) to a clockwise
     /// rotation of 90°: FFmpeg 5.1's command line cannot write one.
     fn rotate_first_track_90(mp4: &mut [u8]) {
-        let at = mp4.windows(4).position(|w| w == b"tkhd").expect("a tkhd box");
+        let at = mp4
+            .windows(4)
+            .position(|w| w == b"tkhd")
+            .expect("a tkhd box");
         let version = mp4[at + 4];
         // type(4) version+flags(4) times(8 or 16) track id(4) reserved(4) duration(4 or 8)
         // reserved(8) layer, group, volume, reserved(8): then the matrix.
-        let matrix = at + 4 + 4 + if version == 1 { 16 + 4 + 4 + 8 } else { 8 + 4 + 4 + 4 } + 8 + 8;
+        let matrix = at
+            + 4
+            + 4
+            + if version == 1 {
+                16 + 4 + 4 + 8
+            } else {
+                8 + 4 + 4 + 4
+            }
+            + 8
+            + 8;
         let one: i32 = 1 << 16;
         let values = [0, one, 0, -one, 0, 0, 0, 0, 1 << 30];
         for (i, v) in values.iter().enumerate() {
@@ -1270,9 +1300,23 @@ mod tests {
         let (dir, path) = generated(
             "clip.mp4",
             &[
-                "-f", "lavfi", "-i", "testsrc2=size=640x480:rate=30:duration=3", "-f", "lavfi",
-                "-i", "sine=duration=3", "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt",
-                "yuv420p", "-c:a", "aac", "-shortest",
+                "-f",
+                "lavfi",
+                "-i",
+                "testsrc2=size=640x480:rate=30:duration=3",
+                "-f",
+                "lavfi",
+                "-i",
+                "sine=duration=3",
+                "-c:v",
+                "libx264",
+                "-preset",
+                "ultrafast",
+                "-pix_fmt",
+                "yuv420p",
+                "-c:a",
+                "aac",
+                "-shortest",
             ],
         );
         let mut bytes = std::fs::read(&path).expect("read");
@@ -1286,15 +1330,30 @@ mod tests {
         std::fs::create_dir_all(&out).expect("out");
         let mut seen = Vec::new();
         let cancel = std::sync::atomic::AtomicBool::new(false);
-        let result = transcode(&path, &probe, &out, &TranscodeOptions::default(), &mut |f| seen.push(f), &cancel)
-            .expect("transcode");
-        let sizes: Vec<_> = result.renditions.iter().map(|r| (r.width, r.height)).collect();
+        let result = transcode(
+            &path,
+            &probe,
+            &out,
+            &TranscodeOptions::default(),
+            &mut |f| seen.push(f),
+            &cancel,
+        )
+        .expect("transcode");
+        let sizes: Vec<_> = result
+            .renditions
+            .iter()
+            .map(|r| (r.width, r.height))
+            .collect();
         assert_eq!(sizes, vec![(480, 640), (360, 480)]);
-        assert!(seen.windows(2).all(|w| w[0] <= w[1]) && seen.last() == Some(&1.0), "{seen:?}");
+        assert!(
+            seen.windows(2).all(|w| w[0] <= w[1]) && seen.last() == Some(&1.0),
+            "{seen:?}"
+        );
         let master = std::fs::read_to_string(out.join("master.m3u8")).expect("master");
         assert!(master.contains("RESOLUTION=480x640"), "{master}");
         for r in &result.renditions {
-            let playlist = std::fs::read_to_string(out.join(&r.name).join("index.m3u8")).expect("playlist");
+            let playlist =
+                std::fs::read_to_string(out.join(&r.name).join("index.m3u8")).expect("playlist");
             let total: f64 = parse_media_playlist(&playlist).iter().map(|(d, _)| d).sum();
             assert!((total - 3.0).abs() < 0.2, "{playlist}");
             assert!(r.bandwidth >= r.average_bandwidth && r.average_bandwidth > 0);

@@ -376,7 +376,11 @@ impl Storage {
     }
 
     /// Streams an object into a local file; returns its size.
-    pub async fn download_to(&self, key: &str, path: &std::path::Path) -> Result<u64, StorageError> {
+    pub async fn download_to(
+        &self,
+        key: &str,
+        path: &std::path::Path,
+    ) -> Result<u64, StorageError> {
         use tokio::io::AsyncWriteExt;
         let mut body = self.get(key).await?;
         let mut file = tokio::fs::File::create(path)

@@ -80,10 +80,7 @@ fn cli_ladder(source: &Path, probe: &video::VideoProbe, out: &Path) -> Vec<Strin
             };
             args.extend([format!("-{key}"), v]);
         }
-        args.extend([
-            "-g".into(),
-            video::gop_frames(probe.frame_rate).to_string(),
-        ]);
+        args.extend(["-g".into(), video::gop_frames(probe.frame_rate).to_string()]);
         if probe.has_audio {
             args.extend(
                 ["-c:a", "aac", "-b:a", "128k", "-ar", "48000", "-ac", "2"].map(String::from),
@@ -123,8 +120,8 @@ fn ours(source: &Path, probe: &video::VideoProbe, out: &Path, extras: bool) -> s
     };
     let cancel = std::sync::atomic::AtomicBool::new(false);
     let started = Instant::now();
-    let output = video::transcode(source, probe, out, &options, &mut |_| {}, &cancel)
-        .expect("transcode");
+    let output =
+        video::transcode(source, probe, out, &options, &mut |_| {}, &cancel).expect("transcode");
     let elapsed = started.elapsed();
     assert_eq!(output.renditions.len(), 4);
     elapsed
@@ -231,12 +228,7 @@ fn image_child(path: &Path, full: bool) {
         media_image::process(path, &limits, &out).expect("process");
     }
     let elapsed = started.elapsed();
-    println!(
-        "{} {} {}",
-        elapsed.as_millis(),
-        peak_rss_kib(),
-        base
-    );
+    println!("{} {} {}", elapsed.as_millis(), peak_rss_kib(), base);
     let _ = std::fs::remove_dir_all(&out);
 }
 
@@ -257,10 +249,16 @@ fn image_bench(dir: &Path) {
     }
     let size = std::fs::metadata(&jpeg).map(|m| m.len()).unwrap_or(0);
     let me = std::env::current_exe().unwrap();
-    for (mode, label) in [("--image", "reduced-scale decode (lectern)"), ("--image-full", "full-size decode (reference)")] {
+    for (mode, label) in [
+        ("--image", "reduced-scale decode (lectern)"),
+        ("--image-full", "full-size decode (reference)"),
+    ] {
         let out = Command::new(&me).arg(mode).arg(&jpeg).output().unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
-        let nums: Vec<u64> = text.split_whitespace().filter_map(|v| v.parse().ok()).collect();
+        let nums: Vec<u64> = text
+            .split_whitespace()
+            .filter_map(|v| v.parse().ok())
+            .collect();
         if nums.len() == 3 {
             println!(
                 "thumbnails of a 24 MP JPEG ({:.1} MB), {label}: {} ms, peak RSS {:.1} MiB (process baseline {:.1} MiB)",
