@@ -76,7 +76,11 @@ pub async fn deliver(services: &Services, job: &SendEmail) -> Result<(), JobErro
         .map_err(|e| JobError::Permanent(e.to_string()))?;
     services
         .mailer
-        .send(&job.to, &rendered, None)
+        .send(
+            &job.to,
+            &rendered,
+            vars.get("unsubscribe_url").and_then(|v| v.as_str()),
+        )
         .await
         .map_err(|e| {
             if e.is_transient() {

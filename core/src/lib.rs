@@ -4,13 +4,16 @@
 pub mod accounts;
 pub mod auth;
 pub mod config;
+pub mod courses;
 pub mod db;
 pub mod email;
 pub mod error;
 pub mod health;
 pub mod jobs;
+pub mod learning;
 pub mod mail;
 pub mod media;
+pub mod notifications;
 pub mod page;
 pub mod services;
 pub mod storage;

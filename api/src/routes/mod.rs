@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod courses;
 pub mod jobs;
 pub mod media;
 pub mod ops;

@@ -998,3 +998,38 @@ pub async fn audit_log(
         .flatten();
     Ok(Page { items, next_cursor })
 }
+
+/// The one-click unsubscribe link of a user's non-essential mail (`List-Unsubscribe`).
+pub fn unsubscribe_url(services: &Services, user_id: Uuid) -> String {
+    let base = services.config.public_url.as_str().trim_end_matches('/');
+    format!(
+        "{base}/api/v1/unsubscribe?token={}",
+        tokens::signed_id(&services.config, "unsubscribe", user_id)
+    )
+}
+
+/// Turns off the non-essential mail of the user the token names. Idempotent.
+pub async fn unsubscribe(services: &Services, token: &str) -> Result<()> {
+    let user_id = tokens::verify_signed_id(&services.config, "unsubscribe", token)
+        .ok_or_else(|| Error::invalid("token", "is not a valid unsubscribe link"))?;
+    let mut tx = services.db.begin().await?;
+    let changed = sqlx::query(
+        "UPDATE users SET notify_email = false, updated_at = now() WHERE id = $1 AND notify_email",
+    )
+    .bind(user_id)
+    .execute(&mut *tx)
+    .await?;
+    if changed.rows_affected() > 0 {
+        audit(
+            &mut tx,
+            "unsubscribe",
+            Some(user_id),
+            None,
+            &ClientInfo::default(),
+            serde_json::json!({}),
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}

@@ -64,7 +64,14 @@ pub struct FanOutNotifications {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum FanOutEvent {
-    CoursePublished { course_id: Uuid },
+    CoursePublished {
+        course_id: Uuid,
+    },
+    /// A student enrolled: tell the course's instructor. `event_id` makes a re-enrollment a new event.
+    Enrolled {
+        enrollment_id: Uuid,
+        event_id: Uuid,
+    },
 }
 
 /// Build a user's data archive (GDPR export), store it, and mail them a link.

@@ -22,6 +22,12 @@ pub enum EmailTemplate {
     PasswordReset,
     /// The link to a user's data archive.
     DataExport,
+    /// An instructor the user follows published a course (non-essential: has an unsubscribe link).
+    CoursePublished,
+    /// A student enrolled in a course.
+    EnrollmentWelcome,
+    /// A student completed a course: the certificate's link and code.
+    CertificateIssued,
 }
 
 impl EmailTemplate {
@@ -31,6 +37,9 @@ impl EmailTemplate {
             EmailTemplate::VerifyEmail => "verify_email",
             EmailTemplate::PasswordReset => "password_reset",
             EmailTemplate::DataExport => "data_export",
+            EmailTemplate::CoursePublished => "course_published",
+            EmailTemplate::EnrollmentWelcome => "enrollment_welcome",
+            EmailTemplate::CertificateIssued => "certificate_issued",
         }
     }
 }
@@ -56,6 +65,15 @@ static TEMPLATES: LazyLock<Environment<'static>> = LazyLock::new(|| {
         template!("data_export.subject.txt"),
         template!("data_export.txt"),
         template!("data_export.html"),
+        template!("course_published.subject.txt"),
+        template!("course_published.txt"),
+        template!("course_published.html"),
+        template!("enrollment_welcome.subject.txt"),
+        template!("enrollment_welcome.txt"),
+        template!("enrollment_welcome.html"),
+        template!("certificate_issued.subject.txt"),
+        template!("certificate_issued.txt"),
+        template!("certificate_issued.html"),
         (
             "layout.html",
             include_str!("../../templates/email/layout.html"),

@@ -162,7 +162,18 @@ fn video_bench(dir: &Path) {
             source.to_str().unwrap(),
         ]);
     }
+    compare(dir, &source, "with audio (AAC once in lectern, once per rendition in the CLI)");
+    let silent = dir.join("source-1080p30-60s-silent.mp4");
+    if !silent.exists() {
+        ffmpeg(&["-i", source.to_str().unwrap(), "-an", "-c:v", "copy", silent.to_str().unwrap()]);
+    }
+    compare(dir, &silent, "video only (the same work on both sides)");
+}
+
+fn compare(dir: &Path, source: &Path, label: &str) {
+    let source = source.to_path_buf();
     let probe = video::probe(&source).expect("probe");
+    println!("--- {label}");
     println!(
         "source: {}x{} {:.2} fps {:.1} s, {} + {:?}",
         probe.width,
@@ -195,7 +206,7 @@ fn video_bench(dir: &Path) {
     }
     let best = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
     println!(
-        "HLS ladder, 60 s 1080p30 -> 1080p/720p/480p/360p (x264 veryfast, one decode):\n  lectern {:.2} s  ffmpeg CLI {:.2} s  ratio {:.3} (best of {rounds}; target <= 1.05)\n  lectern with poster + storyboard {:.2} s (ratio {:.3})",
+        "HLS ladder {label}, 60 s 1080p30 -> 1080p/720p/480p/360p (x264 veryfast, one decode):\n  lectern {:.2} s  ffmpeg CLI {:.2} s  ratio {:.3} (best of {rounds}; target <= 1.05)\n  lectern with poster + storyboard {:.2} s (ratio {:.3})",
         best(&lectern),
         best(&command_line),
         best(&lectern) / best(&command_line),

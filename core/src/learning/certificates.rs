@@ -1,0 +1,456 @@
+//! Certificates of completion: one per completed enrollment, rendered to PDF (student, course,
+//! instructor, date, verification code and URL, and a QR code of that URL) by the
+//! issue-certificate job, stored in S3, mailed once, and verifiable publicly.
+//!
+//! Re-issuing (after the student changes their name) re-renders the same certificate: the id and
+//! the verification code never change.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use aws_sdk_s3::primitives::ByteStream;
+use chrono::{DateTime, Utc};
+use rand::Rng;
+use serde::Serialize;
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::Services;
+use crate::auth::Principal;
+use crate::error::{Error, Result};
+use crate::jobs::{self, IssueCertificate, Job, JobError, JobReference, NewJob, SendEmail};
+use crate::mail::EmailTemplate;
+
+/// How long the signed link to a certificate's PDF lives.
+const PDF_LINK_TTL: Duration = Duration::from_secs(15 * 60);
+const FONT_REGULAR: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
+const FONT_BOLD: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf";
+
+/// Queues the issue-certificate job for a completed enrollment, in the caller's transaction.
+pub async fn queue_issue(
+    conn: &mut PgConnection,
+    enrollment_id: Uuid,
+    actor: Option<Uuid>,
+) -> Result<NewJob> {
+    jobs::insert(
+        conn,
+        &Job::IssueCertificate(IssueCertificate { enrollment_id }),
+        actor,
+        None,
+    )
+    .await
+}
+
+#[derive(sqlx::FromRow)]
+struct Completed {
+    status: String,
+    completed_at: Option<DateTime<Utc>>,
+    student_email: String,
+    student_name: String,
+    course_title: String,
+    instructor_name: String,
+}
+
+/// What goes on the certificate.
+#[derive(Debug, Clone)]
+pub struct CertificateText {
+    pub student_name: String,
+    pub course_title: String,
+    pub instructor_name: String,
+    pub completed_on: String,
+    pub verification_code: String,
+    pub verify_url: String,
+}
+
+/// A verification code people can read out: 12 characters without look-alikes, in groups of 4.
+fn new_code() -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+    let mut rng = rand::rng();
+    let raw: String = (0..12)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect();
+    format!("{}-{}-{}", &raw[0..4], &raw[4..8], &raw[8..12])
+}
+
+fn verify_url(services: &Services, id: Uuid) -> String {
+    let base = services.config.public_url.as_str().trim_end_matches('/');
+    format!("{base}/api/v1/certificates/{id}")
+}
+
+fn storage_error(e: crate::storage::StorageError) -> JobError {
+    if e.is_transient() {
+        JobError::Retryable(e.to_string())
+    } else {
+        JobError::Permanent(e.to_string())
+    }
+}
+
+/// The job: record (or refresh) the certificate row, render the PDF, store it, and mail the
+/// student the first time. Running it again re-renders the same certificate.
+pub async fn run(services: &Services, job: &IssueCertificate) -> Result<(), JobError> {
+    let row: Option<Completed> = sqlx::query_as(
+        "SELECT e.status, e.completed_at, s.email AS student_email, s.full_name AS student_name,
+                c.title AS course_title, i.full_name AS instructor_name
+           FROM enrollments e
+           JOIN users s ON s.id = e.user_id
+           JOIN courses c ON c.id = e.course_id
+           JOIN users i ON i.id = c.instructor_id
+          WHERE e.id = $1",
+    )
+    .bind(job.enrollment_id)
+    .fetch_optional(&services.db)
+    .await
+    .map_err(|e| JobError::from(Error::from(e)))?;
+    let Some(row) = row else {
+        return Err(JobError::Permanent(
+            "the enrollment no longer exists".into(),
+        ));
+    };
+    let (Some(completed_at), "completed") = (row.completed_at, row.status.as_str()) else {
+        return Err(JobError::Permanent(format!(
+            "the enrollment is {}, not completed: no certificate",
+            row.status
+        )));
+    };
+    let (id, code): (Uuid, String) = sqlx::query_as(
+        "INSERT INTO certificates (id, enrollment_id, verification_code, student_name, course_title,
+                                   instructor_name, completed_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)
+         ON CONFLICT (enrollment_id) DO UPDATE SET student_name = excluded.student_name,
+                course_title = excluded.course_title, instructor_name = excluded.instructor_name
+         RETURNING id, verification_code",
+    )
+    .bind(Uuid::now_v7())
+    .bind(job.enrollment_id)
+    .bind(new_code())
+    .bind(&row.student_name)
+    .bind(&row.course_title)
+    .bind(&row.instructor_name)
+    .bind(completed_at)
+    .fetch_one(&services.db)
+    .await
+    .map_err(|e| JobError::from(Error::from(e)))?;
+    let text = CertificateText {
+        student_name: row.student_name.clone(),
+        course_title: row.course_title,
+        instructor_name: row.instructor_name,
+        completed_on: completed_at.format("%B %-d, %Y").to_string(),
+        verification_code: code.clone(),
+        verify_url: verify_url(services, id),
+    };
+    let course_title = text.course_title.clone();
+    let pdf = tokio::task::spawn_blocking(move || render_pdf(&text))
+        .await
+        .map_err(|e| JobError::Retryable(format!("renderer stopped: {e}")))?
+        .map_err(JobError::Permanent)?;
+    let key = format!("certificates/{id}.pdf");
+    let size = pdf.len() as i32;
+    services
+        .storage
+        .put(&key, ByteStream::from(pdf), "application/pdf")
+        .await
+        .map_err(storage_error)?;
+    let mut tx = services
+        .db
+        .begin()
+        .await
+        .map_err(|e| JobError::from(Error::from(e)))?;
+    let first: bool = sqlx::query_scalar(
+        "UPDATE certificates c SET pdf_key = $2, pdf_bytes = $3, issued_at = coalesce(c.issued_at, now())
+           FROM (SELECT issued_at IS NULL AS first FROM certificates WHERE id = $1 FOR UPDATE) prev
+          WHERE c.id = $1 RETURNING prev.first",
+    )
+    .bind(id)
+    .bind(&key)
+    .bind(size)
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(|e| JobError::from(Error::from(e)))?;
+    let mail = if first {
+        let mut vars = serde_json::Map::new();
+        vars.insert("full_name".into(), row.student_name.into());
+        vars.insert("course_title".into(), course_title.into());
+        vars.insert("link".into(), verify_url(services, id).into());
+        vars.insert("verification_code".into(), code.into());
+        let job = Job::SendEmail(SendEmail {
+            to: row.student_email,
+            template: EmailTemplate::CertificateIssued,
+            vars,
+        });
+        Some(
+            jobs::insert(&mut tx, &job, None, None)
+                .await
+                .map_err(JobError::from)?,
+        )
+    } else {
+        None
+    };
+    tx.commit()
+        .await
+        .map_err(|e| JobError::from(Error::from(e)))?;
+    if let Some(mail) = mail {
+        services.jobs.dispatch(&mail).await;
+    }
+    Ok(())
+}
+
+struct Fonts {
+    regular: krilla::text::Font,
+    bold: krilla::text::Font,
+}
+
+fn fonts() -> std::result::Result<&'static Fonts, String> {
+    static FONTS: OnceLock<std::result::Result<Fonts, String>> = OnceLock::new();
+    FONTS
+        .get_or_init(|| {
+            let load = |path: &str| {
+                let data = std::fs::read(path).map_err(|e| {
+                    format!("certificate font {path} is missing ({e}); install fonts-dejavu-core")
+                })?;
+                krilla::text::Font::new(data.into(), 0)
+                    .ok_or_else(|| format!("certificate font {path} is not a usable font"))
+            };
+            Ok(Fonts {
+                regular: load(FONT_REGULAR)?,
+                bold: load(FONT_BOLD)?,
+            })
+        })
+        .as_ref()
+        .map_err(Clone::clone)
+}
+
+/// Renders a one-page landscape A4 certificate. Text is shaped and embedded as a font subset,
+/// so any name DejaVu covers (Łukasz Żółć, Ngô Bảo Châu) comes out right.
+pub fn render_pdf(text: &CertificateText) -> std::result::Result<Vec<u8>, String> {
+    use krilla::Document;
+    use krilla::color::rgb;
+    use krilla::geom::{PathBuilder, Point, Rect};
+    use krilla::num::NormalizedF32;
+    use krilla::page::PageSettings;
+    use krilla::paint::{Fill, Stroke};
+    use krilla::text::TextDirection;
+
+    let fonts = fonts()?;
+    let (width, height) = (842.0_f32, 595.0_f32);
+    let mut document = Document::new();
+    let settings = PageSettings::from_wh(width, height).ok_or("bad page size")?;
+    let mut page = document.start_page_with(settings);
+    let mut surface = page.surface();
+
+    // A frame.
+    let frame = {
+        let mut pb = PathBuilder::new();
+        pb.push_rect(Rect::from_xywh(24.0, 24.0, width - 48.0, height - 48.0).ok_or("bad frame")?);
+        pb.finish().ok_or("bad frame")?
+    };
+    surface.set_fill(None);
+    surface.set_stroke(Some(Stroke {
+        paint: rgb::Color::new(28, 25, 23).into(),
+        width: 2.0,
+        ..Default::default()
+    }));
+    surface.draw_path(&frame);
+    surface.set_stroke(None);
+
+    let ink = |surface: &mut krilla::surface::Surface, r, g, b| {
+        surface.set_fill(Some(Fill {
+            paint: rgb::Color::new(r, g, b).into(),
+            opacity: NormalizedF32::ONE,
+            rule: Default::default(),
+        }));
+    };
+    // Centred lines: DejaVu's average advance is about 0.55 em, close enough to centre by.
+    let line = |surface: &mut krilla::surface::Surface, y: f32, size: f32, bold: bool, s: &str| {
+        let estimate = s.chars().count() as f32 * size * if bold { 0.62 } else { 0.55 };
+        let x = ((width - estimate) / 2.0).max(48.0);
+        let font = if bold {
+            fonts.bold.clone()
+        } else {
+            fonts.regular.clone()
+        };
+        surface.draw_text(
+            Point::from_xy(x, y),
+            font,
+            size,
+            s,
+            false,
+            TextDirection::Auto,
+        );
+    };
+    ink(&mut surface, 87, 83, 78);
+    line(
+        &mut surface,
+        110.0,
+        16.0,
+        false,
+        "CERTIFICATE OF COMPLETION",
+    );
+    ink(&mut surface, 28, 25, 23);
+    line(&mut surface, 160.0, 14.0, false, "This certifies that");
+    line(&mut surface, 215.0, 34.0, true, &text.student_name);
+    line(&mut surface, 265.0, 14.0, false, "has completed the course");
+    line(&mut surface, 310.0, 24.0, true, &text.course_title);
+    line(
+        &mut surface,
+        350.0,
+        13.0,
+        false,
+        &format!("taught by {}", text.instructor_name),
+    );
+    line(
+        &mut surface,
+        375.0,
+        13.0,
+        false,
+        &format!("on {}", text.completed_on),
+    );
+    ink(&mut surface, 87, 83, 78);
+    let small = |surface: &mut krilla::surface::Surface, y: f32, s: &str| {
+        surface.draw_text(
+            Point::from_xy(60.0, y),
+            fonts.regular.clone(),
+            10.0,
+            s,
+            false,
+            TextDirection::Auto,
+        );
+    };
+    small(
+        &mut surface,
+        500.0,
+        &format!("Verification code: {}", text.verification_code),
+    );
+    small(
+        &mut surface,
+        516.0,
+        &format!("Verify at {}", text.verify_url),
+    );
+
+    // The QR code of the verification URL, bottom right, one square per dark module.
+    let qr =
+        qrcode::QrCode::new(text.verify_url.as_bytes()).map_err(|e| format!("QR code: {e}"))?;
+    let modules = qr.width();
+    let size = 96.0_f32;
+    let cell = size / modules as f32;
+    let (ox, oy) = (width - 60.0 - size, height - 60.0 - size);
+    let mut pb = PathBuilder::new();
+    for (i, color) in qr.to_colors().iter().enumerate() {
+        if *color == qrcode::Color::Dark {
+            let (x, y) = ((i % modules) as f32, (i / modules) as f32);
+            if let Some(r) = Rect::from_xywh(ox + x * cell, oy + y * cell, cell, cell) {
+                pb.push_rect(r);
+            }
+        }
+    }
+    ink(&mut surface, 0, 0, 0);
+    if let Some(path) = pb.finish() {
+        surface.draw_path(&path);
+    }
+    surface.finish();
+    page.finish();
+    document.finish().map_err(|e| format!("PDF: {e:?}"))
+}
+
+/// A certificate as anyone can verify it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct CertificateView {
+    pub id: Uuid,
+    pub verification_code: String,
+    pub student_name: String,
+    pub course_title: String,
+    pub instructor_name: String,
+    pub completed_at: DateTime<Utc>,
+    pub issued_at: Option<DateTime<Utc>>,
+    pub verify_url: String,
+    /// A short-lived signed link to the PDF (`null` until it has been rendered).
+    pub pdf_url: Option<String>,
+    pub pdf_bytes: Option<i32>,
+}
+
+#[derive(sqlx::FromRow)]
+struct CertificateRow {
+    id: Uuid,
+    verification_code: String,
+    student_name: String,
+    course_title: String,
+    instructor_name: String,
+    completed_at: DateTime<Utc>,
+    issued_at: Option<DateTime<Utc>>,
+    pdf_key: Option<String>,
+    pdf_bytes: Option<i32>,
+}
+
+/// Public verification, by certificate id or verification code.
+pub async fn verify(services: &Services, id_or_code: &str) -> Result<CertificateView> {
+    let id = Uuid::parse_str(id_or_code).ok();
+    let row: Option<CertificateRow> = sqlx::query_as(
+        "SELECT id, verification_code, student_name, course_title, instructor_name, completed_at,
+                issued_at, pdf_key, pdf_bytes
+           FROM certificates WHERE id = $1 OR verification_code = upper($2)",
+    )
+    .bind(id)
+    .bind(id_or_code.trim())
+    .fetch_optional(&services.db)
+    .await?;
+    let row = row.ok_or(Error::NotFound("certificate"))?;
+    let pdf_url = match &row.pdf_key {
+        Some(key) => Some(
+            services
+                .storage
+                .presign_get(key, PDF_LINK_TTL)
+                .await
+                .map_err(|e| Error::Unavailable(crate::error::Dependency::Storage, Box::new(e)))?
+                .url,
+        ),
+        None => None,
+    };
+    Ok(CertificateView {
+        verify_url: verify_url(services, row.id),
+        id: row.id,
+        verification_code: row.verification_code,
+        student_name: row.student_name,
+        course_title: row.course_title,
+        instructor_name: row.instructor_name,
+        completed_at: row.completed_at,
+        issued_at: row.issued_at,
+        pdf_url,
+        pdf_bytes: row.pdf_bytes,
+    })
+}
+
+/// Re-renders a certificate (after a name change, say): its student or an admin.
+pub async fn reissue(services: &Services, caller: &Principal, id: Uuid) -> Result<JobReference> {
+    let mut tx = services.db.begin().await?;
+    let owner: Option<(Uuid, Uuid)> = sqlx::query_as(
+        "SELECT c.enrollment_id, e.user_id FROM certificates c JOIN enrollments e ON e.id = c.enrollment_id
+          WHERE c.id = $1",
+    )
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let (enrollment_id, user_id) = owner.ok_or(Error::NotFound("certificate"))?;
+    if !(caller.is_admin() || caller.user_id() == Some(user_id)) {
+        return Err(Error::NotFound("certificate"));
+    }
+    let job = queue_issue(&mut tx, enrollment_id, caller.user_id()).await?;
+    tx.commit().await?;
+    services.jobs.dispatch(&job).await;
+    Ok(job.reference())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_readable_and_distinct() {
+        let a = new_code();
+        assert_eq!(a.len(), 14);
+        assert!(
+            a.chars()
+                .all(|c| c == '-' || c.is_ascii_uppercase() || c.is_ascii_digit())
+        );
+        assert!(!a.contains('0') && !a.contains('O') && !a.contains('1') && !a.contains('I'));
+        assert_ne!(a, new_code());
+    }
+}

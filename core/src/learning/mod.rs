@@ -1,0 +1,321 @@
+//! Learning: enrollments (enroll, re-enroll after a drop, drop) and the caller's list of them.
+//!
+//! Enrolling is idempotent: a retry or a double click gives one enrollment (the unique
+//! `(user_id, course_id)` row), and a dropped enrollment comes back with its progress. The
+//! course's counters change only through the coalesced statistics job.
+
+pub mod certificates;
+pub mod progress;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::Services;
+use crate::auth::Principal;
+use crate::courses::{self, stats};
+use crate::error::{Error, Result};
+use crate::jobs::{self, FanOutEvent, FanOutNotifications, Job, NewJob, SendEmail};
+use crate::mail::EmailTemplate;
+use crate::page::{self, Page};
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct EnrollmentView {
+    pub id: Uuid,
+    pub course_id: Uuid,
+    pub course_slug: String,
+    pub course_title: String,
+    /// `active`, `dropped` or `completed`.
+    pub status: String,
+    /// What the student paid, as an exact decimal string.
+    pub price_paid: String,
+    pub currency: String,
+    /// 0 to 100.
+    pub progress: f64,
+    pub enrolled_at: DateTime<Utc>,
+    pub dropped_at: Option<DateTime<Utc>>,
+    pub completed_at: Option<DateTime<Utc>>,
+}
+
+macro_rules! enrollment_select {
+    () => {
+        "SELECT e.id, e.course_id, c.slug AS course_slug, c.title AS course_title, e.status,
+                e.price_paid::text AS price_paid, e.currency, e.progress::float8 AS progress, e.enrolled_at,
+                e.dropped_at, e.completed_at
+           FROM enrollments e JOIN courses c ON c.id = e.course_id "
+    };
+}
+
+/// What enrolling did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EnrollOutcome {
+    Created,
+    Reactivated,
+    AlreadyEnrolled,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Enrolled {
+    pub enrollment: EnrollmentView,
+    pub outcome: EnrollOutcome,
+}
+
+#[derive(sqlx::FromRow)]
+struct Offer {
+    id: Uuid,
+    title: String,
+    slug: String,
+    instructor_id: Uuid,
+    instructor_name: String,
+    price_cents: i64,
+    currency: String,
+}
+
+/// Enrolls the caller in a published course. A paid course needs a verified email and an
+/// `Idempotency-Key` (payment itself is outside Lectern; the price is recorded as paid).
+pub async fn enroll(
+    services: &Services,
+    caller: &Principal,
+    course: &str,
+    idempotency_key: Option<&str>,
+) -> Result<Enrolled> {
+    let user = caller.require_user()?;
+    let mut tx = services.db.begin().await?;
+    let row = courses::load_visible(&mut tx, Some(caller), course).await?;
+    let offer: Offer = sqlx::query_as(
+        "SELECT c.id, c.title, c.slug, c.instructor_id, u.full_name AS instructor_name,
+                (c.price * 100)::bigint AS price_cents, c.currency
+           FROM courses c JOIN users u ON u.id = c.instructor_id WHERE c.id = $1",
+    )
+    .bind(row.id)
+    .fetch_one(&mut *tx)
+    .await?;
+    let existing: Option<(Uuid, String)> = sqlx::query_as(
+        "SELECT id, status FROM enrollments WHERE user_id = $1 AND course_id = $2 FOR UPDATE",
+    )
+    .bind(user.id)
+    .bind(offer.id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let (id, outcome) = match existing {
+        Some((id, status)) if status != "dropped" => (id, EnrollOutcome::AlreadyEnrolled),
+        Some((id, _)) => {
+            require_open(&row)?;
+            sqlx::query("UPDATE enrollments SET status = 'active', dropped_at = NULL, enrolled_at = now() WHERE id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            (id, EnrollOutcome::Reactivated)
+        }
+        None => {
+            require_open(&row)?;
+            if offer.instructor_id == user.id {
+                return Err(Error::Conflict {
+                    code: "own_course",
+                    message: "instructors cannot enroll in their own course".into(),
+                });
+            }
+            if offer.price_cents > 0 {
+                if !user.email_verified {
+                    return Err(Error::Forbidden {
+                        code: "email_unverified",
+                        message: "verify your email address before enrolling in a paid course"
+                            .into(),
+                    });
+                }
+                match idempotency_key.map(str::trim) {
+                    Some(k) if (1..=255).contains(&k.len()) => {}
+                    _ => {
+                        return Err(Error::invalid(
+                            "Idempotency-Key",
+                            "a paid enrollment needs an Idempotency-Key header (1 to 255 characters)",
+                        ));
+                    }
+                }
+            }
+            let id = Uuid::now_v7();
+            let inserted = sqlx::query(
+                "INSERT INTO enrollments (id, user_id, course_id, price_paid, currency)
+                 VALUES ($1, $2, $3, $4::numeric / 100, $5) ON CONFLICT (user_id, course_id) DO NOTHING",
+            )
+            .bind(id)
+            .bind(user.id)
+            .bind(offer.id)
+            .bind(offer.price_cents)
+            .bind(&offer.currency)
+            .execute(&mut *tx)
+            .await?;
+            if inserted.rows_affected() == 0 {
+                // A concurrent request enrolled first: that enrollment is the answer.
+                tx.rollback().await?;
+                let enrollment = view_for(services, user.id, offer.id).await?;
+                return Ok(Enrolled {
+                    enrollment,
+                    outcome: EnrollOutcome::AlreadyEnrolled,
+                });
+            }
+            (id, EnrollOutcome::Created)
+        }
+    };
+    let mut queued: Vec<NewJob> = Vec::new();
+    if outcome != EnrollOutcome::AlreadyEnrolled {
+        queued.push(stats::queue_recompute(&mut tx, offer.id, Some(user.id)).await?);
+        let notify = Job::FanOutNotifications(FanOutNotifications {
+            event: FanOutEvent::Enrolled {
+                enrollment_id: id,
+                event_id: Uuid::now_v7(),
+            },
+            after_user_id: None,
+        });
+        queued.push(jobs::insert(&mut tx, &notify, Some(user.id), None).await?);
+    }
+    if outcome == EnrollOutcome::Created {
+        let (email, full_name): (String, String) =
+            sqlx::query_as("SELECT email, full_name FROM users WHERE id = $1")
+                .bind(user.id)
+                .fetch_one(&mut *tx)
+                .await?;
+        let base = services.config.public_url.as_str().trim_end_matches('/');
+        let mut vars = serde_json::Map::new();
+        vars.insert("full_name".into(), full_name.into());
+        vars.insert("course_title".into(), offer.title.clone().into());
+        vars.insert(
+            "instructor_name".into(),
+            offer.instructor_name.clone().into(),
+        );
+        vars.insert(
+            "link".into(),
+            format!("{base}/courses/{}", offer.slug).into(),
+        );
+        let mail = Job::SendEmail(SendEmail {
+            to: email,
+            template: EmailTemplate::EnrollmentWelcome,
+            vars,
+        });
+        queued.push(jobs::insert(&mut tx, &mail, Some(user.id), None).await?);
+    }
+    tx.commit().await?;
+    for job in &queued {
+        services.jobs.dispatch(job).await;
+    }
+    Ok(Enrolled {
+        enrollment: view_for(services, user.id, offer.id).await?,
+        outcome,
+    })
+}
+
+/// New enrollments need the course in the public catalogue (not only visible to its owner).
+fn require_open(row: &courses::CourseRow) -> Result<()> {
+    if row.is_public() {
+        Ok(())
+    } else {
+        Err(Error::Conflict {
+            code: "course_not_open",
+            message: "this course is not open for enrollment".into(),
+        })
+    }
+}
+
+async fn view_for(services: &Services, user_id: Uuid, course_id: Uuid) -> Result<EnrollmentView> {
+    Ok(sqlx::query_as(concat!(
+        enrollment_select!(),
+        "WHERE e.user_id = $1 AND e.course_id = $2"
+    ))
+    .bind(user_id)
+    .bind(course_id)
+    .fetch_one(&services.db)
+    .await?)
+}
+
+/// Drops the caller's enrollment; progress is kept for a later re-enrollment. Dropping twice is
+/// harmless; a completed course cannot be dropped.
+pub async fn drop_course(
+    services: &Services,
+    caller: &Principal,
+    course: &str,
+) -> Result<EnrollmentView> {
+    let user = caller.require_user()?;
+    let mut tx = services.db.begin().await?;
+    let course_id: Option<Uuid> =
+        sqlx::query_scalar("SELECT id FROM courses WHERE (id::text = $1 OR slug = $1)")
+            .bind(course)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let course_id = course_id.ok_or(Error::NotFound("course"))?;
+    let status: Option<String> = sqlx::query_scalar(
+        "SELECT status FROM enrollments WHERE user_id = $1 AND course_id = $2 FOR UPDATE",
+    )
+    .bind(user.id)
+    .bind(course_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    match status.as_deref() {
+        None => return Err(Error::NotFound("enrollment")),
+        Some("completed") => {
+            return Err(Error::Conflict {
+                code: "course_completed",
+                message: "a completed course cannot be dropped".into(),
+            });
+        }
+        Some("dropped") => tx.rollback().await?,
+        Some(_) => {
+            sqlx::query("UPDATE enrollments SET status = 'dropped', dropped_at = now() WHERE user_id = $1 AND course_id = $2")
+                .bind(user.id)
+                .bind(course_id)
+                .execute(&mut *tx)
+                .await?;
+            let job = stats::queue_recompute(&mut tx, course_id, Some(user.id)).await?;
+            tx.commit().await?;
+            services.jobs.dispatch(&job).await;
+        }
+    }
+    view_for(services, user.id, course_id).await
+}
+
+/// The caller's enrollments, most recent first.
+pub async fn mine(
+    services: &Services,
+    caller: &Principal,
+    limit: Option<i64>,
+    cursor: Option<&str>,
+) -> Result<Page<EnrollmentView>> {
+    let user = caller.require_user()?;
+    let limit = page::limit(limit);
+    let after: Option<(DateTime<Utc>, Uuid)> = cursor.map(page::decode_cursor).transpose()?;
+    let items: Vec<EnrollmentView> = sqlx::query_as(concat!(
+        enrollment_select!(),
+        "WHERE e.user_id = $1 AND ($2::timestamptz IS NULL OR (e.enrolled_at, e.id) < ($2, $3))
+         ORDER BY e.enrolled_at DESC, e.id DESC LIMIT $4"
+    ))
+    .bind(user.id)
+    .bind(after.map(|a| a.0))
+    .bind(after.map(|a| a.1))
+    .bind(limit)
+    .fetch_all(&services.db)
+    .await?;
+    let next_cursor = (items.len() as i64 == limit)
+        .then(|| {
+            items
+                .last()
+                .map(|e| page::encode_cursor(&(e.enrolled_at, e.id)))
+        })
+        .flatten();
+    Ok(Page { items, next_cursor })
+}
+
+/// The caller's enrollment in a course (by id or slug), whatever its status.
+pub(crate) async fn view_by_course(
+    services: &Services,
+    user_id: Uuid,
+    course: &str,
+) -> Result<Option<EnrollmentView>> {
+    Ok(sqlx::query_as(concat!(
+        enrollment_select!(),
+        "WHERE e.user_id = $1 AND (c.id::text = $2 OR c.slug = $2)"
+    ))
+    .bind(user_id)
+    .bind(course)
+    .fetch_optional(&services.db)
+    .await?)
+}

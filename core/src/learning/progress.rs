@@ -1,0 +1,283 @@
+//! Watch progress: the player's heartbeat, the hottest write path of the product.
+//!
+//! A heartbeat says where playback is now (`last_position`) and how many seconds of video were
+//! played since the previous heartbeat (`watch_time`). The interval between the two is added to
+//! the set of seconds covered (an `int4multirange`, merged in SQL), so seeking to the end covers
+//! nothing and rewatching a part counts once. A video completes when 90 % of it is covered; the
+//! client's own "completed" flag is not trusted.
+//!
+//! One short transaction per heartbeat: a single upsert of the student's row for the video,
+//! which merges the interval, refuses coverage growing faster than the wall time since the first
+//! heartbeat allows, and reports whether this heartbeat completed the video. Only then is the
+//! enrollment locked and the course's progress recomputed, so completing a course happens once
+//! whatever the concurrency, and queues the certificate with it.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::certificates;
+use crate::Services;
+use crate::auth::Principal;
+use crate::courses::stats;
+use crate::error::{Error, FieldErrors, Result};
+use crate::jobs::NewJob;
+
+/// A video is complete once this share of it has been watched.
+pub const COMPLETION_SHARE: f64 = 0.9;
+/// Longest watch time one heartbeat may report (players send one every 5 to 15 seconds).
+pub const MAX_HEARTBEAT_SECS: f64 = 30.0;
+/// Coverage cannot grow faster than playback at 2× speed since the first heartbeat, plus one
+/// heartbeat's worth of slack. Replayed or concurrent heartbeats add no coverage, so they pass.
+const MAX_PLAYBACK_RATE: f64 = 2.0;
+const SLACK_SECS: f64 = MAX_HEARTBEAT_SECS;
+
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+pub struct Heartbeat {
+    /// Playback position now, in seconds from the start.
+    pub last_position: f64,
+    /// Seconds of video played since the previous heartbeat.
+    pub watch_time: f64,
+    /// Accepted for compatibility and ignored: completion is computed from what was watched.
+    #[serde(default)]
+    pub completed: Option<bool>,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct VideoProgressView {
+    pub media_id: Uuid,
+    pub last_position: f64,
+    /// Seconds of the video covered at least once.
+    pub watched_secs: i32,
+    pub duration_secs: f64,
+    pub completed: bool,
+    pub completed_at: Option<DateTime<Utc>>,
+    /// The course's progress after this heartbeat (0 to 100).
+    pub course_progress: f64,
+    pub course_completed: bool,
+}
+
+#[derive(sqlx::FromRow)]
+struct Target {
+    duration_secs: f64,
+    course_id: Uuid,
+    enrollment_id: Uuid,
+}
+
+#[derive(sqlx::FromRow)]
+struct Upserted {
+    covered: i32,
+    last_position: f64,
+    completed_at: Option<DateTime<Utc>>,
+    just_completed: bool,
+}
+
+fn check(hb: &Heartbeat) -> Result<()> {
+    let mut fields = FieldErrors::new();
+    if !hb.last_position.is_finite() || hb.last_position < 0.0 {
+        fields.add("last_position", "must be a number of seconds, 0 or more");
+    }
+    if !hb.watch_time.is_finite() || hb.watch_time < 0.0 {
+        fields.add("watch_time", "must be a number of seconds, 0 or more");
+    } else if hb.watch_time > MAX_HEARTBEAT_SECS {
+        fields.add(
+            "watch_time",
+            format!("must be at most {MAX_HEARTBEAT_SECS} seconds per heartbeat"),
+        );
+    }
+    fields.into_result()
+}
+
+/// Records one heartbeat of the caller watching a video of a course they are enrolled in.
+pub async fn heartbeat(
+    services: &Services,
+    caller: &Principal,
+    media_id: Uuid,
+    hb: &Heartbeat,
+) -> Result<VideoProgressView> {
+    let user = caller.require_user()?;
+    check(hb)?;
+    let mut tx = services.db.begin().await?;
+    // The video must be a processed video in a live section of a course the caller is enrolled
+    // in; anything else is 404, whether the video does not exist or is not theirs to watch.
+    let target: Option<Target> = sqlx::query_as(
+        "SELECT m.duration_secs, m.course_id, e.id AS enrollment_id
+           FROM media m
+           JOIN sections s ON s.id = m.section_id AND s.deleted_at IS NULL
+           JOIN enrollments e ON e.course_id = m.course_id AND e.user_id = $2
+                             AND e.status IN ('active', 'completed')
+          WHERE m.id = $1 AND m.kind = 'video' AND m.state = 'ready' AND m.deleted_at IS NULL
+            AND m.duration_secs > 0",
+    )
+    .bind(media_id)
+    .bind(user.id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let target = target.ok_or(Error::NotFound("video"))?;
+    let duration = target.duration_secs;
+    if hb.last_position > duration + 1.0 {
+        return Err(Error::invalid(
+            "last_position",
+            format!("is past the end of the video ({duration:.1} s)"),
+        ));
+    }
+    if hb.watch_time > hb.last_position + 1.0 {
+        return Err(Error::invalid(
+            "watch_time",
+            "cannot be more than the playback position",
+        ));
+    }
+    let position = hb.last_position.min(duration);
+    let from = (position - hb.watch_time).max(0.0).round() as i32;
+    let to = position.round() as i32;
+    let needed = COMPLETION_SHARE * duration;
+    let upserted: Option<Upserted> = sqlx::query_as(
+        "INSERT INTO video_progress AS vp (user_id, media_id, enrollment_id, covered, last_position, watch_time, completed_at)
+         VALUES ($1, $2, $3, int4multirange(int4range($4, $5)), $6, $7,
+                 CASE WHEN covered_secs(int4multirange(int4range($4, $5))) >= $8 THEN now() END)
+         ON CONFLICT (user_id, media_id) DO UPDATE SET
+                covered = vp.covered + excluded.covered,
+                last_position = excluded.last_position,
+                watch_time = vp.watch_time + excluded.watch_time,
+                last_heartbeat_at = now(),
+                completed_at = coalesce(vp.completed_at,
+                    CASE WHEN covered_secs(vp.covered + excluded.covered) >= $8 THEN now() END)
+          WHERE covered_secs(vp.covered + excluded.covered)
+                <= $9 * extract(epoch FROM now() - vp.first_watched_at) + $10
+         RETURNING covered_secs(covered) AS covered, last_position, completed_at,
+                   coalesce(completed_at = now(), false) AS just_completed",
+    )
+    .bind(user.id)
+    .bind(media_id)
+    .bind(target.enrollment_id)
+    .bind(from)
+    .bind(to)
+    .bind(position)
+    .bind(hb.watch_time)
+    .bind(needed)
+    .bind(MAX_PLAYBACK_RATE)
+    .bind(SLACK_SECS)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(row) = upserted else {
+        return Err(Error::invalid(
+            "watch_time",
+            "is more than could have been watched in the time since playback started",
+        ));
+    };
+    let mut jobs: Vec<NewJob> = Vec::new();
+    let (course_progress, course_completed) = if row.just_completed {
+        let (progress, completed_now, completed) =
+            refresh_enrollment(&mut tx, target.enrollment_id).await?;
+        if completed_now {
+            jobs.push(
+                certificates::queue_issue(&mut tx, target.enrollment_id, Some(user.id)).await?,
+            );
+            jobs.push(stats::queue_recompute(&mut tx, target.course_id, Some(user.id)).await?);
+        }
+        (progress, completed)
+    } else {
+        let (progress, status): (f64, String) =
+            sqlx::query_as("SELECT progress::float8, status FROM enrollments WHERE id = $1")
+                .bind(target.enrollment_id)
+                .fetch_one(&mut *tx)
+                .await?;
+        (progress, status == "completed")
+    };
+    tx.commit().await?;
+    for job in &jobs {
+        services.jobs.dispatch(job).await;
+    }
+    Ok(VideoProgressView {
+        media_id,
+        last_position: row.last_position,
+        watched_secs: row.covered,
+        duration_secs: duration,
+        completed: row.completed_at.is_some(),
+        completed_at: row.completed_at,
+        course_progress,
+        course_completed,
+    })
+}
+
+/// Recomputes an enrollment's progress from its completed videos and completes it at 100 %,
+/// once: the enrollment row is locked first, so the count that follows sees every committed
+/// completion, and only the transaction that moves `active` to `completed` reports it.
+/// Returns (progress, completed by this call, completed).
+pub(crate) async fn refresh_enrollment(
+    conn: &mut sqlx::PgConnection,
+    enrollment_id: Uuid,
+) -> Result<(f64, bool, bool)> {
+    sqlx::query("SELECT 1 FROM enrollments WHERE id = $1 FOR UPDATE")
+        .bind(enrollment_id)
+        .execute(&mut *conn)
+        .await?;
+    let (progress, completed_now, status): (f64, bool, String) = sqlx::query_as(
+        "WITH p AS (
+             SELECT CASE WHEN count(*) = 0 THEN 0
+                         ELSE round(100.0 * count(vp.completed_at) / count(*), 2) END AS pct
+               FROM enrollments e
+               JOIN media m ON m.course_id = e.course_id AND m.kind = 'video' AND m.state = 'ready'
+                           AND m.deleted_at IS NULL
+               JOIN sections s ON s.id = m.section_id AND s.deleted_at IS NULL
+               LEFT JOIN video_progress vp ON vp.media_id = m.id AND vp.user_id = e.user_id
+              WHERE e.id = $1)
+         UPDATE enrollments e SET
+                progress = p.pct,
+                status = CASE WHEN p.pct >= 100 AND e.status = 'active' THEN 'completed' ELSE e.status END,
+                completed_at = CASE WHEN p.pct >= 100 AND e.status = 'active' THEN now() ELSE e.completed_at END,
+                last_accessed_at = now()
+           FROM p
+          WHERE e.id = $1
+         RETURNING e.progress::float8, (e.status = 'completed' AND e.completed_at = now()), e.status",
+    )
+    .bind(enrollment_id)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok((progress, completed_now, status == "completed"))
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct VideoProgressItem {
+    pub media_id: Uuid,
+    pub section_id: Uuid,
+    pub title: String,
+    pub duration_secs: f64,
+    pub watched_secs: i32,
+    pub last_position: f64,
+    pub completed: bool,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct CourseProgress {
+    pub enrollment: super::EnrollmentView,
+    pub videos: Vec<VideoProgressItem>,
+}
+
+/// The caller's progress in a course: the enrollment and every published video, in outline order.
+pub async fn course_progress(
+    services: &Services,
+    caller: &Principal,
+    course: &str,
+) -> Result<CourseProgress> {
+    let user = caller.require_user()?;
+    let enrollment = super::view_by_course(services, user.id, course)
+        .await?
+        .ok_or(Error::NotFound("enrollment"))?;
+    let videos: Vec<VideoProgressItem> = sqlx::query_as(
+        "SELECT m.id AS media_id, s.id AS section_id, m.title, m.duration_secs,
+                coalesce(covered_secs(vp.covered), 0) AS watched_secs,
+                coalesce(vp.last_position, 0) AS last_position,
+                vp.completed_at IS NOT NULL AS completed
+           FROM media m
+           JOIN sections s ON s.id = m.section_id AND s.deleted_at IS NULL
+           LEFT JOIN video_progress vp ON vp.media_id = m.id AND vp.user_id = $2
+          WHERE m.course_id = $1 AND m.kind = 'video' AND m.state = 'ready' AND m.deleted_at IS NULL
+          ORDER BY s.position, m.created_at, m.id",
+    )
+    .bind(enrollment.course_id)
+    .bind(user.id)
+    .fetch_all(&services.db)
+    .await?;
+    Ok(CourseProgress { enrollment, videos })
+}
