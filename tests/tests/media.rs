@@ -781,6 +781,17 @@ async fn bad_input_gets_a_clear_answer_and_the_worker_keeps_going() {
     // with a reason a person understands.
     let good = make_video(&dir, "ok.mp4", 320, 240, 2, true, &[]);
     let truncated = good[..good.len() / 2].to_vec();
+    // Index first (faststart), data cut: it opens and decodes, then runs out.
+    let faststart = make_video(
+        &dir,
+        "fast.mp4",
+        320,
+        240,
+        3,
+        true,
+        &["-movflags", "+faststart"],
+    );
+    let cut_after_index = faststart[..faststart.len() / 3].to_vec();
     let long = make_video(&dir, "long.mp4", 64, 64, 5, false, &[]);
     ffmpeg(&[
         "-f",
@@ -796,8 +807,9 @@ async fn bad_input_gets_a_clear_answer_and_the_worker_keeps_going() {
         dir.join("tiny.avi").to_str().unwrap(),
     ]);
     let tiny = std::fs::read(dir.join("tiny.avi")).unwrap();
-    let cases: [(&[u8], &str, &str, &str); 3] = [
+    let cases: [(&[u8], &str, &str, &str); 4] = [
         (&truncated, "cut.mp4", "video/mp4", "truncated"),
+        (&cut_after_index, "cut-fast.mp4", "video/mp4", "truncated"),
         (&tiny, "tiny.avi", "video/x-msvideo", "1 × 1"),
         (&long, "long.mp4", "video/mp4", "longest accepted is 3 s"),
     ];

@@ -13,9 +13,5 @@ pub async fn handle(services: &Services, job: Job) -> Result<(), JobError> {
         Job::RecomputeCourseStats(job) => courses::stats::run(services, &job).await,
         Job::FanOutNotifications(job) => notifications::fan_out(services, &job).await,
         Job::IssueCertificate(job) => learning::certificates::run(services, &job).await,
-        other => Err(JobError::Permanent(format!(
-            "this worker version has no handler for {} jobs; upgrade the worker and retry the job",
-            other.kind()
-        ))),
     }
 }

@@ -1242,6 +1242,14 @@ async fn transcode_media(services: &Services, row: &MediaRow) -> std::result::Re
     })
     .await?;
     let (probe, out) = result?;
+    // A file whose index promises more than its data holds (cut short after the index).
+    let encoded = out.renditions.first().map_or(0.0, |r| r.duration_secs);
+    if encoded < probe.duration_secs * 0.9 - 1.0 {
+        return Err(JobError::Permanent(format!(
+            "the video is truncated: only {encoded:.1} s of its {:.1} s could be decoded",
+            probe.duration_secs
+        )));
+    }
     tracing::info!(
         elapsed_ms = started.elapsed().as_millis() as u64,
         renditions = out.renditions.len(),

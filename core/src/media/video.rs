@@ -371,6 +371,8 @@ pub struct Rendition {
     pub average_bandwidth: u64,
     pub codecs: String,
     pub segments: usize,
+    /// Sum of the segment durations.
+    pub duration_secs: f64,
 }
 
 /// Everything a transcode wrote into its output folder.
@@ -830,7 +832,7 @@ pub fn transcode(
     let mut renditions = Vec::with_capacity(outputs.len());
     for out in &outputs {
         let dir = out_dir.join(&out.name);
-        let (peak, average, segments) = measure_bandwidth(&dir)?;
+        let (peak, average, segments, secs) = measure_bandwidth(&dir)?;
         renditions.push(Rendition {
             name: out.name.clone(),
             width: out.rung.width,
@@ -839,6 +841,7 @@ pub fn transcode(
             average_bandwidth: average,
             codecs: codecs_string(&out.rung, frame_rate, audio.is_some()),
             segments,
+            duration_secs: secs,
         });
     }
     drop(outputs);
@@ -1088,8 +1091,8 @@ fn fit((w, h): (u32, u32), max: u32) -> (u32, u32) {
     (even(f64::from(w) * scale), even(f64::from(h) * scale))
 }
 
-/// (peak, average, segment count) of a rendition, from its playlist and segment files.
-fn measure_bandwidth(dir: &Path) -> Result<(u64, u64, usize), MediaError> {
+/// (peak, average, segment count, total seconds) of a rendition, from its playlist and segments.
+fn measure_bandwidth(dir: &Path) -> Result<(u64, u64, usize, f64), MediaError> {
     let playlist = std::fs::read_to_string(dir.join("index.m3u8")).map_err(MediaError::io)?;
     let segments = parse_media_playlist(&playlist);
     if segments.is_empty() {
@@ -1115,6 +1118,7 @@ fn measure_bandwidth(dir: &Path) -> Result<(u64, u64, usize), MediaError> {
         peak.max(average).ceil() as u64,
         average.ceil() as u64,
         segments.len(),
+        secs,
     ))
 }
 

@@ -162,10 +162,21 @@ fn video_bench(dir: &Path) {
             source.to_str().unwrap(),
         ]);
     }
-    compare(dir, &source, "with audio (AAC once in lectern, once per rendition in the CLI)");
+    compare(
+        dir,
+        &source,
+        "with audio (AAC once in lectern, once per rendition in the CLI)",
+    );
     let silent = dir.join("source-1080p30-60s-silent.mp4");
     if !silent.exists() {
-        ffmpeg(&["-i", source.to_str().unwrap(), "-an", "-c:v", "copy", silent.to_str().unwrap()]);
+        ffmpeg(&[
+            "-i",
+            source.to_str().unwrap(),
+            "-an",
+            "-c:v",
+            "copy",
+            silent.to_str().unwrap(),
+        ]);
     }
     compare(dir, &silent, "video only (the same work on both sides)");
 }
