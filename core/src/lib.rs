@@ -14,6 +14,7 @@ pub mod health;
 pub mod jobs;
 pub mod learning;
 pub mod mail;
+pub mod media;
 pub mod notifications;
 pub mod page;
 pub mod services;

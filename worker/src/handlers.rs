@@ -1,20 +1,19 @@
 //! Which core service runs each job kind.
 
 use lectern_core::jobs::{Job, JobError};
-use lectern_core::{Services, accounts, courses, email, learning, notifications};
+use lectern_core::{Services, accounts, courses, email, learning, media, notifications};
 
 pub async fn handle(services: &Services, job: Job) -> Result<(), JobError> {
     match job {
         Job::SendEmail(mail) => email::deliver(services, &mail).await,
         Job::ExportUserData(export) => accounts::privacy::run_export(services, &export).await,
+        Job::TranscodeVideo(job) => media::run_transcode(services, &job).await,
+        Job::ProcessImage(job) => media::run_process_image(services, &job).await,
+        Job::DeleteMediaObjects(job) => media::run_delete_objects(services, &job).await,
         Job::RecomputeCourseStats(job) => courses::stats::run(services, &job).await,
         Job::RecomputeAllCourseStats(_) => courses::stats::run_all(services).await,
         Job::FanOutNotifications(job) => notifications::fan_out(services, &job).await,
         Job::IssueCertificate(job) => learning::certificates::run(services, &job).await,
         Job::Noop(noop) => lectern_core::jobs::run_noop(services, &noop).await,
-        other => Err(JobError::Permanent(format!(
-            "this worker version has no handler for {} jobs; upgrade the worker and retry the job",
-            other.kind()
-        ))),
     }
 }

@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 /// A running attempt owns its job this long without a heartbeat; a crashed worker's job is
 /// handed to a live worker once it lapses.
-const LEASE: Duration = Duration::from_secs(30);
+const LEASE: Duration = jobs::LEASE;
 const HEARTBEAT: Duration = Duration::from_secs(10);
 const RETRY_BASE: Duration = Duration::from_secs(5);
 const RETRY_MAX: Duration = Duration::from_secs(30 * 60);
@@ -229,10 +229,18 @@ async fn execute(
     tracing::info!("job started");
     let started = std::time::Instant::now();
 
-    let work = jobs::attempt::scope(
-        claimed.id,
-        claimed.attempt,
-        crate::handlers::handle(services, job),
+    let context = jobs::JobContext {
+        id: claimed.id,
+        attempt: claimed.attempt,
+        max_attempts: claimed.max_attempts,
+    };
+    let work = jobs::CURRENT_JOB.scope(
+        context,
+        jobs::attempt::scope(
+            claimed.id,
+            claimed.attempt,
+            crate::handlers::handle(services, job),
+        ),
     );
     let mut completed_by_handler = false;
     let outcome = tokio::select! {
@@ -311,6 +319,7 @@ pub async fn relay_loop(services: Services, mut stop: tokio::sync::watch::Receiv
     let mut delay = Duration::from_secs(1);
     let mut last_vacuum = std::time::Instant::now();
     let mut last_schedule_check = std::time::Instant::now();
+    let mut last_sweep = std::time::Instant::now();
     loop {
         tokio::select! {
             _ = stop.changed() => return,
@@ -341,6 +350,10 @@ pub async fn relay_loop(services: Services, mut stop: tokio::sync::watch::Receiv
                 if lectern_core::courses::stats::schedule_nightly(&services).await? {
                     tracing::info!("queued the nightly recompute of course counters");
                 }
+            }
+            if last_sweep.elapsed() >= services.config.media.sweep_interval {
+                last_sweep = std::time::Instant::now();
+                lectern_core::media::sweep_abandoned(&services).await?;
             }
             if last_vacuum.elapsed() >= Duration::from_secs(60) {
                 last_vacuum = std::time::Instant::now();

@@ -5,6 +5,7 @@ pub mod analytics;
 pub mod auth;
 pub mod courses;
 pub mod jobs;
+pub mod media;
 pub mod notifications;
 pub mod ops;
 pub mod users;

@@ -120,6 +120,35 @@ pub fn redis_connection(url: &str) -> redis::RedisResult<ConnectionManager> {
     client.get_connection_manager_lazy(config)
 }
 
+/// How long a running attempt owns its job without a heartbeat.
+pub const LEASE: Duration = Duration::from_secs(30);
+
+/// The attempt the current task is running, set by the worker around each handler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobContext {
+    pub id: Uuid,
+    pub attempt: i32,
+    pub max_attempts: i32,
+}
+
+tokio::task_local! {
+    /// The job attempt a handler runs under (see [`current_job`]).
+    pub static CURRENT_JOB: JobContext;
+}
+
+/// The job attempt this task runs, if it runs one.
+pub fn current_job() -> Option<JobContext> {
+    CURRENT_JOB.try_with(|c| *c).ok()
+}
+
+/// Records the running job's progress (0-100) and extends its lease. Does nothing outside a job.
+pub async fn report_progress(pool: &PgPool, percent: u8) -> crate::Result<()> {
+    if let Some(job) = current_job() {
+        heartbeat(pool, job.id, job.attempt, LEASE, Some(percent.min(100))).await?;
+    }
+    Ok(())
+}
+
 /// The enqueue handle the API and services use: cheap to clone.
 #[derive(Clone)]
 pub struct JobQueue {

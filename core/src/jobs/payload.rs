@@ -31,6 +31,15 @@ pub struct ProcessImage {
     pub media_id: Uuid,
 }
 
+/// Remove every stored object of a deleted media (and abort its open multipart upload, if any).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeleteMediaObjects {
+    pub media_id: Uuid,
+    /// `(object key, upload id)` of a multipart upload still open when the media was deleted.
+    #[serde(default)]
+    pub multipart: Option<(String, String)>,
+}
+
 /// Render (or re-render) the PDF certificate of a completed enrollment.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct IssueCertificate {
@@ -116,6 +125,7 @@ pub enum Job {
     FanOutNotifications(FanOutNotifications),
     ExportUserData(ExportUserData),
     Noop(Noop),
+    DeleteMediaObjects(DeleteMediaObjects),
 }
 
 /// How a job kind is run: its queue, attempts, and time limit.
@@ -128,7 +138,7 @@ pub struct KindPolicy {
 }
 
 /// Every job kind, by name.
-pub const KINDS: [&str; 9] = [
+pub const KINDS: [&str; 10] = [
     "send_email",
     "transcode_video",
     "process_image",
@@ -138,6 +148,7 @@ pub const KINDS: [&str; 9] = [
     "fan_out_notifications",
     "export_user_data",
     "noop",
+    "delete_media_objects",
 ];
 
 /// How a kind of job runs: queue, attempts, time limit. `None` for an unknown kind.
@@ -153,6 +164,7 @@ pub fn policy_of(kind: &str) -> Option<KindPolicy> {
         "export_user_data" => (Queue::Default, 5, 10 * 60),
         // The queue is the payload's ([`Job::policy`]); this is the fallback.
         "noop" => (Queue::Default, 3, 15 * 60),
+        "delete_media_objects" => (Queue::Media, 10, 10 * 60),
         _ => return None,
     };
     Some(KindPolicy {
@@ -174,6 +186,7 @@ impl Job {
             Job::FanOutNotifications(_) => "fan_out_notifications",
             Job::ExportUserData(_) => "export_user_data",
             Job::Noop(_) => "noop",
+            Job::DeleteMediaObjects(_) => "delete_media_objects",
         }
     }
 

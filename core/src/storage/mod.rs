@@ -354,4 +354,101 @@ impl Storage {
             .map(|_| ())
             .map_err(|e| classify(key, e))
     }
+
+    /// The first bytes of an object (`len` at most), for sniffing its real type.
+    pub async fn get_head(&self, key: &str, len: usize) -> Result<Vec<u8>, StorageError> {
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .range(format!("bytes=0-{}", len.saturating_sub(1)))
+            .send()
+            .await
+            .map_err(|e| classify(key, e))?;
+        let bytes = out
+            .body
+            .collect()
+            .await
+            .map_err(|e| StorageError::Unavailable(e.to_string()))?
+            .into_bytes();
+        Ok(bytes.iter().take(len).copied().collect())
+    }
+
+    /// Streams an object into a local file; returns its size.
+    pub async fn download_to(
+        &self,
+        key: &str,
+        path: &std::path::Path,
+    ) -> Result<u64, StorageError> {
+        use tokio::io::AsyncWriteExt;
+        let mut body = self.get(key).await?;
+        let mut file = tokio::fs::File::create(path)
+            .await
+            .map_err(|e| StorageError::Failed(format!("{}: {e}", path.display())))?;
+        let mut size = 0u64;
+        while let Some(chunk) = body
+            .try_next()
+            .await
+            .map_err(|e| StorageError::Unavailable(e.to_string()))?
+        {
+            size += chunk.len() as u64;
+            file.write_all(&chunk)
+                .await
+                .map_err(|e| StorageError::Failed(format!("{}: {e}", path.display())))?;
+        }
+        file.flush()
+            .await
+            .map_err(|e| StorageError::Failed(format!("{}: {e}", path.display())))?;
+        Ok(size)
+    }
+
+    /// Uploads a local file, streamed from disk.
+    pub async fn put_file(
+        &self,
+        key: &str,
+        path: &std::path::Path,
+        content_type: &str,
+    ) -> Result<(), StorageError> {
+        let body = ByteStream::from_path(path)
+            .await
+            .map_err(|e| StorageError::Failed(format!("{}: {e}", path.display())))?;
+        self.put(key, body, content_type).await
+    }
+
+    /// Every key under a prefix.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+        let mut keys = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let out = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(prefix)
+                .set_continuation_token(token.take())
+                .send()
+                .await
+                .map_err(|e| classify(prefix, e))?;
+            keys.extend(
+                out.contents()
+                    .iter()
+                    .filter_map(|o| o.key().map(str::to_owned)),
+            );
+            match out.next_continuation_token() {
+                Some(next) if out.is_truncated() == Some(true) => token = Some(next.to_owned()),
+                _ => break,
+            }
+        }
+        Ok(keys)
+    }
+
+    /// Deletes every object under a prefix; returns how many. Idempotent.
+    pub async fn delete_prefix(&self, prefix: &str) -> Result<usize, StorageError> {
+        let keys = self.list(prefix).await?;
+        for key in &keys {
+            self.delete(key).await?;
+        }
+        Ok(keys.len())
+    }
 }
