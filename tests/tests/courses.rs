@@ -1324,6 +1324,46 @@ async fn enrollment_reviews_statistics_and_recommendations() {
         &format!("category_id = '{cat}'"),
     )
     .await;
+    // A category includes its subcategories in search; one leaf category alone is exact.
+    let (status, sub) = app
+        .post_as_admin(
+            "/api/v1/admin/categories",
+            &json!({"name": "SQL Tuning", "parent": "data"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{sub}");
+    let sub_id = sub["id"].as_str().unwrap();
+    let tuning = seed_published(
+        pool,
+        teacher_id,
+        "Index Tuning",
+        "",
+        "",
+        &[],
+        "0",
+        &format!("category_id = '{sub_id}'"),
+    )
+    .await;
+    let found = |v: &Value| -> HashSet<Uuid> {
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["id"].as_str().unwrap().parse().unwrap())
+            .collect()
+    };
+    let (_, parent) = app
+        .get("/api/v1/courses?category=data&order_by=price")
+        .await;
+    assert_eq!(
+        found(&parent),
+        HashSet::from([free, same_cat, tuning]),
+        "{parent}"
+    );
+    let (_, leaf) = app
+        .get("/api/v1/courses?category=sql-tuning&order_by=price")
+        .await;
+    assert_eq!(found(&leaf), HashSet::from([tuning]), "{leaf}");
     let popular = seed_published(
         pool,
         user_id(&app.register("pop@example.com", "instructor").await),

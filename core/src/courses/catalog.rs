@@ -168,6 +168,8 @@ impl Order {
 struct Filters {
     q: Option<String>,
     category: Option<String>,
+    /// The category and its subcategories, once resolved.
+    category_ids: Vec<Uuid>,
     difficulty: Option<String>,
     min_price_cents: Option<i64>,
     max_price_cents: Option<i64>,
@@ -280,6 +282,7 @@ fn parse(p: &SearchParams) -> Result<Filters> {
     Ok(Filters {
         q,
         category: nonempty(&p.category).map(str::to_owned),
+        category_ids: Vec::new(),
         difficulty,
         min_price_cents,
         max_price_cents,
@@ -334,7 +337,14 @@ fn build(f: &Filters) -> QueryBuilder<Postgres> {
         }
         None => {}
     }
-    if let Some(slug) = &f.category {
+    if let [id] = f.category_ids.as_slice() {
+        // One category: an equality the (category_id, …) indexes can order by.
+        qb.push(" AND c.category_id = ").push_bind(*id);
+    } else if !f.category_ids.is_empty() {
+        qb.push(" AND c.category_id = ANY(")
+            .push_bind(f.category_ids.clone())
+            .push(")");
+    } else if let Some(slug) = &f.category {
         qb.push(" AND c.category_id IN (SELECT id FROM categories WHERE slug = ")
             .push_bind(slug)
             .push(" OR parent_id IN (SELECT id FROM categories WHERE slug = ")
@@ -386,20 +396,24 @@ fn build(f: &Filters) -> QueryBuilder<Postgres> {
 /// Searches the public catalogue.
 pub async fn search(services: &Services, params: &SearchParams) -> Result<Page<CourseCard>> {
     let filters = parse(params)?;
+    let mut filters = filters;
     if let Some(slug) = &filters.category {
-        let known: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM categories WHERE slug = $1)")
-                .bind(slug)
-                .fetch_one(&services.db)
-                .await?;
-        if !known {
+        let ids: Vec<Uuid> = sqlx::query_scalar(
+            "SELECT id FROM categories WHERE slug = $1
+              UNION ALL
+             SELECT c.id FROM categories c JOIN categories p ON p.id = c.parent_id WHERE p.slug = $1",
+        )
+        .bind(slug)
+        .fetch_all(&services.db)
+        .await?;
+        if ids.is_empty() {
             return Err(Error::invalid(
                 "category",
                 format!("there is no category {slug:?}"),
             ));
         }
+        filters.category_ids = ids;
     }
-    let mut filters = filters;
     let mut rows: Vec<CardRow> = build(&filters)
         .build_query_as()
         .fetch_all(&services.db)
