@@ -514,6 +514,80 @@ async fn twenty_parallel_creates_of_one_title_get_twenty_slugs() {
     assert_eq!(unique, expected.iter().collect());
 }
 
+/// Waits until some backend of this test's database waits for a lock.
+async fn someone_waits_for_a_lock(pool: &PgPool) {
+    wait_until("a transaction waiting for a lock", Duration::from_secs(10), || async {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+              WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        n > 0
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_slug_taken_by_a_concurrent_creation_of_another_title_is_retried() {
+    let app = TestApp::spawn().await;
+    let pool = &app.db.pool;
+    let teacher = app.register("slugs@example.com", "instructor").await;
+    let (t, teacher_id) = (token(&teacher), user_id(&teacher));
+    let (status, original) = app
+        .call(
+            "POST",
+            "/api/v1/courses",
+            Some(&t),
+            Some(&json!({"title": "Intro"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{original}");
+    // Another base slug's creation ("Intro" numbered 2, or "Intro" copied) holds the slug the
+    // request is about to pick, uncommitted: the request waits for it, finds the slug taken once
+    // it commits, and picks the next one instead of failing.
+    for (path, body, held, expected) in [
+        (
+            "/api/v1/courses".to_owned(),
+            Some(json!({"title": "Intro 2"})),
+            "intro-2",
+            "intro-2-2",
+        ),
+        (
+            format!("/api/v1/courses/{}/duplicate", original["id"].as_str().unwrap()),
+            None,
+            "intro-copy",
+            "intro-copy-2",
+        ),
+    ] {
+        let mut holder = pool.begin().await.unwrap();
+        sqlx::query("INSERT INTO courses (id, instructor_id, title, slug) VALUES ($1, $2, 'Held', $3)")
+            .bind(Uuid::now_v7())
+            .bind(teacher_id)
+            .bind(held)
+            .execute(&mut *holder)
+            .await
+            .unwrap();
+        let request = app.call("POST", &path, Some(&t), body.as_ref());
+        let release = async move {
+            someone_waits_for_a_lock(pool).await;
+            holder.commit().await.unwrap();
+        };
+        let ((status, created), ()) = futures::future::join(request, release).await;
+        assert_eq!(status, 201, "{path}: {created}");
+        assert_eq!(created["slug"], expected, "{created}");
+    }
+    let slugs: Vec<String> = sqlx::query_scalar("SELECT slug FROM courses ORDER BY slug")
+        .fetch_all(pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        slugs,
+        ["intro", "intro-2", "intro-2-2", "intro-copy", "intro-copy-2"]
+    );
+}
+
 #[tokio::test]
 async fn publishing_checks_every_rule_and_tells_followers() {
     let app = TestApp::spawn().await;

@@ -25,6 +25,21 @@ async fn beat(
     .await
 }
 
+/// Moves a student's viewing `secs` into the past, as if that much wall time had gone by since
+/// their first and last heartbeats (the server bounds coverage by the wall time in between).
+async fn let_time_pass(pool: &sqlx::PgPool, user: Uuid, secs: f64) {
+    sqlx::query(
+        "UPDATE video_progress SET first_watched_at = first_watched_at - make_interval(secs => $2),
+                                   last_heartbeat_at = last_heartbeat_at - make_interval(secs => $2)
+          WHERE user_id = $1",
+    )
+    .bind(user)
+    .bind(secs)
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
 async fn eventually<F, Fut, T>(what: &str, timeout: Duration, mut probe: F) -> T
 where
     F: FnMut() -> Fut,
@@ -47,7 +62,7 @@ async fn seeking_does_not_complete_a_video_but_watching_ninety_percent_does() {
     let (teacher, _) = mint_users(pool, 1, "instructor").await.remove(0);
     let (course, videos) = published_course_with_videos(pool, teacher, "Knots", "0", 2, 20.0).await;
     let users = mint_users(pool, 2, "student").await;
-    let (s, outsider) = (&users[0].1, &users[1].1);
+    let (s_id, s, outsider) = (users[0].0, &users[0].1, &users[1].1);
 
     // Not enrolled: the video is not theirs to watch.
     assert_eq!(beat(&app, s, videos[0], 5.0, 5.0).await.0, 404);
@@ -97,10 +112,12 @@ async fn seeking_does_not_complete_a_video_but_watching_ninety_percent_does() {
     // Watch from the start in heartbeats: 0..15 plus the 18..20 seen after the seek is 17 s, not
     // yet 90 % of 20; then 15..18 makes 20 s covered.
     for (end, watched) in [(6.0, 6.0), (12.0, 6.0), (15.0, 3.0)] {
+        let_time_pass(pool, s_id, watched).await;
         let (status, p) = beat(&app, s, videos[0], end, watched).await;
         assert_eq!(status, 200, "{p}");
         assert_eq!(p["completed"], false, "{p}");
     }
+    let_time_pass(pool, s_id, 3.0).await;
     let (_, p) = beat(&app, s, videos[0], 18.0, 3.0).await;
     assert_eq!(
         p["watched_secs"], 20,
@@ -154,6 +171,7 @@ async fn concurrent_heartbeats_complete_once_and_issue_one_certificate() {
         published_course_with_videos(pool, teacher_id, "Sailing Basics", "0", 1, 20.0).await;
     let student = app.register("lukasz@example.com", "student").await;
     let s = student["access_token"].as_str().unwrap().to_owned();
+    let s_id: Uuid = student["user"]["id"].as_str().unwrap().parse().unwrap();
     let (status, _) = app
         .call(
             "PATCH",
@@ -175,15 +193,22 @@ async fn concurrent_heartbeats_complete_once_and_issue_one_certificate() {
         201
     );
     assert_eq!(beat(&app, &s, videos[0], 10.0, 10.0).await.0, 200);
+    let_time_pass(pool, s_id, 10.0).await;
 
-    // 50 heartbeats at once, each finishing the video.
+    // 50 heartbeats at once, each finishing the video; every answer says the course is complete,
+    // including those that waited for the one that completed it.
     let beats = (0..50).map(|_| beat(&app, &s, videos[0], 20.0, 10.0));
     let results = futures::future::join_all(beats).await;
     assert!(
         results.iter().all(|(status, _)| *status == 200),
         "{results:?}"
     );
-    assert!(results.iter().all(|(_, p)| p["course_completed"] == true));
+    assert!(
+        results
+            .iter()
+            .all(|(_, p)| p["course_completed"] == true && p["course_progress"] == 100.0),
+        "{results:?}"
+    );
     let (completed, certificate_jobs, certificates): (i64, i64, i64) = sqlx::query_as(
         "SELECT (SELECT count(*) FROM enrollments WHERE status = 'completed'),
                 (SELECT count(*) FROM jobs WHERE kind = 'issue_certificate'),
@@ -438,4 +463,251 @@ async fn the_nightly_recompute_repairs_drifted_counters_once() {
     .unwrap();
     assert!(next_is_tomorrow);
     drop(second_worker);
+}
+
+#[tokio::test]
+async fn a_heartbeat_cannot_cover_more_than_the_wall_time_since_the_previous_one() {
+    let app = TestApp::spawn().await;
+    let pool = &app.db.pool;
+    let (teacher, _) = mint_users(pool, 1, "instructor").await.remove(0);
+    let (course, videos) = published_course_with_videos(pool, teacher, "Pauses", "0", 1, 600.0).await;
+    let (s_id, s) = mint_users(pool, 1, "student").await.remove(0);
+    app.call(
+        "POST",
+        &format!("/api/v1/courses/{course}/enroll"),
+        Some(&s),
+        None,
+    )
+    .await;
+    assert_eq!(beat(&app, &s, videos[0], 10.0, 10.0).await.0, 200);
+    // Playback started an hour ago (so the bound since the first heartbeat allows plenty), but
+    // the previous heartbeat was just now: 25 new seconds cannot have been watched since.
+    sqlx::query("UPDATE video_progress SET first_watched_at = now() - interval '1 hour'")
+        .execute(pool)
+        .await
+        .unwrap();
+    let stored = || async {
+        sqlx::query_as::<_, (i32, f64, f64, chrono::DateTime<chrono::Utc>)>(
+            "SELECT covered_secs(covered), last_position, watch_time, last_heartbeat_at
+               FROM video_progress WHERE user_id = $1",
+        )
+        .bind(s_id)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+    };
+    let before = stored().await;
+    assert_eq!((before.0, before.1, before.2), (10, 10.0, 10.0));
+    let (status, body) = beat(&app, &s, videos[0], 35.0, 25.0).await;
+    assert_eq!(status, 422, "{body}");
+    assert!(body["error"]["fields"]["watch_time"].is_array(), "{body}");
+    assert_eq!(stored().await, before, "nothing recorded");
+
+    // 15 s later, the same heartbeat is plausible (at most 2x speed, plus a little slack).
+    sqlx::query(
+        "UPDATE video_progress SET last_heartbeat_at = last_heartbeat_at - interval '15 seconds'",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+    let (status, p) = beat(&app, &s, videos[0], 35.0, 25.0).await;
+    assert_eq!(status, 200, "{p}");
+    assert_eq!(p["watched_secs"], 35);
+
+    // A paused viewer banks nothing: two seconds after the last heartbeat, 25 more are refused
+    // although the viewing started an hour ago; a heartbeat adding nothing new still passes.
+    sqlx::query(
+        "UPDATE video_progress SET last_heartbeat_at = last_heartbeat_at - interval '2 seconds'",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+    let (status, body) = beat(&app, &s, videos[0], 60.0, 25.0).await;
+    assert_eq!(status, 422, "{body}");
+    assert!(body["error"]["fields"]["watch_time"].is_array(), "{body}");
+    let (status, p) = beat(&app, &s, videos[0], 30.0, 20.0).await;
+    assert_eq!(status, 200, "rewatching adds no coverage: {p}");
+    assert_eq!(p["watched_secs"], 35);
+}
+
+/// Moves a course's video into a second section of its own, returning that section.
+async fn into_own_section(pool: &sqlx::PgPool, course: Uuid, video: Uuid) -> Uuid {
+    let section = Uuid::now_v7();
+    sqlx::query("INSERT INTO sections (id, course_id, title, position) VALUES ($1, $2, 'More', 2)")
+        .bind(section)
+        .bind(course)
+        .execute(pool)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE media SET section_id = $2 WHERE id = $1")
+        .bind(video)
+        .bind(section)
+        .execute(pool)
+        .await
+        .unwrap();
+    section
+}
+
+#[tokio::test]
+async fn removing_the_only_unwatched_video_completes_the_course_once_with_a_certificate() {
+    let app = TestApp::spawn().await;
+    let pool = &app.db.pool;
+    let (teacher, t) = mint_users(pool, 1, "instructor").await.remove(0);
+    // Two courses of two videos; the student completes the first video of each. In one the
+    // instructor deletes the section of the other video, in the other the video itself.
+    let (by_section, v1) = published_course_with_videos(pool, teacher, "Rigging", "0", 2, 20.0).await;
+    let (by_media, v2) = published_course_with_videos(pool, teacher, "Anchoring", "0", 2, 20.0).await;
+    let section = into_own_section(pool, by_section, v1[1]).await;
+    let (s_id, s) = mint_users(pool, 1, "student").await.remove(0);
+    for (course, video) in [(by_section, v1[0]), (by_media, v2[0])] {
+        let (status, body) = app
+            .call(
+                "POST",
+                &format!("/api/v1/courses/{course}/enroll"),
+                Some(&s),
+                None,
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        let (status, p) = beat(&app, &s, video, 18.0, 18.0).await;
+        assert_eq!(status, 200, "{p}");
+        assert_eq!(p["completed"], true, "{p}");
+        assert_eq!(p["course_progress"], 50.0);
+        assert_eq!(p["course_completed"], false);
+    }
+    let state = |course: Uuid| async move {
+        sqlx::query_as::<_, (String, f64, i64)>(
+            "SELECT e.status, e.progress::float8,
+                    (SELECT count(*) FROM jobs j WHERE j.kind = 'issue_certificate'
+                        AND j.payload->>'enrollment_id' = e.id::text)
+               FROM enrollments e WHERE e.user_id = $1 AND e.course_id = $2",
+        )
+        .bind(s_id)
+        .bind(course)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+    };
+    // Wait for the statistics runs the enrollments queued, so the removals start from rest.
+    for course in [by_section, by_media] {
+        eventually("enrollment counted", Duration::from_secs(20), || async move {
+            let (_, c) = app.get(&format!("/api/v1/courses/{course}")).await;
+            (c["enrollment_count"] == 1).then_some(())
+        })
+        .await;
+        assert_eq!(state(course).await, ("active".into(), 50.0, 0));
+    }
+
+    let (status, body) = app
+        .call("DELETE", &format!("/api/v1/sections/{section}"), Some(&t), None)
+        .await;
+    assert_eq!(status, 204, "{body}");
+    let (status, body) = app
+        .call("DELETE", &format!("/api/v1/media/{}", v2[1]), Some(&t), None)
+        .await;
+    assert!(status == 200 || status == 202, "{status} {body}");
+
+    for course in [by_section, by_media] {
+        let c = eventually("completion counted", Duration::from_secs(30), || async move {
+            let (_, c) = app.get(&format!("/api/v1/courses/{course}")).await;
+            (c["completion_count"] == 1).then_some(c)
+        })
+        .await;
+        assert_eq!(c["enrollment_count"], 1, "{c}");
+        assert_eq!(state(course).await, ("completed".into(), 100.0, 1));
+    }
+    let (_, mine) = app
+        .call(
+            "GET",
+            &format!("/api/v1/courses/{by_section}/progress"),
+            Some(&s),
+            None,
+        )
+        .await;
+    assert_eq!(mine["enrollment"]["status"], "completed", "{mine}");
+    assert_eq!(mine["videos"].as_array().unwrap().len(), 1);
+    // The certificates are issued.
+    eventually("two certificates", Duration::from_secs(30), || async {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM certificates c JOIN enrollments e ON e.id = c.enrollment_id
+              WHERE e.user_id = $1 AND c.issued_at IS NOT NULL",
+        )
+        .bind(s_id)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        (n == 2).then_some(())
+    })
+    .await;
+
+    // Once: a later recompute (another student enrolls) completes nothing again.
+    let (_, other) = mint_users(pool, 1, "student").await.remove(0);
+    app.call(
+        "POST",
+        &format!("/api/v1/courses/{by_section}/enroll"),
+        Some(&other),
+        None,
+    )
+    .await;
+    eventually("second enrollment counted", Duration::from_secs(20), || async {
+        let (_, c) = app.get(&format!("/api/v1/courses/{by_section}")).await;
+        (c["enrollment_count"] == 2).then_some(())
+    })
+    .await;
+    assert_eq!(state(by_section).await, ("completed".into(), 100.0, 1));
+    let (_, c) = app.get(&format!("/api/v1/courses/{by_section}")).await;
+    assert_eq!(c["completion_count"], 1);
+}
+
+#[tokio::test]
+async fn enrolling_in_a_deleted_course_is_404_and_records_nothing() {
+    let app = TestApp::spawn().await;
+    let pool = &app.db.pool;
+    let (teacher, t) = mint_users(pool, 1, "instructor").await.remove(0);
+    let (course, _) = published_course_with_videos(pool, teacher, "Gone", "0", 1, 20.0).await;
+    let slug: String = sqlx::query_scalar("SELECT slug FROM courses WHERE id = $1")
+        .bind(course)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    let (status, body) = app
+        .call("DELETE", &format!("/api/v1/courses/{course}"), Some(&t), None)
+        .await;
+    assert_eq!(status, 204, "{body}");
+    let (s_id, s) = mint_users(pool, 1, "student").await.remove(0);
+    let jobs_before: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    for key in [course.to_string(), slug] {
+        let (status, body) = app
+            .call(
+                "POST",
+                &format!("/api/v1/courses/{key}/enroll"),
+                Some(&s),
+                None,
+            )
+            .await;
+        assert_eq!(status, 404, "{key}: {body}");
+        assert_eq!(body["error"]["code"], "not_found", "{body}");
+    }
+    let (enrollments, jobs): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM enrollments WHERE user_id = $1 OR course_id = $2),
+                (SELECT count(*) FROM jobs)",
+    )
+    .bind(s_id)
+    .bind(course)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_eq!((enrollments, jobs), (0, jobs_before));
+    let (status, _) = app
+        .call(
+            "GET",
+            &format!("/api/v1/courses/{course}/progress"),
+            Some(&s),
+            None,
+        )
+        .await;
+    assert_eq!(status, 404);
 }

@@ -376,18 +376,21 @@ impl Draft {
         Ok(())
     }
 
+    /// Inserts the course under `slug`; `false` (nothing written) when a concurrent creation
+    /// committed that slug first.
     pub(crate) async fn insert(
         &self,
         conn: &mut PgConnection,
         id: Uuid,
         instructor_id: Uuid,
         slug: &str,
-    ) -> Result<()> {
-        sqlx::query(
+    ) -> Result<bool> {
+        let inserted = sqlx::query(
             "INSERT INTO courses (id, instructor_id, slug, title, short_description, description, price, currency,
                                   difficulty, language, category_id, tags, prerequisites, learning_outcomes,
                                   target_audience, thumbnail_media_id)
-             VALUES ($1, $2, $3, $4, $5, $6, $7::numeric / 100, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7::numeric / 100, $8, $9, $10, $11, $12, $13, $14, $15, $16)
+             ON CONFLICT (slug) DO NOTHING",
         )
         .bind(id)
         .bind(instructor_id)
@@ -407,7 +410,7 @@ impl Draft {
         .bind(self.thumbnail_media_id)
         .execute(conn)
         .await?;
-        Ok(())
+        Ok(inserted.rows_affected() == 1)
     }
 
     pub(crate) async fn update(&self, conn: &mut PgConnection, id: Uuid) -> Result<()> {

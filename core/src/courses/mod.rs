@@ -310,8 +310,18 @@ pub async fn create(
     draft.apply(&mut tx, user.id, input, &mut fields).await?;
     fields.into_result()?;
     let id = Uuid::now_v7();
-    let slug = reserve_slug(&mut tx, &draft.title).await?;
-    draft.insert(&mut tx, id, user.id, &slug).await?;
+    let mut created = false;
+    for _ in 0..SLUG_ATTEMPTS {
+        let slug = reserve_slug(&mut tx, &draft.title).await?;
+        if draft.insert(&mut tx, id, user.id, &slug).await? {
+            created = true;
+            break;
+        }
+        tracing::info!(%slug, "slug taken by a concurrent creation; picking another");
+    }
+    if !created {
+        return Err(slug_contention());
+    }
     sqlx::query(
         "INSERT INTO sections (id, course_id, title, position) VALUES ($1, $2, 'Introduction', 1)",
     )
@@ -348,9 +358,22 @@ pub fn slugify(title: &str) -> String {
     }
 }
 
+/// How many slugs a creation tries before giving up with 409 (see [`reserve_slug`]).
+const SLUG_ATTEMPTS: usize = 5;
+
+fn slug_contention() -> Error {
+    Error::Conflict {
+        code: "slug_contention",
+        message: "could not find a free slug under contention; try again".into(),
+    }
+}
+
 /// Picks the first free slug among `base`, `base-2`, `base-3`, … Concurrent creations of the same
 /// title serialise on an advisory lock for the base slug (held until the transaction ends), so
-/// each sees the others' slugs; the unique index stays the last line of defence.
+/// each sees the others' slugs. Different base slugs can still meet ("Intro" numbered `intro-2`
+/// and a course titled "Intro 2"): the insert then finds the slug taken (`ON CONFLICT DO
+/// NOTHING`, after the other transaction commits) and the caller reserves again, a bounded
+/// number of times, seeing the committed slug this time.
 async fn reserve_slug(conn: &mut PgConnection, title: &str) -> Result<String> {
     let base = slugify(title);
     sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('course-slug:' || $1, 0))")
@@ -626,21 +649,33 @@ pub async fn duplicate(
     if title.chars().count() > input::MAX_TITLE_CHARS {
         title = row.title.clone();
     }
-    let slug = reserve_slug(&mut tx, &format!("{}-copy", row.title)).await?;
     let new_id = Uuid::now_v7();
-    sqlx::query(
-        "INSERT INTO courses (id, instructor_id, category_id, title, slug, short_description, description, price,
-                              currency, difficulty, language, tags, prerequisites, learning_outcomes, target_audience)
-         SELECT $2, instructor_id, category_id, $3, $4, short_description, description, price,
-                currency, difficulty, language, tags, prerequisites, learning_outcomes, target_audience
-           FROM courses WHERE id = $1",
-    )
-    .bind(course_id)
-    .bind(new_id)
-    .bind(&title)
-    .bind(&slug)
-    .execute(&mut *tx)
-    .await?;
+    let mut created = false;
+    for _ in 0..SLUG_ATTEMPTS {
+        let slug = reserve_slug(&mut tx, &format!("{}-copy", row.title)).await?;
+        let inserted = sqlx::query(
+            "INSERT INTO courses (id, instructor_id, category_id, title, slug, short_description, description, price,
+                                  currency, difficulty, language, tags, prerequisites, learning_outcomes, target_audience)
+             SELECT $2, instructor_id, category_id, $3, $4, short_description, description, price,
+                    currency, difficulty, language, tags, prerequisites, learning_outcomes, target_audience
+               FROM courses WHERE id = $1
+             ON CONFLICT (slug) DO NOTHING",
+        )
+        .bind(course_id)
+        .bind(new_id)
+        .bind(&title)
+        .bind(&slug)
+        .execute(&mut *tx)
+        .await?;
+        if inserted.rows_affected() == 1 {
+            created = true;
+            break;
+        }
+        tracing::info!(%slug, "slug taken by a concurrent creation; picking another");
+    }
+    if !created {
+        return Err(slug_contention());
+    }
     sqlx::query(
         "INSERT INTO sections (id, course_id, title, description, position)
          SELECT gen_random_uuid(), $2, title, description, position

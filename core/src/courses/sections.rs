@@ -302,7 +302,8 @@ pub async fn update(
 }
 
 /// Soft-deletes a section and closes the gap in the order. Its media stay, detached from the
-/// course's outline (they no longer count towards publishing or progress).
+/// course's outline (they no longer count towards publishing or progress), so the students'
+/// progress is recomputed by the statistics job queued with the deletion.
 pub async fn delete(services: &Services, caller: &Principal, section_id: Uuid) -> Result<()> {
     let mut tx = services.db.begin().await?;
     let course_id = course_of(&mut tx, section_id).await?;
@@ -323,6 +324,8 @@ pub async fn delete(services: &Services, caller: &Principal, section_id: Uuid) -
         .execute(&mut *tx)
         .await?;
     touch_course(&mut tx, course_id).await?;
+    let job = super::stats::queue_recompute(&mut tx, course_id, caller.user_id()).await?;
     tx.commit().await?;
+    services.jobs.dispatch(&job).await;
     Ok(())
 }

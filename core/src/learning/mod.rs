@@ -237,11 +237,21 @@ pub async fn drop_course(
 ) -> Result<EnrollmentView> {
     let user = caller.require_user()?;
     let mut tx = services.db.begin().await?;
-    let course_id: Option<Uuid> =
-        sqlx::query_scalar("SELECT id FROM courses WHERE (id::text = $1 OR slug = $1)")
-            .bind(course)
-            .fetch_optional(&mut *tx)
-            .await?;
+    // By id or by slug, each on its own index (as the course pages look courses up).
+    let course_id: Option<Uuid> = match Uuid::parse_str(course) {
+        Ok(id) => {
+            sqlx::query_scalar("SELECT id FROM courses WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?
+        }
+        Err(_) => {
+            sqlx::query_scalar("SELECT id FROM courses WHERE slug = $1")
+                .bind(course)
+                .fetch_optional(&mut *tx)
+                .await?
+        }
+    };
     let course_id = course_id.ok_or(Error::NotFound("course"))?;
     let status: Option<String> = sqlx::query_scalar(
         "SELECT status FROM enrollments WHERE user_id = $1 AND course_id = $2 FOR UPDATE",
@@ -310,12 +320,27 @@ pub(crate) async fn view_by_course(
     user_id: Uuid,
     course: &str,
 ) -> Result<Option<EnrollmentView>> {
-    Ok(sqlx::query_as(concat!(
-        enrollment_select!(),
-        "WHERE e.user_id = $1 AND (c.id::text = $2 OR c.slug = $2)"
-    ))
-    .bind(user_id)
-    .bind(course)
-    .fetch_optional(&services.db)
-    .await?)
+    let view = match Uuid::parse_str(course) {
+        Ok(id) => {
+            sqlx::query_as(concat!(
+                enrollment_select!(),
+                "WHERE e.user_id = $1 AND c.id = $2"
+            ))
+            .bind(user_id)
+            .bind(id)
+            .fetch_optional(&services.db)
+            .await?
+        }
+        Err(_) => {
+            sqlx::query_as(concat!(
+                enrollment_select!(),
+                "WHERE e.user_id = $1 AND c.slug = $2"
+            ))
+            .bind(user_id)
+            .bind(course)
+            .fetch_optional(&services.db)
+            .await?
+        }
+    };
+    Ok(view)
 }

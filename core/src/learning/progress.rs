@@ -7,10 +7,11 @@
 //! client's own "completed" flag is not trusted.
 //!
 //! One short transaction per heartbeat: a single upsert of the student's row for the video,
-//! which merges the interval, refuses coverage growing faster than the wall time since the first
-//! heartbeat allows, and reports whether this heartbeat completed the video. Only then is the
-//! enrollment locked and the course's progress recomputed, so completing a course happens once
-//! whatever the concurrency, and queues the certificate with it.
+//! which merges the interval, refuses coverage growing faster than the wall time allows (since
+//! the previous heartbeat, and since the first one), and reports whether this heartbeat
+//! completed the video. Only then is the enrollment locked and the course's progress
+//! recomputed, so completing a course happens once whatever the concurrency, and queues the
+//! certificate with it.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -27,10 +28,16 @@ use crate::jobs::NewJob;
 pub const COMPLETION_SHARE: f64 = 0.9;
 /// Longest watch time one heartbeat may report (players send one every 5 to 15 seconds).
 pub const MAX_HEARTBEAT_SECS: f64 = 30.0;
-/// Coverage cannot grow faster than playback at 2× speed since the first heartbeat, plus one
-/// heartbeat's worth of slack. Replayed or concurrent heartbeats add no coverage, so they pass.
+/// Coverage cannot grow faster than playback at 2× speed: what one heartbeat adds is bounded by
+/// the wall time since the previous heartbeat (plus a few seconds for rounding to whole seconds
+/// and network jitter), and the total by the wall time since the first heartbeat (plus one
+/// heartbeat's worth). A paused viewer therefore banks no credit. Replayed or concurrent
+/// heartbeats add no coverage, so they pass.
 const MAX_PLAYBACK_RATE: f64 = 2.0;
 const SLACK_SECS: f64 = MAX_HEARTBEAT_SECS;
+/// Slack of the bound per heartbeat. Together with the bound since the first heartbeat it keeps
+/// a client sending heartbeats back to back from banking more than a heartbeat's worth.
+pub const HEARTBEAT_SLACK_SECS: f64 = 5.0;
 
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 pub struct Heartbeat {
@@ -145,6 +152,8 @@ pub async fn heartbeat(
                                   >= $5 * (SELECT duration_secs FROM target) THEN now() END)
               WHERE covered_secs(vp.covered + excluded.covered)
                     <= $6 * extract(epoch FROM now() - vp.first_watched_at) + $7
+                AND covered_secs(vp.covered + excluded.covered) - covered_secs(vp.covered)
+                    <= $6 * greatest(extract(epoch FROM now() - vp.last_heartbeat_at), 0) + $8
              RETURNING covered_secs(covered) AS covered, last_position, completed_at,
                        coalesce(completed_at = now(), false) AS just_completed)
          SELECT t.duration_secs, t.course_id, t.enrollment_id, t.course_progress, t.enrollment_status,
@@ -158,6 +167,7 @@ pub async fn heartbeat(
     .bind(COMPLETION_SHARE)
     .bind(MAX_PLAYBACK_RATE)
     .bind(SLACK_SECS)
+    .bind(HEARTBEAT_SLACK_SECS)
     .fetch_optional(&mut *tx)
     .await?;
     let target = beat.ok_or(Error::NotFound("video"))?;
@@ -173,7 +183,7 @@ pub async fn heartbeat(
     else {
         return Err(Error::invalid(
             "watch_time",
-            "is more than could have been watched in the time since playback started",
+            "is more than could have been watched (at up to 2x speed) in the time since the previous heartbeat",
         ));
     };
     let row = Upserted {
@@ -193,6 +203,16 @@ pub async fn heartbeat(
             jobs.push(stats::queue_recompute(&mut tx, target.course_id, Some(user.id)).await?);
         }
         (progress, completed)
+    } else if row.completed_at.is_some() && target.enrollment_status != "completed" {
+        // The enrollment was read in the statement's snapshot. When the upsert waited on the
+        // row lock of a transaction that completed this video (and maybe the course), that
+        // read is older than the completion it then saw; a new statement sees the commit.
+        let (progress, status): (f64, String) =
+            sqlx::query_as("SELECT progress::float8, status FROM enrollments WHERE id = $1")
+                .bind(target.enrollment_id)
+                .fetch_one(&mut *tx)
+                .await?;
+        (progress, status == "completed")
     } else {
         (
             target.course_progress,
