@@ -578,7 +578,7 @@ async fn a_slug_taken_by_a_concurrent_creation_of_another_title_is_retried() {
         assert_eq!(status, 201, "{path}: {created}");
         assert_eq!(created["slug"], expected, "{created}");
     }
-    let slugs: Vec<String> = sqlx::query_scalar("SELECT slug FROM courses ORDER BY slug")
+    let slugs: Vec<String> = sqlx::query_scalar("SELECT slug FROM courses ORDER BY slug COLLATE \"C\"")
         .fetch_all(pool)
         .await
         .unwrap();

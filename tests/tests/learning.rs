@@ -551,6 +551,7 @@ async fn into_own_section(pool: &sqlx::PgPool, course: Uuid, video: Uuid) -> Uui
 #[tokio::test]
 async fn removing_the_only_unwatched_video_completes_the_course_once_with_a_certificate() {
     let app = TestApp::spawn().await;
+    let app = &app;
     let pool = &app.db.pool;
     let (teacher, t) = mint_users(pool, 1, "instructor").await.remove(0);
     // Two courses of two videos; the student completes the first video of each. In one the

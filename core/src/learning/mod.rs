@@ -320,7 +320,7 @@ pub(crate) async fn view_by_course(
     user_id: Uuid,
     course: &str,
 ) -> Result<Option<EnrollmentView>> {
-    let view = match Uuid::parse_str(course) {
+    let view: Option<EnrollmentView> = match Uuid::parse_str(course) {
         Ok(id) => {
             sqlx::query_as(concat!(
                 enrollment_select!(),
