@@ -516,16 +516,20 @@ async fn twenty_parallel_creates_of_one_title_get_twenty_slugs() {
 
 /// Waits until some backend of this test's database waits for a lock.
 async fn someone_waits_for_a_lock(pool: &PgPool) {
-    wait_until("a transaction waiting for a lock", Duration::from_secs(10), || async {
-        let n: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity
+    wait_until(
+        "a transaction waiting for a lock",
+        Duration::from_secs(10),
+        || async {
+            let n: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity
               WHERE datname = current_database() AND wait_event_type = 'Lock'",
-        )
-        .fetch_one(pool)
-        .await
-        .unwrap();
-        n > 0
-    })
+            )
+            .fetch_one(pool)
+            .await
+            .unwrap();
+            n > 0
+        },
+    )
     .await;
 }
 
@@ -555,20 +559,25 @@ async fn a_slug_taken_by_a_concurrent_creation_of_another_title_is_retried() {
             "intro-2-2",
         ),
         (
-            format!("/api/v1/courses/{}/duplicate", original["id"].as_str().unwrap()),
+            format!(
+                "/api/v1/courses/{}/duplicate",
+                original["id"].as_str().unwrap()
+            ),
             None,
             "intro-copy",
             "intro-copy-2",
         ),
     ] {
         let mut holder = pool.begin().await.unwrap();
-        sqlx::query("INSERT INTO courses (id, instructor_id, title, slug) VALUES ($1, $2, 'Held', $3)")
-            .bind(Uuid::now_v7())
-            .bind(teacher_id)
-            .bind(held)
-            .execute(&mut *holder)
-            .await
-            .unwrap();
+        sqlx::query(
+            "INSERT INTO courses (id, instructor_id, title, slug) VALUES ($1, $2, 'Held', $3)",
+        )
+        .bind(Uuid::now_v7())
+        .bind(teacher_id)
+        .bind(held)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
         let request = app.call("POST", &path, Some(&t), body.as_ref());
         let release = async move {
             someone_waits_for_a_lock(pool).await;
@@ -578,13 +587,20 @@ async fn a_slug_taken_by_a_concurrent_creation_of_another_title_is_retried() {
         assert_eq!(status, 201, "{path}: {created}");
         assert_eq!(created["slug"], expected, "{created}");
     }
-    let slugs: Vec<String> = sqlx::query_scalar("SELECT slug FROM courses ORDER BY slug COLLATE \"C\"")
-        .fetch_all(pool)
-        .await
-        .unwrap();
+    let slugs: Vec<String> =
+        sqlx::query_scalar("SELECT slug FROM courses ORDER BY slug COLLATE \"C\"")
+            .fetch_all(pool)
+            .await
+            .unwrap();
     assert_eq!(
         slugs,
-        ["intro", "intro-2", "intro-2-2", "intro-copy", "intro-copy-2"]
+        [
+            "intro",
+            "intro-2",
+            "intro-2-2",
+            "intro-copy",
+            "intro-copy-2"
+        ]
     );
 }
 

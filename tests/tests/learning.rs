@@ -470,7 +470,8 @@ async fn a_heartbeat_cannot_cover_more_than_the_wall_time_since_the_previous_one
     let app = TestApp::spawn().await;
     let pool = &app.db.pool;
     let (teacher, _) = mint_users(pool, 1, "instructor").await.remove(0);
-    let (course, videos) = published_course_with_videos(pool, teacher, "Pauses", "0", 1, 600.0).await;
+    let (course, videos) =
+        published_course_with_videos(pool, teacher, "Pauses", "0", 1, 600.0).await;
     let (s_id, s) = mint_users(pool, 1, "student").await.remove(0);
     app.call(
         "POST",
@@ -556,8 +557,10 @@ async fn removing_the_only_unwatched_video_completes_the_course_once_with_a_cert
     let (teacher, t) = mint_users(pool, 1, "instructor").await.remove(0);
     // Two courses of two videos; the student completes the first video of each. In one the
     // instructor deletes the section of the other video, in the other the video itself.
-    let (by_section, v1) = published_course_with_videos(pool, teacher, "Rigging", "0", 2, 20.0).await;
-    let (by_media, v2) = published_course_with_videos(pool, teacher, "Anchoring", "0", 2, 20.0).await;
+    let (by_section, v1) =
+        published_course_with_videos(pool, teacher, "Rigging", "0", 2, 20.0).await;
+    let (by_media, v2) =
+        published_course_with_videos(pool, teacher, "Anchoring", "0", 2, 20.0).await;
     let section = into_own_section(pool, by_section, v1[1]).await;
     let (s_id, s) = mint_users(pool, 1, "student").await.remove(0);
     for (course, video) in [(by_section, v1[0]), (by_media, v2[0])] {
@@ -570,7 +573,7 @@ async fn removing_the_only_unwatched_video_completes_the_course_once_with_a_cert
             )
             .await;
         assert_eq!(status, 201, "{body}");
-        let (status, p) = beat(&app, &s, video, 18.0, 18.0).await;
+        let (status, p) = beat(app, &s, video, 18.0, 18.0).await;
         assert_eq!(status, 200, "{p}");
         assert_eq!(p["completed"], true, "{p}");
         assert_eq!(p["course_progress"], 50.0);
@@ -591,28 +594,46 @@ async fn removing_the_only_unwatched_video_completes_the_course_once_with_a_cert
     };
     // Wait for the statistics runs the enrollments queued, so the removals start from rest.
     for course in [by_section, by_media] {
-        eventually("enrollment counted", Duration::from_secs(20), || async move {
-            let (_, c) = app.get(&format!("/api/v1/courses/{course}")).await;
-            (c["enrollment_count"] == 1).then_some(())
-        })
+        eventually(
+            "enrollment counted",
+            Duration::from_secs(20),
+            || async move {
+                let (_, c) = app.get(&format!("/api/v1/courses/{course}")).await;
+                (c["enrollment_count"] == 1).then_some(())
+            },
+        )
         .await;
         assert_eq!(state(course).await, ("active".into(), 50.0, 0));
     }
 
     let (status, body) = app
-        .call("DELETE", &format!("/api/v1/sections/{section}"), Some(&t), None)
+        .call(
+            "DELETE",
+            &format!("/api/v1/sections/{section}"),
+            Some(&t),
+            None,
+        )
         .await;
     assert_eq!(status, 204, "{body}");
     let (status, body) = app
-        .call("DELETE", &format!("/api/v1/media/{}", v2[1]), Some(&t), None)
+        .call(
+            "DELETE",
+            &format!("/api/v1/media/{}", v2[1]),
+            Some(&t),
+            None,
+        )
         .await;
     assert!(status == 200 || status == 202, "{status} {body}");
 
     for course in [by_section, by_media] {
-        let c = eventually("completion counted", Duration::from_secs(30), || async move {
-            let (_, c) = app.get(&format!("/api/v1/courses/{course}")).await;
-            (c["completion_count"] == 1).then_some(c)
-        })
+        let c = eventually(
+            "completion counted",
+            Duration::from_secs(30),
+            || async move {
+                let (_, c) = app.get(&format!("/api/v1/courses/{course}")).await;
+                (c["completion_count"] == 1).then_some(c)
+            },
+        )
         .await;
         assert_eq!(c["enrollment_count"], 1, "{c}");
         assert_eq!(state(course).await, ("completed".into(), 100.0, 1));
@@ -650,10 +671,14 @@ async fn removing_the_only_unwatched_video_completes_the_course_once_with_a_cert
         None,
     )
     .await;
-    eventually("second enrollment counted", Duration::from_secs(20), || async {
-        let (_, c) = app.get(&format!("/api/v1/courses/{by_section}")).await;
-        (c["enrollment_count"] == 2).then_some(())
-    })
+    eventually(
+        "second enrollment counted",
+        Duration::from_secs(20),
+        || async {
+            let (_, c) = app.get(&format!("/api/v1/courses/{by_section}")).await;
+            (c["enrollment_count"] == 2).then_some(())
+        },
+    )
     .await;
     assert_eq!(state(by_section).await, ("completed".into(), 100.0, 1));
     let (_, c) = app.get(&format!("/api/v1/courses/{by_section}")).await;
@@ -672,7 +697,12 @@ async fn enrolling_in_a_deleted_course_is_404_and_records_nothing() {
         .await
         .unwrap();
     let (status, body) = app
-        .call("DELETE", &format!("/api/v1/courses/{course}"), Some(&t), None)
+        .call(
+            "DELETE",
+            &format!("/api/v1/courses/{course}"),
+            Some(&t),
+            None,
+        )
         .await;
     assert_eq!(status, 204, "{body}");
     let (s_id, s) = mint_users(pool, 1, "student").await.remove(0);
