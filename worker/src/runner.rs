@@ -229,7 +229,7 @@ async fn execute(
         .job_timeouts
         .get(job.kind())
         .copied()
-        .unwrap_or(policy.timeout);
+        .unwrap_or(job.policy().timeout);
     tracing::info!("job started");
     let started = std::time::Instant::now();
 
