@@ -710,7 +710,10 @@ async fn the_worker_counts_attempts_per_kind_at_its_own_metrics_endpoint() {
         Some(1.0),
         "{api}"
     );
-    assert_eq!(sample(api, "lectern_jobs_due{queue=\"default\"}"), Some(0.0));
+    assert_eq!(
+        sample(api, "lectern_jobs_due{queue=\"default\"}"),
+        Some(0.0)
+    );
 }
 
 #[tokio::test]
@@ -787,11 +790,11 @@ async fn a_job_scheduled_for_later_does_not_start_before_its_time() {
         "started {late} after it was due"
     );
     // Nothing went through apalis-redis's scheduled set.
-    let scheduled: i64 = redis_query(
-        redis::cmd("ZCARD").arg(lectern_core::jobs::queue_config(&app.prefix, Queue::Default)
-            .scheduled_jobs_set()),
-    )
-    .await;
+    let scheduled: i64 =
+        redis_query(redis::cmd("ZCARD").arg(
+            lectern_core::jobs::queue_config(&app.prefix, Queue::Default).scheduled_jobs_set(),
+        ))
+        .await;
     assert_eq!(scheduled, 0);
 }
 
@@ -881,10 +884,12 @@ async fn a_retryable_failure_is_retried_until_its_attempts_run_out() {
         Some(4.0)
     );
     // No retry went through apalis-redis's scheduled set.
-    let scheduled: i64 = redis_query(redis::cmd("ZCARD").arg(
-        lectern_core::jobs::queue_config(&app.prefix, lectern_core::jobs::Queue::Default)
-            .scheduled_jobs_set(),
-    ))
+    let scheduled: i64 = redis_query(
+        redis::cmd("ZCARD").arg(
+            lectern_core::jobs::queue_config(&app.prefix, lectern_core::jobs::Queue::Default)
+                .scheduled_jobs_set(),
+        ),
+    )
     .await;
     assert_eq!(scheduled, 0);
 }

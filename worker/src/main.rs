@@ -69,7 +69,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let services = Services::new(config)?;
 
     let metrics_server = match metrics_addr {
-        Some(addr) => metrics::bind(addr).await.map(|l| tokio::spawn(metrics::serve(l))),
+        Some(addr) => metrics::bind(addr)
+            .await
+            .map(|l| tokio::spawn(metrics::serve(l))),
         None => None,
     };
 

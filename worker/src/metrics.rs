@@ -224,9 +224,7 @@ pub async fn serve(listener: TcpListener) {
         match listener.accept().await {
             Ok((stream, _)) => {
                 tokio::spawn(async move {
-                    if let Err(e) =
-                        tokio::time::timeout(REQUEST_TIMEOUT, answer(stream)).await
-                    {
+                    if let Err(e) = tokio::time::timeout(REQUEST_TIMEOUT, answer(stream)).await {
                         tracing::debug!(error = %e, "metrics request timed out");
                     }
                 });
@@ -281,7 +279,10 @@ mod tests {
         let mut attempt = jobs.start("noop");
         let mut out = String::new();
         jobs.render(&mut out);
-        assert!(out.contains("lectern_worker_jobs_in_flight{kind=\"noop\"} 1"), "{out}");
+        assert!(
+            out.contains("lectern_worker_jobs_in_flight{kind=\"noop\"} 1"),
+            "{out}"
+        );
         attempt.finish(Outcome::Succeeded);
         attempt.finish(Outcome::Failed);
         drop(attempt);

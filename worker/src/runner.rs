@@ -274,11 +274,7 @@ async fn execute(
             tracing::info!(elapsed_ms, "job succeeded");
         }
         Err(JobError::Retryable(reason)) if claimed.attempt < claimed.max_attempts => {
-            let delay = jobs::backoff(
-                claimed.attempt,
-                services.config.job_retry_base,
-                RETRY_MAX,
-            );
+            let delay = jobs::backoff(claimed.attempt, services.config.job_retry_base, RETRY_MAX);
             tracing::warn!(elapsed_ms, error = %reason, retry_in_ms = delay.as_millis() as u64, "job failed; will retry");
             // The retry is not pushed to Redis now: the relay pushes it once it is due, straight
             // onto the pending list. (apalis-redis's scheduled set, the other way, is promoted

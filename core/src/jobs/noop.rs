@@ -51,10 +51,14 @@ pub async fn run_noop(services: &Services, job: &Noop) -> Result<(), JobError> {
     }
     match job.fail {
         Some(super::NoopFailure::Retryable) => {
-            return Err(JobError::Retryable("the no-op was asked to fail (retryable)".into()));
+            return Err(JobError::Retryable(
+                "the no-op was asked to fail (retryable)".into(),
+            ));
         }
         Some(super::NoopFailure::Permanent) => {
-            return Err(JobError::Permanent("the no-op was asked to fail (permanent)".into()));
+            return Err(JobError::Permanent(
+                "the no-op was asked to fail (permanent)".into(),
+            ));
         }
         None => {}
     }
