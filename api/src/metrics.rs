@@ -118,6 +118,14 @@ pub async fn metrics(services: web::Data<Services>) -> HttpResponse {
         }
         let _ = writeln!(
             out,
+            "# HELP lectern_jobs_due Jobs due to run now (queued or retrying, run_at passed), per queue."
+        );
+        let _ = writeln!(out, "# TYPE lectern_jobs_due gauge");
+        for d in &depths {
+            let _ = writeln!(out, "lectern_jobs_due{{queue=\"{}\"}} {}", d.queue, d.due);
+        }
+        let _ = writeln!(
+            out,
             "# HELP lectern_jobs_oldest_due_seconds Age of the oldest job waiting to run, per queue."
         );
         let _ = writeln!(out, "# TYPE lectern_jobs_oldest_due_seconds gauge");

@@ -174,6 +174,10 @@ pub struct Config {
     /// Per-kind overrides of the job time limit (`JOB_TIMEOUTS=send_email=30,transcode_video=3600`).
     pub job_timeouts: BTreeMap<String, Duration>,
     pub shutdown_timeout: Duration,
+    /// Where a worker process serves its Prometheus `/metrics`; `None` when disabled.
+    pub worker_metrics_addr: Option<std::net::SocketAddr>,
+    /// The first retry's backoff ceiling; each further attempt doubles it (with jitter).
+    pub job_retry_base: Duration,
     pub log_format: LogFormat,
     pub media: MediaConfig,
 }
@@ -405,6 +409,30 @@ impl Config {
         }
         let shutdown_timeout =
             Duration::from_secs(r.parse("SHUTDOWN_TIMEOUT_SECS", 30u64, "a number of seconds"));
+        // Set but empty, or `off`, disables the listener; unset means the default address.
+        let worker_metrics_addr = match (r.get)("WORKER_METRICS_ADDR").map(|v| v.trim().to_owned())
+        {
+            None => Some(std::net::SocketAddr::from(([127, 0, 0, 1], 9464))),
+            Some(v) if v.is_empty() || v.eq_ignore_ascii_case("off") => None,
+            Some(v) => match v.parse() {
+                Ok(addr) => Some(addr),
+                Err(_) => {
+                    r.problem(
+                        "WORKER_METRICS_ADDR",
+                        format!("expected host:port (e.g. 127.0.0.1:9464) or off, got {v:?}"),
+                    );
+                    None
+                }
+            },
+        };
+        let job_retry_base = Duration::from_millis(r.parse(
+            "JOB_RETRY_BASE_MS",
+            5000u64,
+            "a number of milliseconds",
+        ));
+        if job_retry_base.is_zero() {
+            r.problem("JOB_RETRY_BASE_MS", "must be at least 1");
+        }
         let log_format = match r.string("LOG_FORMAT", "pretty").as_str() {
             "pretty" => LogFormat::Pretty,
             "json" => LogFormat::Json,
@@ -440,6 +468,8 @@ impl Config {
             worker_concurrency,
             job_timeouts,
             shutdown_timeout,
+            worker_metrics_addr,
+            job_retry_base,
             log_format,
             media,
         })
@@ -729,6 +759,32 @@ mod tests {
         assert!(config.storage.local.is_some());
         assert!(matches!(config.mail.transport, MailTransport::Folder(_)));
         assert_eq!(config.worker_concurrency.media, 2);
+        assert_eq!(
+            config.worker_metrics_addr,
+            Some("127.0.0.1:9464".parse().expect("addr"))
+        );
+        assert_eq!(config.job_retry_base, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn worker_metrics_can_move_or_be_switched_off() {
+        for off in ["", "off", "OFF"] {
+            let config =
+                load(&[("JWT_SECRET", SECRET), ("WORKER_METRICS_ADDR", off)]).expect("valid");
+            assert_eq!(config.worker_metrics_addr, None, "{off:?}");
+        }
+        let config = load(&[
+            ("JWT_SECRET", SECRET),
+            ("WORKER_METRICS_ADDR", "0.0.0.0:9500"),
+        ])
+        .expect("valid");
+        assert_eq!(
+            config.worker_metrics_addr,
+            Some("0.0.0.0:9500".parse().expect("addr"))
+        );
+        let err = load(&[("JWT_SECRET", SECRET), ("WORKER_METRICS_ADDR", "9500")])
+            .expect_err("a port alone is not an address");
+        assert!(err.problems.contains_key("WORKER_METRICS_ADDR"));
     }
 
     #[test]

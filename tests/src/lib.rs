@@ -343,6 +343,8 @@ impl TestApp {
             ("JWT_SECRET", JWT_SECRET.into()),
             ("ADMIN_TOKEN", ADMIN_TOKEN.into()),
             ("SHUTDOWN_TIMEOUT_SECS", "10".into()),
+            // Tests run many workers at once; one that wants metrics picks a free port.
+            ("WORKER_METRICS_ADDR", "off".into()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
@@ -523,6 +525,13 @@ impl TestApp {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Core services of the test's own, configured like the app (its database and Redis prefix).
+    pub fn services(&self) -> lectern_core::Services {
+        let config = lectern_core::config::Config::from_source(|k| self.env.get(k).cloned())
+            .expect("the app's configuration");
+        lectern_core::Services::new(config).expect("services")
     }
 
     pub fn worker_log(&self) -> String {

@@ -564,3 +564,454 @@ async fn mail_starts_within_a_second_while_every_media_slot_is_busy() {
         "{media}"
     );
 }
+
+/// The value of the sample `series` (name and labels, exactly) in Prometheus text.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+async fn scrape(app: &TestApp, url: &str) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(res) = app.http.get(url).send().await {
+            assert_eq!(res.status().as_u16(), 200);
+            return res.text().await.unwrap();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the worker never served {url}\n{}",
+            app.worker_log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn count_in_state(app: &TestApp, state: &str) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM jobs WHERE state = $1")
+        .bind(state)
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_worker_counts_attempts_per_kind_at_its_own_metrics_endpoint() {
+    const JOBS: u64 = 25;
+    let port = lectern_tests::free_port();
+    let app = TestApp::spawn_with(lectern_tests::Options {
+        no_worker: false,
+        env: vec![("WORKER_METRICS_ADDR".into(), format!("127.0.0.1:{port}"))],
+    })
+    .await;
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    let before = scrape(&app, &url).await;
+    assert_eq!(
+        sample(&before, "lectern_worker_jobs_started_total{kind=\"noop\"}"),
+        Some(0.0),
+        "{before}"
+    );
+    assert!(before.contains("# TYPE lectern_worker_job_duration_seconds histogram"));
+
+    let (status, body) = app
+        .post_as_admin(
+            "/api/v1/admin/jobs/noop",
+            &json!({"count": JOBS, "sleep_ms": 20}),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let (status, body) = app
+        .post_as_admin("/api/v1/admin/jobs/noop", &json!({"fail": "permanent"}))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while count_in_state(&app, "succeeded").await < JOBS as i64
+        || count_in_state(&app, "failed").await < 1
+    {
+        assert!(std::time::Instant::now() < deadline, "{}", app.worker_log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The counters move just after the outcome is committed.
+    let noop = |name: &str| format!("{name}{{kind=\"noop\"}}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let text = loop {
+        let text = scrape(&app, &url).await;
+        if sample(&text, &noop("lectern_worker_jobs_failed_total")) == Some(1.0)
+            && sample(&text, &noop("lectern_worker_jobs_succeeded_total")) == Some(JOBS as f64)
+        {
+            break text;
+        }
+        assert!(std::time::Instant::now() < deadline, "{text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let all = JOBS as f64 + 1.0;
+    assert_eq!(
+        sample(&text, &noop("lectern_worker_jobs_started_total")),
+        Some(all)
+    );
+    assert_eq!(
+        sample(&text, &noop("lectern_worker_jobs_retried_total")),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(&text, &noop("lectern_worker_jobs_in_flight")),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(&text, &noop("lectern_worker_job_duration_seconds_count")),
+        Some(all)
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "lectern_worker_job_duration_seconds_bucket{kind=\"noop\",le=\"+Inf\"}"
+        ),
+        Some(all)
+    );
+    // Each succeeded attempt slept 20 ms: none fits the 10 ms bucket, all fit 1 s.
+    let fast = sample(
+        &text,
+        "lectern_worker_job_duration_seconds_bucket{kind=\"noop\",le=\"0.01\"}",
+    )
+    .unwrap();
+    assert!(fast <= 1.0, "{fast}");
+    assert_eq!(
+        sample(
+            &text,
+            "lectern_worker_job_duration_seconds_bucket{kind=\"noop\",le=\"1\"}"
+        ),
+        Some(all)
+    );
+    let sum = sample(&text, &noop("lectern_worker_job_duration_seconds_sum")).unwrap();
+    assert!(sum >= 0.02 * JOBS as f64, "{sum}");
+    // Other kinds are listed, at zero.
+    assert_eq!(
+        sample(
+            &text,
+            "lectern_worker_jobs_started_total{kind=\"send_email\"}"
+        ),
+        Some(0.0)
+    );
+    let res = app
+        .http
+        .get(format!("http://127.0.0.1:{port}/other"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 404);
+
+    // The API reports the failed one, and nothing left due.
+    let (_, api) = app.get("/metrics").await;
+    let api = api.as_str().unwrap();
+    assert_eq!(
+        sample(api, "lectern_jobs{queue=\"default\",state=\"failed\"}"),
+        Some(1.0),
+        "{api}"
+    );
+    assert_eq!(
+        sample(api, "lectern_jobs_due{queue=\"default\"}"),
+        Some(0.0)
+    );
+}
+
+#[tokio::test]
+async fn a_second_worker_on_a_taken_metrics_port_runs_without_metrics() {
+    let port = lectern_tests::free_port();
+    let taken = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let app = TestApp::spawn_with(lectern_tests::Options {
+        no_worker: false,
+        env: vec![("WORKER_METRICS_ADDR".into(), format!("127.0.0.1:{port}"))],
+    })
+    .await;
+    let (_, body) = app
+        .post_as_admin("/api/v1/admin/jobs/noop", &json!({}))
+        .await;
+    let id = body["ids"][0].as_str().unwrap();
+    app.wait_for_job(id, "succeeded", Duration::from_secs(20))
+        .await;
+    assert!(
+        app.worker_log().contains("cannot serve worker metrics"),
+        "{}",
+        app.worker_log()
+    );
+    drop(taken);
+}
+
+#[tokio::test]
+async fn a_job_scheduled_for_later_does_not_start_before_its_time() {
+    use lectern_core::jobs::{self, Job, Noop, Queue};
+    let app = TestApp::spawn().await;
+    let services = app.services();
+    let noop = Job::Noop(Noop {
+        sleep_ms: 0,
+        record: false,
+        queue: Queue::Default,
+        fail: None,
+    });
+    let wanted = chrono::Utc::now() + chrono::Duration::seconds(3);
+    let mut tx = app.db.pool.begin().await.unwrap();
+    let later = jobs::insert(&mut tx, &noop, None, Some(wanted))
+        .await
+        .unwrap();
+    let now = jobs::insert(&mut tx, &noop, None, None).await.unwrap();
+    tx.commit().await.unwrap();
+    assert!(later.scheduled && !now.scheduled);
+    services.jobs.dispatch(&later).await;
+    services.jobs.dispatch(&now).await;
+
+    // The one due now runs at once; the other waits.
+    app.wait_for_job(&now.id.to_string(), "succeeded", Duration::from_secs(10))
+        .await;
+    let early = wanted - chrono::Duration::milliseconds(800);
+    while chrono::Utc::now() < early {
+        let (_, job) = app
+            .get_as_admin(&format!("/api/v1/jobs/{}", later.id))
+            .await;
+        assert_eq!(job["state"], "queued", "started early: {job}");
+        assert!(job["started_at"].is_null(), "{job}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let job = app
+        .wait_for_job(&later.id.to_string(), "succeeded", Duration::from_secs(10))
+        .await;
+    assert_eq!(job["attempts"], 1);
+    let (run_at, started_at): (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>) =
+        sqlx::query_as("SELECT run_at, started_at FROM jobs WHERE id = $1")
+            .bind(later.id)
+            .fetch_one(&app.db.pool)
+            .await
+            .unwrap();
+    assert!(started_at >= run_at, "started {started_at}, due {run_at}");
+    let late = started_at - run_at;
+    assert!(
+        late < chrono::Duration::milliseconds(2500),
+        "started {late} after it was due"
+    );
+    // Nothing went through apalis-redis's scheduled set.
+    let scheduled: i64 =
+        redis_query(redis::cmd("ZCARD").arg(
+            lectern_core::jobs::queue_config(&app.prefix, Queue::Default).scheduled_jobs_set(),
+        ))
+        .await;
+    assert_eq!(scheduled, 0);
+}
+
+async fn redis_query<T: redis::FromRedisValue>(cmd: &mut redis::Cmd) -> T {
+    let mut redis = redis::Client::open(lectern_tests::redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    cmd.query_async(&mut redis).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_retryable_failure_is_retried_until_its_attempts_run_out() {
+    let port = lectern_tests::free_port();
+    let app = TestApp::spawn_with(lectern_tests::Options {
+        no_worker: false,
+        env: vec![
+            ("JOB_RETRY_BASE_MS".into(), "200".into()),
+            ("WORKER_METRICS_ADDR".into(), format!("127.0.0.1:{port}")),
+        ],
+    })
+    .await;
+    let (status, body) = app
+        .post_as_admin("/api/v1/admin/jobs/noop", &json!({"fail": "retryable"}))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["ids"][0].as_str().unwrap().to_owned();
+    let (_, body) = app
+        .post_as_admin("/api/v1/admin/jobs/noop", &json!({"fail": "permanent"}))
+        .await;
+    let permanent = body["ids"][0].as_str().unwrap().to_owned();
+
+    app.wait_for_job(&id, "failed", Duration::from_secs(30))
+        .await;
+    let (_, job) = app.get_as_admin(&format!("/api/v1/admin/jobs/{id}")).await;
+    let max = job["max_attempts"].as_i64().unwrap();
+    assert_eq!(max, 3, "the noop kind's budget");
+    assert_eq!(job["attempts"], max, "{job}");
+    let errors = job["errors"].as_array().unwrap();
+    assert_eq!(errors.len() as i64, max, "one error per attempt: {job}");
+    let mut previous: Option<chrono::DateTime<chrono::Utc>> = None;
+    for (n, error) in errors.iter().enumerate() {
+        assert_eq!(error["attempt"], n as i64 + 1);
+        assert!(
+            error["error"].as_str().unwrap().contains("(retryable)"),
+            "{error}"
+        );
+        let at: chrono::DateTime<chrono::Utc> = error["at"].as_str().unwrap().parse().unwrap();
+        if let Some(previous) = previous {
+            // Each retry waited for its backoff (at least half the ceiling: 100 ms, then 200 ms).
+            let gap = at - previous;
+            assert!(gap >= chrono::Duration::milliseconds(100), "{gap}");
+        }
+        previous = Some(at);
+    }
+    assert!(job["finished_at"].is_string());
+    assert_eq!(job["payload"]["fail"], "retryable");
+
+    // A permanent failure is never retried.
+    let job = app
+        .wait_for_job(&permanent, "failed", Duration::from_secs(10))
+        .await;
+    assert_eq!(job["attempts"], 1, "{job}");
+
+    // Both are dead letters an operator can find.
+    let (_, page) = app
+        .get_as_admin("/api/v1/admin/jobs?state=failed&kind=noop")
+        .await;
+    assert_eq!(page["items"].as_array().unwrap().len(), 2, "{page}");
+
+    // The worker counted two retries and two attempts that failed for good.
+    let text = scrape(&app, &format!("http://127.0.0.1:{port}/metrics")).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut text = text;
+    while sample(&text, "lectern_worker_jobs_failed_total{kind=\"noop\"}") != Some(2.0) {
+        assert!(std::time::Instant::now() < deadline, "{text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        text = scrape(&app, &format!("http://127.0.0.1:{port}/metrics")).await;
+    }
+    assert_eq!(
+        sample(&text, "lectern_worker_jobs_retried_total{kind=\"noop\"}"),
+        Some(2.0)
+    );
+    assert_eq!(
+        sample(&text, "lectern_worker_jobs_started_total{kind=\"noop\"}"),
+        Some(4.0)
+    );
+    // No retry went through apalis-redis's scheduled set.
+    let scheduled: i64 = redis_query(
+        redis::cmd("ZCARD").arg(
+            lectern_core::jobs::queue_config(&app.prefix, lectern_core::jobs::Queue::Default)
+                .scheduled_jobs_set(),
+        ),
+    )
+    .await;
+    assert_eq!(scheduled, 0);
+}
+
+/// Keys of this test's Redis prefix, and the memory they use (`MEMORY USAGE`, bytes).
+async fn prefix_footprint(prefix: &str, pattern: &str) -> (usize, i64) {
+    let mut redis = redis::Client::open(lectern_tests::redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let mut keys: Vec<String> = Vec::new();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{prefix}{pattern}"))
+            .arg("COUNT")
+            .arg(10_000)
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        keys.extend(batch);
+        cursor = next;
+        if cursor == 0 {
+            break;
+        }
+    }
+    let mut bytes = 0;
+    for key in &keys {
+        let used: Option<i64> = redis::cmd("MEMORY")
+            .arg("USAGE")
+            .arg(key)
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        bytes += used.unwrap_or(0);
+    }
+    (keys.len(), bytes)
+}
+
+#[tokio::test]
+async fn redis_returns_to_its_baseline_after_twenty_thousand_jobs() {
+    const JOBS: i64 = 20_000;
+    let app = TestApp::spawn_with(lectern_tests::Options {
+        no_worker: false,
+        env: vec![("WORKER_CONCURRENCY_DEFAULT".into(), "64".into())],
+    })
+    .await;
+    // A first job: the worker has registered with Redis once it has run.
+    let (_, body) = app
+        .post_as_admin("/api/v1/admin/jobs/noop", &json!({}))
+        .await;
+    app.wait_for_job(
+        body["ids"][0].as_str().unwrap(),
+        "succeeded",
+        Duration::from_secs(20),
+    )
+    .await;
+    let services = app.services();
+    let vacuum = || async {
+        // The worker's own vacuum holds a lock for a while after it runs: take it.
+        let _: () = redis_query(redis::cmd("DEL").arg(format!("{}-vacuum-lock", app.prefix))).await;
+        lectern_core::jobs::vacuum_redis(&services).await.unwrap()
+    };
+    let settle = || async {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            vacuum().await;
+            let (meta, _) = prefix_footprint(&app.prefix, "-*:meta:*").await;
+            if meta == 0 {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{meta} task records left after the vacuum"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    settle().await;
+    let (base_keys, base_bytes) = prefix_footprint(&app.prefix, "-*").await;
+
+    let started = std::time::Instant::now();
+    for _ in 0..2 {
+        let (status, body) = app
+            .post_as_admin("/api/v1/admin/jobs/noop", &json!({"count": JOBS / 2}))
+            .await;
+        assert_eq!(status, 202, "{body}");
+    }
+    let deadline = started + Duration::from_secs(180);
+    while count_in_state(&app, "succeeded").await < JOBS + 1 {
+        assert!(std::time::Instant::now() < deadline, "{}", app.worker_log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let drained = started.elapsed();
+    let (peak_keys, peak_bytes) = prefix_footprint(&app.prefix, "-*").await;
+    settle().await;
+    let (keys, bytes) = prefix_footprint(&app.prefix, "-*").await;
+    println!(
+        "{JOBS} jobs drained in {drained:?}; Redis keys/bytes: baseline {base_keys}/{base_bytes}, \
+         drained {peak_keys}/{peak_bytes}, vacuumed {keys}/{bytes}"
+    );
+    let queue = format!("{}-default", app.prefix);
+    for (cmd, key) in [
+        ("HLEN", format!("{queue}:data")),
+        ("SCARD", format!("{queue}:done")),
+        ("SCARD", format!("{queue}:dead")),
+        ("LLEN", format!("{queue}:active")),
+        ("ZCARD", format!("{queue}:scheduled")),
+        ("HLEN", format!("{queue}:meta:result")),
+    ] {
+        let n: i64 = redis_query(redis::cmd(cmd).arg(&key)).await;
+        assert_eq!(n, 0, "{cmd} {key}");
+    }
+    assert!(
+        keys <= base_keys + 2,
+        "keys: {base_keys} before, {keys} after"
+    );
+    assert!(
+        bytes <= base_bytes + 16 * 1024,
+        "bytes: {base_bytes} before, {bytes} after"
+    );
+}

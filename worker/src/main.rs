@@ -3,6 +3,7 @@
 
 mod fetch;
 mod handlers;
+mod metrics;
 mod runner;
 
 use std::process::ExitCode;
@@ -64,7 +65,15 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let concurrency = config.worker_concurrency;
     let shutdown_timeout = config.shutdown_timeout;
     let prefix = config.queue_prefix.clone();
+    let metrics_addr = config.worker_metrics_addr;
     let services = Services::new(config)?;
+
+    let metrics_server = match metrics_addr {
+        Some(addr) => metrics::bind(addr)
+            .await
+            .map(|l| tokio::spawn(metrics::serve(l))),
+        None => None,
+    };
 
     let wakers = std::sync::Arc::new(jobs::wake::Wakers::new(&prefix));
     let listener = tokio::spawn({
@@ -127,6 +136,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let _ = stop_relay.send(true);
     let _ = relay.await;
     listener.abort();
+    if let Some(server) = metrics_server {
+        server.abort();
+    }
     Ok(())
 }
 

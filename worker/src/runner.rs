@@ -18,7 +18,6 @@ use uuid::Uuid;
 /// handed to a live worker once it lapses.
 const LEASE: Duration = jobs::LEASE;
 const HEARTBEAT: Duration = Duration::from_secs(10);
-const RETRY_BASE: Duration = Duration::from_secs(5);
 const RETRY_MAX: Duration = Duration::from_secs(30 * 60);
 /// Jobs the relay pushes per statement.
 const RELAY_BATCH: i64 = 1000;
@@ -200,7 +199,10 @@ pub async fn run_job(
     );
     let (id, attempt) = (claimed.id, claimed.attempt);
     track(id, Some(attempt));
-    let outcome = execute(&services, &batches, claimed).instrument(span).await;
+    let mut metered = crate::metrics::JOBS.start(&claimed.kind);
+    let outcome = execute(&services, &batches, claimed, &mut metered)
+        .instrument(span)
+        .await;
     track(id, None);
     outcome
 }
@@ -209,23 +211,25 @@ async fn execute(
     services: &Services,
     batches: &Batches,
     claimed: Claimed,
+    metered: &mut crate::metrics::Attempt,
 ) -> Result<(), BoxDynError> {
+    use crate::metrics::Outcome;
     let job = match Job::from_parts(&claimed.kind, claimed.payload.clone()) {
         Ok(job) => job,
         Err(e) => {
             tracing::error!(error = %e, "undecodable job payload; failing it without running");
             let reason = format!("the job's payload cannot be read: {e}");
             jobs::reject(&services.db, claimed.id, claimed.attempt, &reason).await?;
+            metered.finish(Outcome::Failed);
             return Ok(());
         }
     };
-    let policy = job.policy();
     let time_limit = services
         .config
         .job_timeouts
         .get(job.kind())
         .copied()
-        .unwrap_or(policy.timeout);
+        .unwrap_or(job.policy().timeout);
     tracing::info!("job started");
     let started = std::time::Instant::now();
 
@@ -266,35 +270,30 @@ async fn execute(
             if !completed_by_handler {
                 batches.succeed(claimed.id, claimed.attempt).await?;
             }
+            metered.finish(Outcome::Succeeded);
             tracing::info!(elapsed_ms, "job succeeded");
         }
         Err(JobError::Retryable(reason)) if claimed.attempt < claimed.max_attempts => {
-            let delay = jobs::backoff(claimed.attempt, RETRY_BASE, RETRY_MAX);
-            let retry_at = chrono::Utc::now() + delay;
+            let delay = jobs::backoff(claimed.attempt, services.config.job_retry_base, RETRY_MAX);
             tracing::warn!(elapsed_ms, error = %reason, retry_in_ms = delay.as_millis() as u64, "job failed; will retry");
-            if jobs::fail(
+            // The retry is not pushed to Redis now: the relay pushes it once it is due, straight
+            // onto the pending list. (apalis-redis's scheduled set, the other way, is promoted
+            // by one Lua `unpack` that fails past about 8,000 due tasks: a retry storm would
+            // wedge the queue.)
+            jobs::fail(
                 &services.db,
                 claimed.id,
                 claimed.attempt,
                 &reason,
-                Some(retry_at),
+                Some(delay),
             )
-            .await?
-            {
-                // Best effort: if this push is lost, the relay pushes the job when it is due.
-                if services
-                    .jobs
-                    .push(claimed.id, policy.queue, delay)
-                    .await
-                    .is_ok()
-                {
-                    jobs::mark_dispatched(&services.db, claimed.id).await?;
-                }
-            }
+            .await?;
+            metered.finish(Outcome::Retried);
         }
         Err(JobError::Retryable(reason) | JobError::Permanent(reason)) => {
             tracing::error!(elapsed_ms, error = %reason, "job failed for good");
             jobs::fail(&services.db, claimed.id, claimed.attempt, &reason, None).await?;
+            metered.finish(Outcome::Failed);
         }
     }
     Ok(())

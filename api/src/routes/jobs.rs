@@ -163,6 +163,9 @@ pub struct NoopRequest {
     /// The queue to run on (default `default`).
     #[serde(default)]
     pub queue: Option<jobs::Queue>,
+    /// Make every attempt fail, `retryable` (retried until attempts run out) or `permanent`.
+    #[serde(default)]
+    pub fail: Option<jobs::NoopFailure>,
 }
 
 fn one() -> u32 {
@@ -191,6 +194,7 @@ pub async fn admin_noop(
         sleep_ms: body.sleep_ms,
         record: body.record,
         queue: body.queue.unwrap_or(jobs::Queue::Default),
+        fail: body.fail,
     };
     let ids = jobs::admin_enqueue_noops(&services, &caller.0, body.count, noop).await?;
     Ok(HttpResponse::Accepted().json(serde_json::json!({ "queued": ids.len(), "ids": ids })))

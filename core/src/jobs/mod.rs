@@ -188,11 +188,15 @@ impl JobQueue {
 
     /// Pushes a committed job to its Redis queue and records that it was dispatched.
     /// Failure is logged, not returned: the relay dispatches the job once Redis is back.
+    ///
+    /// A job scheduled for later is left to the relay, which pushes it straight onto the pending
+    /// list once it is due (so it never starts early, and never passes through apalis-redis's
+    /// scheduled set: see [`JobQueue::push_now`]).
     pub async fn dispatch(&self, job: &NewJob) {
-        if job.coalesced {
+        if job.coalesced || job.scheduled {
             return;
         }
-        if let Err(e) = self.push(job.id, job.queue, job.delay()).await {
+        if let Err(e) = self.push_now(&[(job.id, job.queue)]).await {
             tracing::warn!(job_id = %job.id, error = %e, "job committed but not pushed; the relay will push it");
             return;
         }
@@ -205,12 +209,8 @@ impl JobQueue {
     /// [`PUSH_CHUNK`] jobs) and one `UPDATE` to record them. Failures are logged, as in `dispatch`.
     pub async fn dispatch_many(&self, jobs: &[NewJob]) {
         let mut due: Vec<(Uuid, Queue)> = Vec::with_capacity(jobs.len());
-        for job in jobs.iter().filter(|j| !j.coalesced) {
-            if job.delay().is_zero() {
-                due.push((job.id, job.queue));
-            } else {
-                self.dispatch(job).await;
-            }
+        for job in jobs.iter().filter(|j| !j.coalesced && !j.scheduled) {
+            due.push((job.id, job.queue));
         }
         if due.is_empty() {
             return;
@@ -227,7 +227,9 @@ impl JobQueue {
         }
     }
 
-    /// Pushes one job id to Redis, to run after `delay` (second granularity in apalis-redis).
+    /// Pushes one job id to Redis, to run after `delay` (second granularity in apalis-redis;
+    /// a delayed push goes through apalis-redis's scheduled set, which Lectern itself no longer
+    /// uses: scheduled jobs and retries are pushed by the relay once due).
     pub async fn push(&self, id: Uuid, queue: Queue, delay: Duration) -> Result<(), crate::Error> {
         if delay.is_zero() {
             return self.push_now(&[(id, queue)]).await;

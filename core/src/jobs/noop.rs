@@ -42,12 +42,25 @@ pub async fn admin_enqueue_noops(
     Ok(queued.iter().map(|j| j.id).collect())
 }
 
-/// The `Noop` job: hold the slot for `sleep_ms`, then, with `record`, write the job's id to the
-/// ledger in the transaction that marks the job succeeded.
+/// The `Noop` job: hold the slot for `sleep_ms`, then fail if asked to (`fail`), or, with
+/// `record`, write the job's id to the ledger in the transaction that marks the job succeeded.
 pub async fn run_noop(services: &Services, job: &Noop) -> Result<(), JobError> {
     if job.sleep_ms > 0 {
         let ms = job.sleep_ms.min(Noop::MAX_SLEEP_MS);
         tokio::time::sleep(Duration::from_millis(u64::from(ms))).await;
+    }
+    match job.fail {
+        Some(super::NoopFailure::Retryable) => {
+            return Err(JobError::Retryable(
+                "the no-op was asked to fail (retryable)".into(),
+            ));
+        }
+        Some(super::NoopFailure::Permanent) => {
+            return Err(JobError::Permanent(
+                "the no-op was asked to fail (permanent)".into(),
+            ));
+        }
+        None => {}
     }
     if !job.record {
         return Ok(());

@@ -102,6 +102,19 @@ pub struct Noop {
     /// The queue it runs on (default: `default`), e.g. `media` to occupy transcode slots.
     #[serde(default = "default_queue")]
     pub queue: Queue,
+    /// Fail every attempt this way instead of succeeding: exercises retries and dead letters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fail: Option<NoopFailure>,
+}
+
+/// How a failing [`Noop`] fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum NoopFailure {
+    /// Retried with backoff until the kind's attempts run out.
+    Retryable,
+    /// Failed for good at the first attempt.
+    Permanent,
 }
 
 fn default_queue() -> Queue {
@@ -276,7 +289,8 @@ mod tests {
             Job::Noop(Noop {
                 sleep_ms: 0,
                 record: false,
-                queue: Queue::Media
+                queue: Queue::Media,
+                fail: None,
             })
         );
         let plain = Job::from_parts("noop", serde_json::json!({})).expect("noop");

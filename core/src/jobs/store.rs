@@ -20,6 +20,9 @@ pub struct NewJob {
     pub run_at: DateTime<Utc>,
     /// An identical job was already queued; this is that job, and it needs no new dispatch.
     pub coalesced: bool,
+    /// Due later than it was written (scheduled, debounced): the relay pushes it to Redis once
+    /// it is due, rather than the dispatch after commit.
+    pub scheduled: bool,
 }
 
 impl NewJob {
@@ -138,11 +141,11 @@ pub async fn insert(
     });
     for _ in 0..3 {
         let id = Uuid::now_v7();
-        let inserted: Option<DateTime<Utc>> = sqlx::query_scalar(
+        let inserted: Option<(DateTime<Utc>, bool)> = sqlx::query_as(
             "INSERT INTO jobs (id, kind, queue, payload, max_attempts, created_by, run_at, dedupe_key)
              VALUES ($1, $2, $3, $4, $5, $6, COALESCE($7, now()), $8)
              ON CONFLICT (kind, dedupe_key) WHERE dedupe_key IS NOT NULL AND state = 'queued' DO NOTHING
-             RETURNING run_at",
+             RETURNING run_at, run_at > updated_at",
         )
         .bind(id)
         .bind(job.kind())
@@ -154,13 +157,14 @@ pub async fn insert(
         .bind(dedupe_key.as_deref())
         .fetch_optional(&mut *conn)
         .await?;
-        if let Some(run_at) = inserted {
+        if let Some((run_at, scheduled)) = inserted {
             return Ok(NewJob {
                 id,
                 kind: job.kind(),
                 queue: policy.queue,
                 run_at,
                 coalesced: false,
+                scheduled,
             });
         }
         let existing: Option<(Uuid, DateTime<Utc>)> = sqlx::query_as(
@@ -177,6 +181,7 @@ pub async fn insert(
                 queue: policy.queue,
                 run_at,
                 coalesced: true,
+                scheduled: false,
             });
         }
         // The queued twin started running in between: try again, now without a conflict.
@@ -249,6 +254,7 @@ pub async fn insert_many(
                 queue,
                 run_at,
                 coalesced: false,
+                scheduled: false,
             }),
     );
     Ok(queued)
@@ -420,32 +426,33 @@ pub async fn succeed_many(pool: &PgPool, attempts: &[(Uuid, i32)]) -> Result<Vec
     Ok(done)
 }
 
-/// Records a failed attempt: back to `retrying` at `retry_at`, or `failed` for good (a dead
-/// letter that keeps its payload and every attempt's error) when `retry_at` is `None`.
+/// Records a failed attempt: back to `retrying` in `retry_in` (by PostgreSQL's clock; the relay
+/// pushes it to Redis once it is due), or `failed` for good (a dead letter that keeps its payload
+/// and every attempt's error) when `retry_in` is `None`.
 pub async fn fail(
     pool: &PgPool,
     id: Uuid,
     attempt: i32,
     error: &str,
-    retry_at: Option<DateTime<Utc>>,
+    retry_in: Option<Duration>,
 ) -> Result<bool> {
     let updated = sqlx::query(
         "UPDATE jobs
-            SET state = CASE WHEN $4::timestamptz IS NULL THEN 'failed' ELSE 'retrying' END,
-                run_at = COALESCE($4, run_at),
+            SET state = CASE WHEN $4::float8 IS NULL THEN 'failed' ELSE 'retrying' END,
+                run_at = COALESCE(now() + make_interval(secs => $4::float8), run_at),
                 dispatched_at = NULL,
                 lease_expires_at = NULL,
                 last_error = $3,
                 errors = errors || jsonb_build_array(
                     jsonb_build_object('attempt', $2, 'error', $3, 'at', now())),
-                finished_at = CASE WHEN $4::timestamptz IS NULL THEN now() END,
+                finished_at = CASE WHEN $4::float8 IS NULL THEN now() END,
                 updated_at = now()
           WHERE id = $1 AND attempts = $2 AND state = 'running'",
     )
     .bind(id)
     .bind(attempt)
     .bind(error)
-    .bind(retry_at)
+    .bind(retry_in.map(|d| d.as_secs_f64()))
     .execute(pool)
     .await?;
     Ok(updated.rows_affected() == 1)
@@ -472,17 +479,19 @@ pub async fn recover_expired(pool: &PgPool) -> Result<u64> {
     Ok(done.rows_affected())
 }
 
-/// Pushes to Redis every job that is due but not in Redis: committed jobs whose dispatch was
-/// lost (process crash, Redis down), retries whose push failed, and jobs given back by
-/// [`recover_expired`]. A job gets a few seconds of grace after it comes due, so the process
-/// that committed it can push it first. Safe to run in every worker at once (`SKIP LOCKED`).
-/// Returns how many jobs it pushed.
+/// Pushes to Redis every job that is due but not in Redis: jobs scheduled for later and retries
+/// (nothing else pushes them: see [`JobQueue::dispatch`]), committed jobs whose dispatch was lost
+/// (process crash, Redis down), and jobs given back by [`recover_expired`]. A job that was due
+/// when it was written gets a few seconds of grace, so the process that wrote it can push it
+/// first; one that came due later (`run_at > updated_at`) goes as soon as it is due. Safe to run
+/// in every worker at once (`SKIP LOCKED`). Returns how many jobs it pushed.
 pub async fn relay_due(pool: &PgPool, queue: &JobQueue, limit: i64) -> Result<usize> {
     let mut tx = pool.begin().await?;
     let due: Vec<(Uuid, String)> = sqlx::query_as(
         "SELECT id, queue FROM jobs
           WHERE state IN ('queued', 'retrying') AND dispatched_at IS NULL
-            AND run_at <= now() - interval '3 seconds'
+            AND run_at <= now()
+            AND (run_at > updated_at OR run_at <= now() - interval '3 seconds')
           ORDER BY run_at
           LIMIT $1
           FOR UPDATE SKIP LOCKED",
@@ -609,6 +618,7 @@ pub async fn requeue_failed(
             queue: Queue::parse(&queue),
             run_at,
             coalesced: false,
+            scheduled: false,
         });
     }
     tx.commit().await?;

@@ -198,6 +198,7 @@ fn noop() -> Job {
         sleep_ms: 0,
         record: false,
         queue: Queue::Default,
+        fail: None,
     })
 }
 
