@@ -325,7 +325,7 @@ impl TestApp {
         let smtp = TestSmtp::start();
         let prefix = format!("t{}", &Uuid::new_v4().simple().to_string()[..12]);
         let dir = std::env::temp_dir().join(format!("lectern-{prefix}"));
-        std::fs::create_dir_all(&dir).expect("temp dir");
+        std::fs::create_dir_all(dir.join("tmp")).expect("temp dir");
         let port = free_port();
         let mut env: HashMap<String, String> = [
             ("PORT", port.to_string()),
@@ -345,6 +345,8 @@ impl TestApp {
             ("SHUTDOWN_TIMEOUT_SECS", "10".into()),
             // Tests run many workers at once; one that wants metrics picks a free port.
             ("WORKER_METRICS_ADDR", "off".into()),
+            // The processes' scratch space, so tests can check that nothing is left behind.
+            ("TMPDIR", dir.join("tmp").display().to_string()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
@@ -402,6 +404,18 @@ impl TestApp {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// What the API and worker processes left in their temporary folder.
+    pub fn scratch_left(&self) -> Vec<String> {
+        std::fs::read_dir(self.dir.join("tmp"))
+            .map(|entries| {
+                entries
+                    .filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     pub fn spawn_worker(&self, log_name: &str) -> Proc {

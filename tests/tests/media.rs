@@ -147,6 +147,70 @@ fn decode_all_blocking(url: &str) -> u64 {
         .unwrap_or_else(|| panic!("ffprobe said {text:?}"))
 }
 
+/// The owner's event stream: a WebSocket on the API, read in the background until dropped.
+struct Events {
+    received: std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Events {
+    async fn open(app: &TestApp, token: &str) -> Events {
+        use futures::StreamExt;
+        let url = format!(
+            "{}/api/v1/ws?token={token}",
+            app.url.replace("http://", "ws://")
+        );
+        let (mut ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("websocket");
+        // The first message says the socket is live (and subscribed).
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+            Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t)))) => {
+                let v: Value = serde_json::from_str(&t).unwrap();
+                assert_eq!(v["type"], "ready", "{v}");
+            }
+            other => panic!("no ready message: {other:?}"),
+        }
+        let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = received.clone();
+        let reader = tokio::spawn(async move {
+            while let Some(Ok(msg)) = ws.next().await {
+                if let tokio_tungstenite::tungstenite::Message::Text(t) = msg {
+                    if let Ok(v) = serde_json::from_str::<Value>(&t) {
+                        sink.lock().unwrap().push(v);
+                    }
+                }
+            }
+        });
+        Events { received, reader }
+    }
+
+    /// Waits until an event of `kind` for `media_id` arrived; returns every event so far.
+    async fn until(&self, kind: &str, media_id: &str) -> Vec<Value> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let seen = self.received.lock().unwrap().clone();
+            if seen
+                .iter()
+                .any(|e| e["type"] == kind && e["media_id"] == media_id)
+            {
+                return seen;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {kind} event: {seen:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Events {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
 async fn instructor(app: &TestApp, email: &str) -> (String, String) {
     let body = app.register(email, "instructor").await;
     (
@@ -273,6 +337,7 @@ async fn a_video_becomes_an_hls_ladder_that_plays_through_signed_urls() {
     let dir = scratch();
     // 854x480: the ladder is the source rung and 360p below it.
     let source = make_video(&dir, "lecture.mp4", 854, 480, 4, true, &[]);
+    let events = Events::open(&app, &token).await;
 
     let started =
         presigned_upload(&app, &token, &source, "lecture.mp4", "video/mp4", json!({})).await;
@@ -289,6 +354,27 @@ async fn a_video_becomes_an_hls_ladder_that_plays_through_signed_urls() {
     let job_id = first["job"]["id"].as_str().unwrap();
     let job = app.wait_for_job(job_id, "succeeded", JOB_WAIT).await;
     assert_eq!(job["progress"], 100);
+
+    // The owner saw the progress rise on their socket, then the media become ready.
+    let seen = events.until("media.ready", &id).await;
+    let progress: Vec<i64> = seen
+        .iter()
+        .filter(|e| e["type"] == "media.progress" && e["media_id"] == id.as_str())
+        .map(|e| e["progress"].as_i64().unwrap())
+        .collect();
+    assert!(!progress.is_empty(), "no progress events: {seen:?}");
+    assert!(progress.windows(2).all(|w| w[0] <= w[1]), "{progress:?}");
+    assert!(
+        progress.iter().all(|p| (0..100).contains(p)),
+        "{progress:?}"
+    );
+    assert!(progress.iter().any(|p| *p > 0), "{progress:?}");
+    drop(events);
+    assert!(
+        app.scratch_left().is_empty(),
+        "work folders left behind: {:?}",
+        app.scratch_left()
+    );
 
     let (_, media) = app
         .call("GET", &format!("/api/v1/media/{id}"), Some(&token), None)
@@ -661,6 +747,55 @@ async fn a_50_mb_multipart_upload_goes_straight_to_storage() {
     assert_eq!(status, 200);
     assert_eq!(stored.len(), file.len());
     assert!(stored == file, "the stored file is the uploaded file");
+
+    // An upload shorter than declared: refused at completion, the object removed.
+    let declared = 20 * 1024 * 1024usize;
+    let body =
+        json!({"file_name": "short.pdf", "file_size": declared, "mime_type": "application/pdf"});
+    let (status, started) = app
+        .call("POST", "/api/v1/media/uploads", Some(&token), Some(&body))
+        .await;
+    assert_eq!(status, 201, "{started}");
+    let upload = &started["upload"];
+    let part_size = upload["part_size"].as_u64().unwrap() as usize;
+    let id = started["media"]["id"].as_str().unwrap();
+    let mut etags = Vec::new();
+    for (i, part) in upload["parts"].as_array().unwrap().iter().enumerate() {
+        // Every part but the first comes up short by far.
+        let len = if i == 0 { part_size } else { 1024 };
+        let res = app
+            .http
+            .put(part["url"].as_str().unwrap())
+            .body(file[..len].to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert!(res.status().is_success(), "part {i}: {}", res.status());
+        let etag = res
+            .headers()
+            .get("etag")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_owned();
+        etags.push(json!({"part_number": part["part_number"], "etag": etag}));
+    }
+    assert!(etags.len() >= 2, "{upload}");
+    let (status, err) = app
+        .call(
+            "POST",
+            &format!("/api/v1/media/uploads/{id}/complete"),
+            Some(&token),
+            Some(&json!({"parts": etags})),
+        )
+        .await;
+    assert_eq!(status, 422, "{err}");
+    assert!(err["error"]["fields"]["file_size"].is_array(), "{err}");
+    assert_eq!(stored_objects(&app, id), 0, "the short object is removed");
+    let (_, media) = app
+        .call("GET", &format!("/api/v1/media/{id}"), Some(&token), None)
+        .await;
+    assert_eq!(media["state"], "failed", "{media}");
 }
 
 #[tokio::test]
@@ -857,10 +992,28 @@ async fn bad_input_gets_a_clear_answer_and_the_worker_keeps_going() {
             .contains("50000 × 50000"),
         "{job}"
     );
+    assert_eq!(
+        job["attempts"], 1,
+        "a bomb is refused for good, not retried: {job}"
+    );
+    let (_, media) = app
+        .call("GET", &format!("/api/v1/media/{id}"), Some(&token), None)
+        .await;
+    assert_eq!(media["state"], "failed", "{media}");
+    assert_eq!(
+        stored_objects(&app, id),
+        1,
+        "only the source stays (for the owner to delete or an operator to inspect); no output is half-written"
+    );
 
     // The worker is still alive and processes a good file.
     let media = upload_and_process(&app, &token, &good, "ok.mp4", "video/mp4").await;
     assert_eq!(media["state"], "ready");
+    assert!(
+        app.scratch_left().is_empty(),
+        "work folders left behind by failed jobs: {:?}",
+        app.scratch_left()
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -81,12 +81,21 @@ fn check_limits(w: u32, h: u32, limits: &ImageLimits) -> Result<(), MediaError> 
     Ok(())
 }
 
-/// Decodes `path` and writes `thumbnail.{jpg,webp}` and `preview.{jpg,webp}` into `out_dir`.
-pub fn process(
-    path: &Path,
-    limits: &ImageLimits,
-    out_dir: &Path,
-) -> Result<ImageOutput, MediaError> {
+/// A decoded picture, upright, at least `min_side` on its long side where the source allows.
+pub struct Decoded {
+    pub image: DynamicImage,
+    pub format: ImageFormat,
+    /// The source's size as displayed (after the EXIF orientation).
+    pub width: u32,
+    pub height: u32,
+    /// 1 when decoded at full size; 2, 4 or 8 when decoded at reduced scale.
+    pub scale: u32,
+}
+
+/// Decodes `path` under `limits` (checked on the header first) and applies the EXIF
+/// orientation. A JPEG is decoded at the largest reduction (1/2, 1/4, 1/8, in the DCT domain)
+/// that still gives `min_side` pixels on the long side.
+pub fn decode(path: &Path, limits: &ImageLimits, min_side: u32) -> Result<Decoded, MediaError> {
     let (format, w, h) = inspect(path, limits)?;
     let mut decoder = ImageReader::open(path)
         .map_err(MediaError::io)?
@@ -97,9 +106,8 @@ pub fn process(
     let orientation = decoder
         .orientation()
         .unwrap_or(image::metadata::Orientation::NoTransforms);
-    // Large JPEGs: decode at 1/2, 1/4 or 1/8 scale, still at least the preview's size.
     let scale = if format == ImageFormat::Jpeg {
-        reduced_scale(w, h, PREVIEW_SIDE)
+        reduced_scale(w, h, min_side)
     } else {
         1
     };
@@ -118,28 +126,52 @@ pub fn process(
             .map_err(|e| MediaError::Invalid(format!("the image cannot be decoded: {e}")))?
     };
     img.apply_orientation(orientation);
-    let (dw, dh) = match orientation {
+    let (width, height) = match orientation {
         image::metadata::Orientation::Rotate90
         | image::metadata::Orientation::Rotate270
         | image::metadata::Orientation::Rotate90FlipH
         | image::metadata::Orientation::Rotate270FlipH => (h, w),
         _ => (w, h),
     };
-    let thumbnail = img.thumbnail(THUMBNAIL_SIDE, THUMBNAIL_SIDE);
-    write_jpeg_and_webp(&thumbnail, &out_dir.join("thumbnail"))?;
+    Ok(Decoded {
+        image: img,
+        format,
+        width,
+        height,
+        scale,
+    })
+}
+
+/// Decodes `path` and writes `thumbnail.{jpg,webp}` and `preview.{jpg,webp}` into `out_dir`.
+/// The preview is encoded on a second thread while this one makes and encodes the thumbnail.
+pub fn process(
+    path: &Path,
+    limits: &ImageLimits,
+    out_dir: &Path,
+) -> Result<ImageOutput, MediaError> {
+    let decoded = decode(path, limits, PREVIEW_SIDE)?;
+    let img = decoded.image;
     let preview = if img.width().max(img.height()) > PREVIEW_SIDE {
         img.thumbnail(PREVIEW_SIDE, PREVIEW_SIDE)
     } else {
         img
     };
-    write_jpeg_and_webp(&preview, &out_dir.join("preview"))?;
+    let thumbnail = preview.thumbnail(THUMBNAIL_SIDE, THUMBNAIL_SIDE);
+    std::thread::scope(|scope| {
+        let preview_written =
+            scope.spawn(|| write_jpeg_and_webp(&preview, &out_dir.join("preview")));
+        write_jpeg_and_webp(&thumbnail, &out_dir.join("thumbnail"))?;
+        preview_written
+            .join()
+            .map_err(|_| MediaError::Processing("the preview encoder panicked".into()))?
+    })?;
     Ok(ImageOutput {
-        width: dw,
-        height: dh,
-        format: format!("{format:?}").to_lowercase(),
+        width: decoded.width,
+        height: decoded.height,
+        format: format!("{:?}", decoded.format).to_lowercase(),
         thumbnail: (thumbnail.width(), thumbnail.height()),
         preview: (preview.width(), preview.height()),
-        decode_scale: scale,
+        decode_scale: decoded.scale,
     })
 }
 
