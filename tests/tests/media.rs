@@ -175,10 +175,10 @@ impl Events {
         let sink = received.clone();
         let reader = tokio::spawn(async move {
             while let Some(Ok(msg)) = ws.next().await {
-                if let tokio_tungstenite::tungstenite::Message::Text(t) = msg {
-                    if let Ok(v) = serde_json::from_str::<Value>(&t) {
-                        sink.lock().unwrap().push(v);
-                    }
+                if let tokio_tungstenite::tungstenite::Message::Text(t) = msg
+                    && let Ok(v) = serde_json::from_str::<Value>(&t)
+                {
+                    sink.lock().unwrap().push(v);
                 }
             }
         });
