@@ -30,10 +30,16 @@ async fn confirming_an_address_sends_the_welcome_once() {
     assert_eq!(mails[1].recipients, ["grace@example.com"]);
     let welcome = mails[1].parsed();
     assert_eq!(welcome.subject, "Welcome to Lectern, Test User");
-    assert!(welcome.text.contains("Create your first course"), "{}", welcome.text);
+    assert!(
+        welcome.text.contains("Create your first course"),
+        "{}",
+        welcome.text
+    );
     assert!(welcome.html.contains("Create a course"), "{}", welcome.html);
     assert!(
-        welcome.text.contains(&format!("{}/instructor/courses/new", app.url)),
+        welcome
+            .text
+            .contains(&format!("{}/instructor/courses/new", app.url)),
         "{}",
         welcome.text
     );
@@ -152,14 +158,27 @@ async fn the_digest_summarises_unread_notifications_and_an_unsubscribe_stops_que
     }
     let header = digest.list_unsubscribe.expect("List-Unsubscribe");
     assert!(header.starts_with('<') && header.contains("/api/v1/unsubscribe?token="));
-    assert_ne!(header, format!("<{}>", queued[1].3), "each user has their own link");
+    assert_ne!(
+        header,
+        format!("<{}>", queued[1].3),
+        "each user has their own link"
+    );
 
     // Bob's mail runs at its slot and is not sent: he turned optional mail off meanwhile.
-    app.wait_for_job(&queued[1].0.to_string(), "succeeded", Duration::from_secs(30))
-        .await;
+    app.wait_for_job(
+        &queued[1].0.to_string(),
+        "succeeded",
+        Duration::from_secs(30),
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mails = app.smtp.messages();
-    assert_eq!(mails.len(), 1, "nothing for Bob: {:?}", mails.iter().map(|m| &m.recipients).collect::<Vec<_>>());
+    assert_eq!(
+        mails.len(),
+        1,
+        "nothing for Bob: {:?}",
+        mails.iter().map(|m| &m.recipients).collect::<Vec<_>>()
+    );
 
     // The next run lists only what is new: nothing for Ada until a new notification arrives.
     notify(&app, ada, "Ada fresh news", 0, false).await;
@@ -175,5 +194,9 @@ async fn the_digest_summarises_unread_notifications_and_an_unsubscribe_stops_que
     assert_eq!(second.subject, "1 new notification on Lectern");
     assert!(second.text.contains("Ada fresh news"), "{}", second.text);
     assert!(!second.text.contains("Ada news 7"), "{}", second.text);
-    assert_eq!(digest_jobs(&app).await.len(), 3, "one new digest, for Ada only");
+    assert_eq!(
+        digest_jobs(&app).await.len(),
+        3,
+        "one new digest, for Ada only"
+    );
 }

@@ -119,7 +119,9 @@ async fn main() {
     let sockets = env("BENCH_SOCKETS", 10_000).max(0) as usize;
     // Each student takes up to ten courses (consecutive ones from a starting point, so never
     // the same twice); each enrollment watched `per_enrollment` of its course's videos.
-    let students = (enrollments / 10).max((enrollments + courses - 1) / courses).max(1);
+    let students = (enrollments / 10)
+        .max((enrollments + courses - 1) / courses)
+        .max(1);
     let per_enrollment = (progress / enrollments).max(0);
     let videos = per_enrollment.max(20);
 
@@ -242,10 +244,7 @@ async fn main() {
     .await;
     exec(&mut conn, "VACUUM ANALYZE", "VACUUM ANALYZE".into()).await;
     drop(conn);
-    println!(
-        "  seeding took {:.0} s",
-        seeding.elapsed().as_secs_f64()
-    );
+    println!("  seeding took {:.0} s", seeding.elapsed().as_secs_f64());
 
     // Dashboards, one request at a time, as an instructor opening them.
     let http = reqwest::Client::builder()
