@@ -79,7 +79,7 @@ pub struct Money {
     pub amount: String,
 }
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct CourseSummary {
     pub id: Uuid,
     pub title: String,
@@ -123,7 +123,8 @@ fn require_instructor(caller: &Principal) -> Result<Uuid> {
     }
 }
 
-/// The instructor's overview: three statements whatever the number of courses.
+/// The instructor's overview: one statement whatever the number of courses (plus the range's
+/// two). All-time figures come from `enrollment_totals`; only the range's enrollments are read.
 pub async fn overview(
     services: &Services,
     caller: &Principal,
@@ -132,57 +133,68 @@ pub async fn overview(
     let instructor = require_instructor(caller)?;
     let mut conn = services.db.acquire().await?;
     let range = range(&mut conn, params).await?;
-    // 1. Per course: enrollments, completions, enrollments in range, ratings.
-    let courses: Vec<CourseSummary> = sqlx::query_as(
-        "SELECT c.id, c.title, c.status,
-                count(e.id) FILTER (WHERE e.status IN ('active', 'completed')) AS enrollments,
-                count(e.id) FILTER (WHERE e.status = 'completed') AS completions,
-                CASE WHEN count(e.id) FILTER (WHERE e.status IN ('active', 'completed')) = 0 THEN 0
-                     ELSE round(100.0 * count(e.id) FILTER (WHERE e.status = 'completed')
-                                / count(e.id) FILTER (WHERE e.status IN ('active', 'completed')), 2)::float8 END
-                    AS completion_rate,
-                c.rating_average::float8 AS rating_average, c.rating_count,
-                count(e.id) FILTER (WHERE (e.enrolled_at AT TIME ZONE $2)::date BETWEEN $3 AND $4) AS enrollments_in_range
-           FROM courses c
-           LEFT JOIN enrollments e ON e.course_id = c.id
-          WHERE c.instructor_id = $1 AND c.deleted_at IS NULL
-          GROUP BY c.id
-          ORDER BY c.created_at DESC",
-    )
-    .bind(instructor)
-    .bind(&range.tz)
-    .bind(range.from)
-    .bind(range.to)
-    .fetch_all(&mut *conn)
-    .await?;
-    // 2. Revenue per currency, all time and in range.
+    // One statement: all-time figures from `enrollment_totals` (kept by triggers), the range's
+    // enrollments read once (an index-only range scan per course) for both the per-course counts
+    // and the revenue, and the average over every review.
     #[derive(sqlx::FromRow)]
+    struct Row {
+        courses: serde_json::Value,
+        revenue: serde_json::Value,
+        rating_average: f64,
+    }
+    #[derive(Deserialize)]
     struct Revenue {
         currency: String,
         total: String,
         in_range: String,
     }
-    let revenue: Vec<Revenue> = sqlx::query_as(
-        "SELECT e.currency, sum(e.price_paid)::text AS total,
-                coalesce(sum(e.price_paid) FILTER (WHERE (e.enrolled_at AT TIME ZONE $2)::date BETWEEN $3 AND $4), 0)::text AS in_range
-           FROM enrollments e JOIN courses c ON c.id = e.course_id
-          WHERE c.instructor_id = $1 AND e.price_paid > 0
-          GROUP BY e.currency ORDER BY e.currency",
+    let row: Row = sqlx::query_as(
+        "WITH mine AS MATERIALIZED (
+                 SELECT id, title, status, rating_average, rating_count, created_at, deleted_at
+                   FROM courses WHERE instructor_id = $1),
+              ranged AS MATERIALIZED (
+                 SELECT e.course_id, e.currency, count(*) AS n, sum(e.price_paid) AS paid
+                   FROM mine JOIN enrollments e ON e.course_id = mine.id
+                  WHERE e.enrolled_at >= ($3::date)::timestamp AT TIME ZONE $2
+                    AND e.enrolled_at < ($4::date + 1)::timestamp AT TIME ZONE $2
+                  GROUP BY e.course_id, e.currency),
+              totals AS MATERIALIZED (
+                 SELECT t.course_id, t.currency, t.enrolled, t.completed, t.revenue
+                   FROM mine JOIN enrollment_totals t ON t.course_id = mine.id)
+         SELECT coalesce((
+                  SELECT json_agg(s ORDER BY s.created_at DESC) FROM (
+                    SELECT m.id, m.title, m.status, coalesce(t.enrolled, 0) AS enrollments,
+                           coalesce(t.completed, 0) AS completions,
+                           CASE WHEN coalesce(t.enrolled, 0) = 0 THEN 0
+                                ELSE round(100.0 * t.completed / t.enrolled, 2)::float8 END AS completion_rate,
+                           m.rating_average::float8 AS rating_average, m.rating_count,
+                           coalesce(r.n, 0) AS enrollments_in_range, m.created_at
+                      FROM mine m
+                      LEFT JOIN (SELECT course_id, sum(enrolled)::bigint AS enrolled, sum(completed)::bigint AS completed
+                                   FROM totals GROUP BY course_id) t ON t.course_id = m.id
+                      LEFT JOIN (SELECT course_id, sum(n)::bigint AS n FROM ranged GROUP BY course_id) r
+                             ON r.course_id = m.id
+                     WHERE m.deleted_at IS NULL) s), '[]') AS courses,
+                coalesce((
+                  SELECT json_agg(x ORDER BY x.currency) FROM (
+                    SELECT t.currency, sum(t.revenue)::text AS total,
+                           coalesce((SELECT sum(paid) FROM ranged WHERE ranged.currency = t.currency), 0)::text AS in_range
+                      FROM totals t GROUP BY t.currency HAVING sum(t.revenue) > 0) x), '[]') AS revenue,
+                (SELECT coalesce(round(avg(r.rating), 2), 0)::float8
+                   FROM reviews r JOIN mine c ON c.id = r.course_id
+                  WHERE r.deleted_at IS NULL AND c.deleted_at IS NULL) AS rating_average",
     )
     .bind(instructor)
     .bind(&range.tz)
     .bind(range.from)
     .bind(range.to)
-    .fetch_all(&mut *conn)
-    .await?;
-    // 3. The average over every review of the instructor's courses.
-    let rating_average: f64 = sqlx::query_scalar(
-        "SELECT coalesce(round(avg(r.rating), 2), 0)::float8 FROM reviews r JOIN courses c ON c.id = r.course_id
-          WHERE c.instructor_id = $1 AND r.deleted_at IS NULL AND c.deleted_at IS NULL",
-    )
-    .bind(instructor)
     .fetch_one(&mut *conn)
     .await?;
+    let courses: Vec<CourseSummary> = serde_json::from_value(row.courses)
+        .map_err(|e| Error::Internal(format!("overview courses: {e}").into()))?;
+    let revenue: Vec<Revenue> = serde_json::from_value(row.revenue)
+        .map_err(|e| Error::Internal(format!("overview revenue: {e}").into()))?;
+    let rating_average = row.rating_average;
     Ok(Overview {
         courses_total: courses.len() as i64,
         courses_published: courses.iter().filter(|c| c.status == "published").count() as i64,
@@ -275,19 +287,23 @@ pub async fn course(
     }
     let range = range(&mut conn, params).await?;
     let (enrollments, completions, average_progress): (i64, i64, f64) = sqlx::query_as(
-        "SELECT count(*) FILTER (WHERE status IN ('active', 'completed')),
-                count(*) FILTER (WHERE status = 'completed'),
-                coalesce(round(avg(progress) FILTER (WHERE status IN ('active', 'completed')), 2), 0)::float8
-           FROM enrollments WHERE course_id = $1",
+        "SELECT count(*), count(*) FILTER (WHERE status = 'completed'),
+                coalesce(round(avg(progress), 2), 0)::float8
+           FROM enrollments WHERE course_id = $1 AND status IN ('active', 'completed')",
     )
     .bind(course_id)
     .fetch_one(&mut *conn)
     .await?;
     let enrollment_trend: Vec<DayCount> = sqlx::query_as(
-        "SELECT d::date AS day, count(e.id) AS enrollments
+        "SELECT d::date AS day, coalesce(x.n, 0) AS enrollments
            FROM generate_series($2::date, $3::date, interval '1 day') AS d
-           LEFT JOIN enrollments e ON e.course_id = $1 AND (e.enrolled_at AT TIME ZONE $4)::date = d::date
-          GROUP BY d ORDER BY d",
+           LEFT JOIN (SELECT (enrolled_at AT TIME ZONE $4)::date AS day, count(*) AS n
+                        FROM enrollments
+                       WHERE course_id = $1
+                         AND enrolled_at >= ($2::date)::timestamp AT TIME ZONE $4
+                         AND enrolled_at < ($3::date + 1)::timestamp AT TIME ZONE $4
+                       GROUP BY 1) x ON x.day = d::date
+          ORDER BY d",
     )
     .bind(course_id)
     .bind(range.from)
@@ -306,9 +322,9 @@ pub async fn course(
     .fetch_all(&mut *conn)
     .await?;
     let top_videos: Vec<VideoStats> = sqlx::query_as(
-        "SELECT m.id AS media_id, m.title, count(vp.user_id) AS viewers,
+        "SELECT m.id AS media_id, m.title, count(vp.media_id) AS viewers,
                 count(vp.completed_at) AS completions,
-                coalesce(round(avg(least(100.0, 100.0 * covered_secs(vp.covered) / m.duration_secs))::numeric, 2), 0)::float8
+                coalesce(round(avg(least(100.0, 100.0 * vp.watched_secs / m.duration_secs))::numeric, 2), 0)::float8
                     AS average_watched
            FROM media m
            JOIN sections s ON s.id = m.section_id AND s.deleted_at IS NULL
@@ -322,8 +338,8 @@ pub async fn course(
     .fetch_all(&mut *conn)
     .await?;
     let revenue: Vec<Money> = sqlx::query_as(
-        "SELECT currency, sum(price_paid)::text AS amount FROM enrollments
-          WHERE course_id = $1 AND price_paid > 0 GROUP BY currency ORDER BY currency",
+        "SELECT currency, revenue::text AS amount FROM enrollment_totals
+          WHERE course_id = $1 AND revenue > 0 ORDER BY currency",
     )
     .bind(course_id)
     .fetch_all(&mut *conn)

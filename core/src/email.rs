@@ -64,8 +64,29 @@ pub async fn queue_test_message(
     Ok(queued.reference())
 }
 
-/// The `SendEmail` job: render the template and deliver it.
+/// Whether the owner of `address` still wants optional mail: an active account with
+/// `notify_email` on. An address no account has any more gets none.
+async fn still_wanted(services: &Services, address: &str) -> Result<bool> {
+    let wanted: Option<bool> = sqlx::query_scalar(
+        "SELECT notify_email AND status = 'active' FROM users WHERE email = lower($1)",
+    )
+    .bind(address)
+    .fetch_optional(&services.db)
+    .await?;
+    Ok(wanted.unwrap_or(false))
+}
+
+/// The `SendEmail` job: render the template and deliver it. Optional mail (announcements,
+/// digests) is checked against the recipient's preference now, not only when it was queued:
+/// throttled bulk mail can leave long after its recipient unsubscribed.
 pub async fn deliver(services: &Services, job: &SendEmail) -> Result<(), JobError> {
+    if job.template.is_optional() && !still_wanted(services, &job.to).await? {
+        tracing::info!(
+            template = job.template.name(),
+            "recipient turned optional mail off since it was queued; not sent"
+        );
+        return Ok(());
+    }
     let mut vars = job.vars.clone();
     vars.entry("sent_at").or_insert_with(|| {
         chrono::Utc::now()

@@ -5,7 +5,9 @@ use uuid::Uuid;
 
 use crate::Services;
 use crate::error::Result;
-use crate::jobs::{self, FanOutEvent, FanOutNotifications, Job, JobError, SendEmail};
+use crate::jobs::{
+    self, FanOutEvent, FanOutNotifications, Job, JobError, SendEmail, SendNotificationDigests,
+};
 use crate::mail::EmailTemplate;
 
 /// Followers handled per transaction.
@@ -176,19 +178,10 @@ async fn course_published(
         .await?;
         // Bulk mail is spread over time: each message gets the next free slot of the stream.
         let wanting: Vec<&Recipient> = batch.iter().filter(|r| r.notify_email).collect();
-        let spacing_ms = 60_000.0 / f64::from(services.config.mail.bulk_per_minute.max(1));
-        let first_slot: chrono::DateTime<chrono::Utc> = sqlx::query_scalar(
-            "UPDATE send_slots s SET next_at = greatest(s.next_at, now()) + $1 * interval '1 millisecond'
-               FROM (SELECT greatest(next_at, now()) AS slot FROM send_slots WHERE name = 'bulk_mail' FOR UPDATE) prev
-              WHERE s.name = 'bulk_mail' RETURNING prev.slot",
-        )
-        .bind(spacing_ms * wanting.len() as f64)
-        .fetch_one(&mut *tx)
-        .await?;
+        let slots = reserve_bulk_slots(services, &mut tx, wanting.len()).await?;
         let mut mails = Vec::new();
         for (i, r) in wanting.into_iter().enumerate() {
-            let run_at =
-                first_slot + chrono::Duration::milliseconds((spacing_ms * i as f64) as i64);
+            let run_at = slots.at(i);
             let mut vars = serde_json::Map::new();
             vars.insert("full_name".into(), r.full_name.clone().into());
             vars.insert(
@@ -230,6 +223,168 @@ async fn course_published(
             return Ok(());
         }
     }
+}
+
+/// Send times for `n` bulk messages, reserved on the shared `bulk_mail` stream so that at most
+/// `MAIL_BULK_PER_MINUTE` leave a minute across every worker and job.
+struct BulkSlots {
+    first: chrono::DateTime<chrono::Utc>,
+    spacing_ms: f64,
+}
+
+impl BulkSlots {
+    fn at(&self, i: usize) -> chrono::DateTime<chrono::Utc> {
+        self.first + chrono::Duration::milliseconds((self.spacing_ms * i as f64) as i64)
+    }
+}
+
+async fn reserve_bulk_slots(
+    services: &Services,
+    conn: &mut sqlx::PgConnection,
+    n: usize,
+) -> Result<BulkSlots> {
+    let spacing_ms = 60_000.0 / f64::from(services.config.mail.bulk_per_minute.max(1));
+    let first: chrono::DateTime<chrono::Utc> = sqlx::query_scalar(
+        "UPDATE send_slots s SET next_at = greatest(s.next_at, now()) + $1 * interval '1 millisecond'
+           FROM (SELECT greatest(next_at, now()) AS slot FROM send_slots WHERE name = 'bulk_mail' FOR UPDATE) prev
+          WHERE s.name = 'bulk_mail' RETURNING prev.slot",
+    )
+    .bind(spacing_ms * n as f64)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(BulkSlots { first, spacing_ms })
+}
+
+/// Users handled per transaction by the digest job.
+pub const DIGEST_BATCH: i64 = 500;
+/// Notifications listed in one digest (the rest are counted).
+pub const DIGEST_ITEMS: i64 = 5;
+
+#[derive(sqlx::FromRow)]
+struct DigestRecipient {
+    id: Uuid,
+    email: String,
+    full_name: String,
+    since: String,
+    total: i64,
+    latest: chrono::DateTime<chrono::Utc>,
+    items: serde_json::Value,
+}
+
+/// The digest job: every user with mail notifications on and unread notifications newer than
+/// their last digest gets one summary, on the throttled bulk stream. Each batch commits its mail
+/// jobs with the users' digest cursors, so a retried run tells nobody twice.
+pub async fn send_digests(services: &Services) -> Result<(), JobError> {
+    run_digests(services).await.map_err(JobError::from)
+}
+
+async fn run_digests(services: &Services) -> Result<()> {
+    let base = services.config.public_url.as_str().trim_end_matches('/');
+    let link = format!("{base}/notifications");
+    let mut after: Option<Uuid> = None;
+    let mut sent = 0usize;
+    loop {
+        let mut tx = services.db.begin().await?;
+        let batch: Vec<DigestRecipient> = sqlx::query_as(
+            "WITH due AS (
+                 SELECT u.id, u.email, u.full_name, coalesce(d.through, '-infinity') AS through,
+                        to_char(coalesce(d.sent_at, u.created_at) AT TIME ZONE 'UTC', 'FMMonth FMDD, YYYY') AS since
+                   FROM users u LEFT JOIN digest_cursors d ON d.user_id = u.id
+                  WHERE u.notify_email AND u.status = 'active' AND ($1::uuid IS NULL OR u.id > $1)
+                    AND EXISTS (SELECT 1 FROM notifications n
+                                 WHERE n.user_id = u.id AND n.read_at IS NULL
+                                   AND n.created_at > coalesce(d.through, '-infinity'))
+                  ORDER BY u.id LIMIT $2
+                    FOR UPDATE OF u SKIP LOCKED)
+             SELECT due.id, due.email, due.full_name, due.since, x.total, x.latest,
+                    coalesce((SELECT jsonb_agg(jsonb_build_object('title', t.title, 'message', t.message)
+                                               ORDER BY t.created_at DESC, t.id DESC)
+                                FROM (SELECT id, title, message, created_at FROM notifications
+                                       WHERE user_id = due.id AND read_at IS NULL AND created_at > due.through
+                                       ORDER BY created_at DESC, id DESC LIMIT $3) t), '[]') AS items
+               FROM due CROSS JOIN LATERAL (
+                    SELECT count(*) AS total, max(n.created_at) AS latest FROM notifications n
+                     WHERE n.user_id = due.id AND n.read_at IS NULL AND n.created_at > due.through) x
+              ORDER BY due.id",
+        )
+        .bind(after)
+        .bind(DIGEST_BATCH)
+        .bind(DIGEST_ITEMS)
+        .fetch_all(&mut *tx)
+        .await?;
+        let Some(last) = batch.last().map(|r| r.id) else {
+            break;
+        };
+        let slots = reserve_bulk_slots(services, &mut tx, batch.len()).await?;
+        let mut mails = Vec::with_capacity(batch.len());
+        for (i, r) in batch.iter().enumerate() {
+            let mut vars = serde_json::Map::new();
+            vars.insert("full_name".into(), r.full_name.clone().into());
+            vars.insert("total".into(), r.total.into());
+            vars.insert("since".into(), r.since.clone().into());
+            vars.insert("items".into(), r.items.clone());
+            vars.insert("link".into(), link.clone().into());
+            vars.insert(
+                "unsubscribe_url".into(),
+                crate::accounts::unsubscribe_url(services, r.id).into(),
+            );
+            let job = Job::SendEmail(SendEmail {
+                to: r.email.clone(),
+                template: EmailTemplate::NotificationDigest,
+                vars,
+            });
+            mails.push(jobs::insert(&mut tx, &job, None, Some(slots.at(i))).await?);
+        }
+        sqlx::query(
+            "INSERT INTO digest_cursors (user_id, through, sent_at)
+             SELECT u, t, now() FROM unnest($1::uuid[], $2::timestamptz[]) AS x(u, t)
+             ON CONFLICT (user_id) DO UPDATE SET through = EXCLUDED.through, sent_at = EXCLUDED.sent_at",
+        )
+        .bind(batch.iter().map(|r| r.id).collect::<Vec<_>>())
+        .bind(batch.iter().map(|r| r.latest).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        for mail in &mails {
+            services.jobs.dispatch(mail).await;
+        }
+        sent += batch.len();
+        if (batch.len() as i64) < DIGEST_BATCH {
+            break;
+        }
+        after = Some(last);
+    }
+    tracing::info!(sent, "queued notification digests");
+    Ok(())
+}
+
+/// Queues the daily digest run when it is due (08:00 UTC). Every worker calls this now and
+/// then; the conditional UPDATE lets exactly one of them queue each day's run.
+pub async fn schedule_digests(services: &Services) -> Result<bool> {
+    let mut tx = services.db.begin().await?;
+    let due: Option<String> = sqlx::query_scalar(
+        "UPDATE schedules
+            SET next_run_at = (SELECT CASE WHEN t > now() THEN t ELSE t + interval '1 day' END
+                                 FROM (SELECT date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
+                                              + interval '8 hours' AS t) today)
+          WHERE name = 'notification_digest' AND next_run_at <= now()
+          RETURNING name",
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    if due.is_none() {
+        return Ok(false);
+    }
+    let job = jobs::insert(
+        &mut tx,
+        &Job::SendNotificationDigests(SendNotificationDigests {}),
+        None,
+        None,
+    )
+    .await?;
+    tx.commit().await?;
+    services.jobs.dispatch(&job).await;
+    Ok(true)
 }
 
 #[derive(Debug, Clone, serde::Serialize, sqlx::FromRow, utoipa::ToSchema)]

@@ -155,3 +155,64 @@ async fn notifications_reach_a_socket_on_another_api_process_within_a_second() {
     assert_eq!(next(&mut again).await.unwrap()["type"], "ready");
     drop(second);
 }
+
+/// The reason of the `error` message and the close code that follows it.
+async fn refusal(ws: &mut Socket) -> (String, u16) {
+    let error = next(ws).await.expect("an error message before the close");
+    assert_eq!(error["type"], "error", "{error}");
+    let reason = error["reason"].as_str().unwrap_or_default().to_owned();
+    let code = next(ws).await.expect_err("a close after the error");
+    (reason, code)
+}
+
+/// The access token's claims with `exp` in the past, signed with the API's key.
+fn expired_copy_of(token: &str) -> String {
+    use base64::Engine;
+    use sha2::Digest;
+    let payload = token.split('.').nth(1).unwrap();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .unwrap();
+    let mut claims: Value = serde_json::from_slice(&bytes).unwrap();
+    let now = chrono::Utc::now().timestamp();
+    claims["iat"] = serde_json::json!(now - 7200);
+    claims["exp"] = serde_json::json!(now - 120);
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    header.kid = Some(hex::encode(
+        &sha2::Sha256::digest(lectern_tests::JWT_SECRET.as_bytes())[..8],
+    ));
+    jsonwebtoken::encode(
+        &header,
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(lectern_tests::JWT_SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn an_expired_or_missing_token_is_closed_with_4401() {
+    let app = lectern_tests::TestApp::spawn_with(lectern_tests::Options {
+        no_worker: true,
+        ..Default::default()
+    })
+    .await;
+    let (_, token) = lectern_tests::fixtures::mint_users(&app.db.pool, 1, "student")
+        .await
+        .remove(0);
+    // The same session's token, valid: the socket opens.
+    let mut ok = open(&app.url, &token).await;
+    assert_eq!(next(&mut ok).await.unwrap()["type"], "ready");
+
+    // Expired (same session, same signature key): refused with 4401 and the reason.
+    let mut expired = open(&app.url, &expired_copy_of(&token)).await;
+    let (reason, code) = refusal(&mut expired).await;
+    assert_eq!(code, 4401);
+    assert!(reason.contains("expired"), "{reason}");
+
+    // No token at all, neither in the query nor in a header.
+    let url = format!("{}/api/v1/ws", app.url.replace("http://", "ws://"));
+    let (mut anonymous, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let (reason, code) = refusal(&mut anonymous).await;
+    assert_eq!(code, 4401);
+    assert!(reason.contains("token"), "{reason}");
+}

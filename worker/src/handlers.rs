@@ -14,6 +14,7 @@ pub async fn handle(services: &Services, job: Job) -> Result<(), JobError> {
         Job::RecomputeAllCourseStats(_) => courses::stats::run_all(services).await,
         Job::FanOutNotifications(job) => notifications::fan_out(services, &job).await,
         Job::IssueCertificate(job) => learning::certificates::run(services, &job).await,
+        Job::SendNotificationDigests(_) => notifications::send_digests(services).await,
         Job::Noop(noop) => lectern_core::jobs::run_noop(services, &noop).await,
     }
 }

@@ -349,6 +349,9 @@ pub async fn relay_loop(services: Services, mut stop: tokio::sync::watch::Receiv
                 if lectern_core::courses::stats::schedule_nightly(&services).await? {
                     tracing::info!("queued the nightly recompute of course counters");
                 }
+                if lectern_core::notifications::schedule_digests(&services).await? {
+                    tracing::info!("queued the daily notification digests");
+                }
             }
             if last_sweep.elapsed() >= services.config.media.sweep_interval {
                 last_sweep = std::time::Instant::now();

@@ -716,10 +716,12 @@ pub async fn verify_email(
 ) -> Result<UserView> {
     let mut tx = services.db.begin().await?;
     let user_id = spend_token(&mut tx, token, "verify_email").await?;
-    sqlx::query("UPDATE users SET email_verified_at = COALESCE(email_verified_at, now()), updated_at = now() WHERE id = $1")
+    let first_time = sqlx::query("UPDATE users SET email_verified_at = now(), updated_at = now() WHERE id = $1 AND email_verified_at IS NULL")
         .bind(user_id)
         .execute(&mut *tx)
-        .await?;
+        .await?
+        .rows_affected()
+        > 0;
     audit(
         &mut tx,
         "email_verified",
@@ -730,8 +732,48 @@ pub async fn verify_email(
     )
     .await?;
     let user = fetch_user(&mut tx, user_id).await?;
+    // The welcome goes out once, when the address is confirmed for the first time.
+    let welcome = if first_time {
+        Some(queue_welcome(services, &mut tx, &user).await?)
+    } else {
+        None
+    };
     tx.commit().await?;
+    if let Some(welcome) = welcome {
+        services.jobs.dispatch(&welcome).await;
+    }
     Ok(user)
+}
+
+/// The welcome mail of a newly confirmed account, in the caller's transaction.
+async fn queue_welcome(
+    services: &Services,
+    conn: &mut PgConnection,
+    user: &UserView,
+) -> Result<NewJob> {
+    let base = services.config.public_url.as_str().trim_end_matches('/');
+    let instructor = matches!(user.role, Role::Instructor);
+    let mut vars = serde_json::Map::new();
+    vars.insert("full_name".into(), user.full_name.clone().into());
+    vars.insert(
+        "role".into(),
+        if instructor { "instructor" } else { "student" }.into(),
+    );
+    vars.insert(
+        "link".into(),
+        if instructor {
+            format!("{base}/instructor/courses/new")
+        } else {
+            format!("{base}/courses")
+        }
+        .into(),
+    );
+    let job = Job::SendEmail(SendEmail {
+        to: user.email.clone(),
+        template: EmailTemplate::Welcome,
+        vars,
+    });
+    jobs::insert(conn, &job, Some(user.id), None).await
 }
 
 /// Mails a reset link when the account exists; answers the same either way (no enumeration).

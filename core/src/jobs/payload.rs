@@ -56,6 +56,10 @@ pub struct RecomputeCourseStats {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RecomputeAllCourseStats {}
 
+/// Mail every user with unread notifications since their last digest a summary: the daily job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SendNotificationDigests {}
+
 /// Deliver one event to many users (a course's publication to an instructor's followers), in batches.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FanOutNotifications {
@@ -139,6 +143,7 @@ pub enum Job {
     ExportUserData(ExportUserData),
     Noop(Noop),
     DeleteMediaObjects(DeleteMediaObjects),
+    SendNotificationDigests(SendNotificationDigests),
 }
 
 /// How a job kind is run: its queue, attempts, and time limit.
@@ -151,7 +156,7 @@ pub struct KindPolicy {
 }
 
 /// Every job kind, by name.
-pub const KINDS: [&str; 10] = [
+pub const KINDS: [&str; 11] = [
     "send_email",
     "transcode_video",
     "process_image",
@@ -162,6 +167,7 @@ pub const KINDS: [&str; 10] = [
     "export_user_data",
     "noop",
     "delete_media_objects",
+    "send_notification_digests",
 ];
 
 /// How a kind of job runs: queue, attempts, time limit. `None` for an unknown kind.
@@ -178,6 +184,7 @@ pub fn policy_of(kind: &str) -> Option<KindPolicy> {
         // The queue is the payload's ([`Job::policy`]); this is the fallback.
         "noop" => (Queue::Default, 3, 15 * 60),
         "delete_media_objects" => (Queue::Media, 10, 10 * 60),
+        "send_notification_digests" => (Queue::Default, 5, 30 * 60),
         _ => return None,
     };
     Some(KindPolicy {
@@ -200,6 +207,7 @@ impl Job {
             Job::ExportUserData(_) => "export_user_data",
             Job::Noop(_) => "noop",
             Job::DeleteMediaObjects(_) => "delete_media_objects",
+            Job::SendNotificationDigests(_) => "send_notification_digests",
         }
     }
 

@@ -28,6 +28,11 @@ pub enum EmailTemplate {
     EnrollmentWelcome,
     /// A student completed a course: the certificate's link and code.
     CertificateIssued,
+    /// A new account confirmed its address: what to do first.
+    Welcome,
+    /// A summary of the unread notifications since the last one (non-essential: has an
+    /// unsubscribe link).
+    NotificationDigest,
 }
 
 impl EmailTemplate {
@@ -40,7 +45,19 @@ impl EmailTemplate {
             EmailTemplate::CoursePublished => "course_published",
             EmailTemplate::EnrollmentWelcome => "enrollment_welcome",
             EmailTemplate::CertificateIssued => "certificate_issued",
+            EmailTemplate::Welcome => "welcome",
+            EmailTemplate::NotificationDigest => "notification_digest",
         }
+    }
+
+    /// Mail the user may turn off (`notify_email`): it carries a `List-Unsubscribe` link and is
+    /// checked against the preference again when it is sent, since throttled bulk mail can
+    /// leave long after it was queued.
+    pub fn is_optional(self) -> bool {
+        matches!(
+            self,
+            EmailTemplate::CoursePublished | EmailTemplate::NotificationDigest
+        )
     }
 }
 
@@ -74,6 +91,12 @@ static TEMPLATES: LazyLock<Environment<'static>> = LazyLock::new(|| {
         template!("certificate_issued.subject.txt"),
         template!("certificate_issued.txt"),
         template!("certificate_issued.html"),
+        template!("welcome.subject.txt"),
+        template!("welcome.txt"),
+        template!("welcome.html"),
+        template!("notification_digest.subject.txt"),
+        template!("notification_digest.txt"),
+        template!("notification_digest.html"),
         (
             "layout.html",
             include_str!("../../templates/email/layout.html"),
@@ -302,5 +325,56 @@ mod tests {
         );
         assert!(r.html.contains("lectern.example"));
         assert!(!r.html.contains("<script>"));
+    }
+
+    #[test]
+    fn a_digest_lists_its_items_counts_the_rest_and_links_the_unsubscribe() {
+        let vars = serde_json::json!({
+            "full_name": "Ada",
+            "total": 7,
+            "since": "November 24, 2026",
+            "items": [
+                {"title": "New student in Rust", "message": "Bob enrolled <b>today</b>"},
+                {"title": "New course by Grace", "message": "COBOL is now available"},
+            ],
+            "link": "https://lectern.example/notifications",
+            "unsubscribe_url": "https://lectern.example/api/v1/unsubscribe?token=abc",
+        });
+        let serde_json::Value::Object(vars) = vars else {
+            panic!("an object")
+        };
+        let r = render(
+            EmailTemplate::NotificationDigest,
+            "https://lectern.example",
+            &vars,
+        )
+        .expect("renders");
+        assert_eq!(r.subject, "7 new notifications on Lectern");
+        for part in [&r.text, &r.html] {
+            assert!(part.contains("New student in Rust"), "{part}");
+            assert!(part.contains("COBOL is now available"), "{part}");
+            assert!(part.contains("5 more"), "{part}");
+            assert!(part.contains("unsubscribe?token=abc"), "{part}");
+        }
+        assert!(r.html.contains("&lt;b&gt;today"), "{}", r.html);
+        assert!(EmailTemplate::NotificationDigest.is_optional());
+        assert!(!EmailTemplate::Welcome.is_optional());
+    }
+
+    #[test]
+    fn the_welcome_speaks_to_students_and_instructors() {
+        let mut vars = serde_json::Map::new();
+        vars.insert("full_name".into(), "Ada".into());
+        vars.insert("link".into(), "https://lectern.example/courses".into());
+        vars.insert("role".into(), "student".into());
+        let student =
+            render(EmailTemplate::Welcome, "https://lectern.example", &vars).expect("renders");
+        assert_eq!(student.subject, "Welcome to Lectern, Ada");
+        assert!(student.text.contains("catalogue"));
+        vars.insert("role".into(), "instructor".into());
+        let teacher =
+            render(EmailTemplate::Welcome, "https://lectern.example", &vars).expect("renders");
+        assert!(teacher.html.contains("Create a course"));
+        assert!(!teacher.text.contains("catalogue"));
     }
 }
