@@ -358,33 +358,17 @@ async fn run_digests(services: &Services) -> Result<()> {
     Ok(())
 }
 
-/// Queues the daily digest run when it is due (08:00 UTC). Every worker calls this now and
-/// then; the conditional UPDATE lets exactly one of them queue each day's run.
+/// Queues the daily digest run (08:00 UTC) when it is due, once across the fleet.
 pub async fn schedule_digests(services: &Services) -> Result<bool> {
-    let mut tx = services.db.begin().await?;
-    let due: Option<String> = sqlx::query_scalar(
-        "UPDATE schedules
-            SET next_run_at = (SELECT CASE WHEN t > now() THEN t ELSE t + interval '1 day' END
-                                 FROM (SELECT date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
-                                              + interval '8 hours' AS t) today)
-          WHERE name = 'notification_digest' AND next_run_at <= now()
-          RETURNING name",
-    )
-    .fetch_optional(&mut *tx)
-    .await?;
-    if due.is_none() {
-        return Ok(false);
-    }
-    let job = jobs::insert(
-        &mut tx,
+    jobs::queue_when_due(
+        services,
+        "notification_digest",
+        "(SELECT CASE WHEN t > now() THEN t ELSE t + interval '1 day' END
+            FROM (SELECT date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
+                         + interval '8 hours' AS t) today)",
         &Job::SendNotificationDigests(SendNotificationDigests {}),
-        None,
-        None,
     )
-    .await?;
-    tx.commit().await?;
-    services.jobs.dispatch(&job).await;
-    Ok(true)
+    .await
 }
 
 #[derive(Debug, Clone, serde::Serialize, sqlx::FromRow, utoipa::ToSchema)]

@@ -253,6 +253,25 @@ async fn put_presigned(app: &TestApp, request: &Value, bytes: Vec<u8>) -> reqwes
     res
 }
 
+/// PUTs one part of a multipart upload to its presigned URL; returns `{part_number, etag}`.
+async fn put_part(app: &TestApp, part: &Value, chunk: Vec<u8>) -> Value {
+    let res = app
+        .http
+        .put(part["url"].as_str().unwrap())
+        .body(chunk)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        res.status().is_success(),
+        "part {}: {}",
+        part["part_number"],
+        res.status()
+    );
+    let etag = res.headers().get("etag").unwrap().to_str().unwrap();
+    json!({"part_number": part["part_number"], "etag": etag})
+}
+
 async fn complete(app: &TestApp, token: &str, id: &str) -> (u16, Value) {
     app.call(
         "POST",
@@ -715,22 +734,7 @@ async fn a_50_mb_multipart_upload_goes_straight_to_storage() {
     let mut etags = Vec::new();
     for (i, part) in parts.iter().enumerate() {
         let chunk = file[i * part_size..((i + 1) * part_size).min(file.len())].to_vec();
-        let res = app
-            .http
-            .put(part["url"].as_str().unwrap())
-            .body(chunk)
-            .send()
-            .await
-            .unwrap();
-        assert!(res.status().is_success(), "part {i}: {}", res.status());
-        let etag = res
-            .headers()
-            .get("etag")
-            .unwrap()
-            .to_str()
-            .unwrap()
-            .to_owned();
-        etags.push(json!({"part_number": part["part_number"], "etag": etag}));
+        etags.push(put_part(&app, part, chunk).await);
     }
     let (status, done) = app
         .call(
@@ -763,22 +767,7 @@ async fn a_50_mb_multipart_upload_goes_straight_to_storage() {
     for (i, part) in upload["parts"].as_array().unwrap().iter().enumerate() {
         // Every part but the first comes up short by far.
         let len = if i == 0 { part_size } else { 1024 };
-        let res = app
-            .http
-            .put(part["url"].as_str().unwrap())
-            .body(file[..len].to_vec())
-            .send()
-            .await
-            .unwrap();
-        assert!(res.status().is_success(), "part {i}: {}", res.status());
-        let etag = res
-            .headers()
-            .get("etag")
-            .unwrap()
-            .to_str()
-            .unwrap()
-            .to_owned();
-        etags.push(json!({"part_number": part["part_number"], "etag": etag}));
+        etags.push(put_part(&app, part, file[..len].to_vec()).await);
     }
     assert!(etags.len() >= 2, "{upload}");
     let (status, err) = app

@@ -174,29 +174,13 @@ pub async fn run_all(services: &Services) -> Result<(), JobError> {
     Ok(())
 }
 
-/// Queues the nightly recompute when it is due. Every worker calls this now and then; the
-/// conditional UPDATE lets exactly one of them queue each night's run.
+/// Queues the nightly recompute (03:00 UTC) when it is due, once across the fleet.
 pub async fn schedule_nightly(services: &Services) -> Result<bool> {
-    let mut tx = services.db.begin().await?;
-    let due: Option<String> = sqlx::query_scalar(
-        "UPDATE schedules
-            SET next_run_at = date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' + interval '1 day 3 hours'
-          WHERE name = 'recompute_all_course_stats' AND next_run_at <= now()
-          RETURNING name",
-    )
-    .fetch_optional(&mut *tx)
-    .await?;
-    if due.is_none() {
-        return Ok(false);
-    }
-    let job = jobs::insert(
-        &mut tx,
+    jobs::queue_when_due(
+        services,
+        "recompute_all_course_stats",
+        "date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' + interval '1 day 3 hours'",
         &Job::RecomputeAllCourseStats(RecomputeAllCourseStats {}),
-        None,
-        None,
     )
-    .await?;
-    tx.commit().await?;
-    services.jobs.dispatch(&job).await;
-    Ok(true)
+    .await
 }

@@ -142,6 +142,33 @@ pub fn current_job() -> Option<JobContext> {
 }
 
 /// Records the running job's progress (0-100) and extends its lease. Does nothing outside a job.
+/// Queues `job` when the row `name` of the `schedules` table is due, and moves the row to its
+/// next run (`next_run_sql`, a fixed SQL expression) in the same transaction. Every worker calls
+/// this now and then; the conditional UPDATE lets exactly one of them queue each run.
+pub async fn queue_when_due(
+    services: &crate::Services,
+    name: &str,
+    next_run_sql: &'static str,
+    job: &Job,
+) -> crate::Result<bool> {
+    let mut tx = services.db.begin().await?;
+    let due: Option<String> = sqlx::query_scalar(&format!(
+        "UPDATE schedules SET next_run_at = {next_run_sql}
+          WHERE name = $1 AND next_run_at <= now()
+          RETURNING name"
+    ))
+    .bind(name)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if due.is_none() {
+        return Ok(false);
+    }
+    let queued = insert(&mut tx, job, None, None).await?;
+    tx.commit().await?;
+    services.jobs.dispatch(&queued).await;
+    Ok(true)
+}
+
 pub async fn report_progress(pool: &PgPool, percent: u8) -> crate::Result<()> {
     if let Some(job) = current_job() {
         heartbeat(pool, job.id, job.attempt, LEASE, Some(percent.min(100))).await?;
