@@ -362,10 +362,12 @@ async fn run_digests(services: &Services) -> Result<()> {
 pub async fn schedule_digests(services: &Services) -> Result<bool> {
     jobs::queue_when_due(
         services,
-        "notification_digest",
-        "(SELECT CASE WHEN t > now() THEN t ELSE t + interval '1 day' END
-            FROM (SELECT date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
-                         + interval '8 hours' AS t) today)",
+        "UPDATE schedules
+            SET next_run_at = (SELECT CASE WHEN t > now() THEN t ELSE t + interval '1 day' END
+                                 FROM (SELECT date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
+                                              + interval '8 hours' AS t) today)
+          WHERE name = 'notification_digest' AND next_run_at <= now()
+          RETURNING name",
         &Job::SendNotificationDigests(SendNotificationDigests {}),
     )
     .await

@@ -178,8 +178,10 @@ pub async fn run_all(services: &Services) -> Result<(), JobError> {
 pub async fn schedule_nightly(services: &Services) -> Result<bool> {
     jobs::queue_when_due(
         services,
-        "recompute_all_course_stats",
-        "date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' + interval '1 day 3 hours'",
+        "UPDATE schedules
+            SET next_run_at = date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' + interval '1 day 3 hours'
+          WHERE name = 'recompute_all_course_stats' AND next_run_at <= now()
+          RETURNING name",
         &Job::RecomputeAllCourseStats(RecomputeAllCourseStats {}),
     )
     .await

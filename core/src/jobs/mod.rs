@@ -142,24 +142,19 @@ pub fn current_job() -> Option<JobContext> {
 }
 
 /// Records the running job's progress (0-100) and extends its lease. Does nothing outside a job.
-/// Queues `job` when the row `name` of the `schedules` table is due, and moves the row to its
-/// next run (`next_run_sql`, a fixed SQL expression) in the same transaction. Every worker calls
-/// this now and then; the conditional UPDATE lets exactly one of them queue each run.
+/// Queues `job` when a row of the `schedules` table is due. `advance_sql` is the conditional
+/// UPDATE that moves the due row to its next run and returns it (no row: not due yet); it runs in
+/// the transaction that inserts the job. Every worker calls this now and then; the conditional
+/// UPDATE lets exactly one of them queue each run.
 pub async fn queue_when_due(
     services: &crate::Services,
-    name: &str,
-    next_run_sql: &'static str,
+    advance_sql: &'static str,
     job: &Job,
 ) -> crate::Result<bool> {
     let mut tx = services.db.begin().await?;
-    let due: Option<String> = sqlx::query_scalar(&format!(
-        "UPDATE schedules SET next_run_at = {next_run_sql}
-          WHERE name = $1 AND next_run_at <= now()
-          RETURNING name"
-    ))
-    .bind(name)
-    .fetch_optional(&mut *tx)
-    .await?;
+    let due: Option<String> = sqlx::query_scalar(advance_sql)
+        .fetch_optional(&mut *tx)
+        .await?;
     if due.is_none() {
         return Ok(false);
     }
