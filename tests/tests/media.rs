@@ -272,6 +272,22 @@ async fn put_part(app: &TestApp, part: &Value, chunk: Vec<u8>) -> Value {
     json!({"part_number": part["part_number"], "etag": etag})
 }
 
+/// Completes a multipart upload with its parts' ETags.
+async fn complete_with_parts(
+    app: &TestApp,
+    token: &str,
+    id: &str,
+    parts: &[Value],
+) -> (u16, Value) {
+    app.call(
+        "POST",
+        &format!("/api/v1/media/uploads/{id}/complete"),
+        Some(token),
+        Some(&json!({ "parts": parts })),
+    )
+    .await
+}
+
 async fn complete(app: &TestApp, token: &str, id: &str) -> (u16, Value) {
     app.call(
         "POST",
@@ -736,14 +752,7 @@ async fn a_50_mb_multipart_upload_goes_straight_to_storage() {
         let chunk = file[i * part_size..((i + 1) * part_size).min(file.len())].to_vec();
         etags.push(put_part(&app, part, chunk).await);
     }
-    let (status, done) = app
-        .call(
-            "POST",
-            &format!("/api/v1/media/uploads/{id}/complete"),
-            Some(&token),
-            Some(&json!({"parts": etags})),
-        )
-        .await;
+    let (status, done) = complete_with_parts(&app, &token, id, &etags).await;
     assert_eq!(status, 200, "documents are ready at once: {done}");
     assert_eq!(done["media"]["state"], "ready");
     let (_, play) = playback(&app, &token, id).await;
@@ -770,14 +779,7 @@ async fn a_50_mb_multipart_upload_goes_straight_to_storage() {
         etags.push(put_part(&app, part, file[..len].to_vec()).await);
     }
     assert!(etags.len() >= 2, "{upload}");
-    let (status, err) = app
-        .call(
-            "POST",
-            &format!("/api/v1/media/uploads/{id}/complete"),
-            Some(&token),
-            Some(&json!({"parts": etags})),
-        )
-        .await;
+    let (status, err) = complete_with_parts(&app, &token, id, &etags).await;
     assert_eq!(status, 422, "{err}");
     assert!(err["error"]["fields"]["file_size"].is_array(), "{err}");
     assert_eq!(stored_objects(&app, id), 0, "the short object is removed");
