@@ -8,7 +8,7 @@ use actix_web::dev::Payload;
 use actix_web::{FromRequest, HttpRequest, web};
 use futures::future::LocalBoxFuture;
 use lectern_core::accounts::{self, ClientInfo};
-use lectern_core::auth::Principal;
+use lectern_core::auth::{self, Principal, SignedUser};
 use lectern_core::{Error, Services};
 use sha2::{Digest, Sha256};
 
@@ -70,6 +70,36 @@ impl FromRequest for Caller {
             principal(services, token).await.map(Caller)
         })
     }
+}
+
+/// A user's access token with its signature checked but not its session, for the route that
+/// checks the session in its own statement (see [`SignedUser`]). The operator token is refused,
+/// as it is not an account.
+pub struct SignedCaller(pub SignedUser);
+
+impl FromRequest for SignedCaller {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, Self::Error>>;
+
+    fn from_request(req: &HttpRequest, _payload: &mut Payload) -> Self::Future {
+        let services = req.app_data::<web::Data<Services>>();
+        ready(signed(services, bearer(req)).map(SignedCaller))
+    }
+}
+
+fn signed(
+    services: Option<&web::Data<Services>>,
+    token: Option<String>,
+) -> Result<SignedUser, ApiError> {
+    let services =
+        services.ok_or_else(|| ApiError::Core(Error::Internal("services missing".into())))?;
+    let token = token.ok_or(ApiError::Core(Error::unauthenticated()))?;
+    if let Some(admin) = &services.config.admin_token
+        && same_secret(&token, admin.expose())
+    {
+        return Err(ApiError::Core(auth::user_required()));
+    }
+    Ok(accounts::verify_signature(services, &token)?)
 }
 
 impl FromRequest for MaybeCaller {

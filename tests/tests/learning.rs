@@ -742,3 +742,56 @@ async fn enrolling_in_a_deleted_course_is_404_and_records_nothing() {
         .await;
     assert_eq!(status, 404);
 }
+
+#[tokio::test]
+async fn a_heartbeat_needs_a_live_session_of_an_active_account() {
+    let app = TestApp::spawn().await;
+    let pool = &app.db.pool;
+    let (teacher, _) = mint_users(pool, 1, "instructor").await.remove(0);
+    let (course, videos) =
+        published_course_with_videos(pool, teacher, "Sessions", "0", 1, 600.0).await;
+    let users = mint_users(pool, 2, "student").await;
+    for (_, token) in &users {
+        app.call(
+            "POST",
+            &format!("/api/v1/courses/{course}/enroll"),
+            Some(token),
+            None,
+        )
+        .await;
+    }
+    let ((a_id, a), (b_id, b)) = (&users[0], &users[1]);
+    assert_eq!(beat(&app, a, videos[0], 10.0, 10.0).await.0, 200);
+    assert_eq!(beat(&app, b, videos[0], 10.0, 10.0).await.0, 200);
+    let covered = |user: Uuid| async move {
+        sqlx::query_scalar::<_, i32>(
+            "SELECT covered_secs(covered) FROM video_progress WHERE user_id = $1",
+        )
+        .bind(user)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+    };
+
+    // A's session ends: the access token still has a valid signature and has not expired.
+    let (status, _) = app.call("POST", "/api/v1/auth/logout", Some(a), None).await;
+    assert_eq!(status, 204);
+    // B's account is suspended.
+    sqlx::query("UPDATE users SET status = 'suspended' WHERE id = $1")
+        .bind(b_id)
+        .execute(pool)
+        .await
+        .unwrap();
+    for (user, token) in [(a_id, a), (b_id, b)] {
+        let_time_pass(pool, *user, 10.0).await;
+        let (status, body) = beat(&app, token, videos[0], 20.0, 10.0).await;
+        assert_eq!(status, 401, "{body}");
+        assert_eq!(body["error"]["code"], "session_revoked", "{body}");
+        assert_eq!(covered(*user).await, 10, "nothing recorded");
+    }
+    let (status, body) = beat(&app, lectern_tests::ADMIN_TOKEN, videos[0], 20.0, 10.0).await;
+    assert_eq!(status, 401, "the operator is not an account: {body}");
+    assert_eq!(body["error"]["code"], "user_required", "{body}");
+    let (status, _) = beat(&app, "not-a-token", videos[0], 20.0, 10.0).await;
+    assert_eq!(status, 401);
+}

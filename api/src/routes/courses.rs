@@ -13,7 +13,7 @@ use lectern_core::page::Page;
 use serde::Deserialize;
 use uuid::Uuid;
 
-use crate::auth::{Caller, MaybeCaller};
+use crate::auth::{Caller, MaybeCaller, SignedCaller};
 use crate::error::{ApiResult, ErrorBody};
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -416,7 +416,7 @@ pub async fn unsubscribe_post(
 #[put("/progress/videos/{media_id}")]
 pub async fn heartbeat(
     services: web::Data<Services>,
-    caller: Caller,
+    caller: SignedCaller,
     media_id: web::Path<Uuid>,
     body: web::Json<lectern_core::learning::progress::Heartbeat>,
 ) -> ApiResult<web::Json<lectern_core::learning::progress::VideoProgressView>> {

@@ -18,7 +18,7 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::Services;
-use crate::auth::{AuthUser, Principal, Role};
+use crate::auth::{AuthUser, Principal, Role, SignedUser};
 use crate::email::EmailAddress;
 use crate::error::{Error, FieldErrors, Result};
 use crate::jobs::{self, Job, NewJob, SendEmail};
@@ -575,6 +575,24 @@ async fn fetch_user(conn: &mut PgConnection, id: Uuid) -> Result<UserView> {
 
 /// Turns a bearer access token into the signed-in user. The session is checked on every request,
 /// so logging out or revoking a session takes effect at once.
+/// The answer for a token whose session was revoked or expired, or whose account is not active.
+pub fn session_ended() -> Error {
+    Error::Unauthenticated {
+        code: "session_revoked",
+        message: "this session has ended; sign in again".into(),
+    }
+}
+
+/// Checks an access token's signature and expiry only; the caller must check its session (see
+/// [`SignedUser`]).
+pub fn verify_signature(services: &Services, token: &str) -> Result<SignedUser> {
+    let claims = tokens::verify_access(&services.config, token)?;
+    Ok(SignedUser {
+        id: claims.sub,
+        session_id: claims.sid,
+    })
+}
+
 pub async fn authenticate(services: &Services, token: &str) -> Result<AuthUser> {
     let claims = tokens::verify_access(&services.config, token)?;
     let row: Option<(String, bool)> = sqlx::query_as(
@@ -587,10 +605,7 @@ pub async fn authenticate(services: &Services, token: &str) -> Result<AuthUser> 
     .bind(claims.sub)
     .fetch_optional(&services.db)
     .await?;
-    let (role, email_verified) = row.ok_or_else(|| Error::Unauthenticated {
-        code: "session_revoked",
-        message: "this session has ended; sign in again".into(),
-    })?;
+    let (role, email_verified) = row.ok_or_else(session_ended)?;
     Ok(AuthUser {
         id: claims.sub,
         role: Role::parse(&role).unwrap_or(Role::Student),

@@ -19,7 +19,8 @@ use uuid::Uuid;
 
 use super::certificates;
 use crate::Services;
-use crate::auth::Principal;
+use crate::accounts;
+use crate::auth::{Principal, SignedUser};
 use crate::courses::stats;
 use crate::error::{Error, FieldErrors, Result};
 use crate::jobs::NewJob;
@@ -64,8 +65,23 @@ pub struct VideoProgressView {
     pub course_completed: bool,
 }
 
-/// What the single heartbeat statement returns: the video and enrollment it found (no row: not
-/// a video the caller may watch), and the upserted progress (absent: the heartbeat was refused).
+/// What the fast heartbeat statement returns: whether the caller's session is live, the video
+/// and enrollment it found (absent: not a video the caller may watch), and the updated progress
+/// (absent: this heartbeat would complete the video or break a bound, and takes the full path).
+#[derive(sqlx::FromRow)]
+struct FastBeat {
+    session_live: bool,
+    duration_secs: Option<f64>,
+    enrollment_id: Option<Uuid>,
+    course_progress: Option<f64>,
+    enrollment_status: Option<String>,
+    covered: Option<i32>,
+    last_position: Option<f64>,
+    completed_at: Option<DateTime<Utc>>,
+}
+
+/// What the full path's statement returns: the video and enrollment it found, and the upserted
+/// progress (absent: the heartbeat was refused).
 #[derive(sqlx::FromRow)]
 struct Beat {
     duration_secs: f64,
@@ -77,14 +93,6 @@ struct Beat {
     last_position: Option<f64>,
     completed_at: Option<DateTime<Utc>>,
     just_completed: Option<bool>,
-}
-
-#[derive(sqlx::FromRow)]
-struct Upserted {
-    covered: i32,
-    last_position: f64,
-    completed_at: Option<DateTime<Utc>>,
-    just_completed: bool,
 }
 
 fn check(hb: &Heartbeat) -> Result<()> {
@@ -100,28 +108,154 @@ fn check(hb: &Heartbeat) -> Result<()> {
             format!("must be at most {MAX_HEARTBEAT_SECS} seconds per heartbeat"),
         );
     }
-    fields.into_result()
-}
-
-/// Records one heartbeat of the caller watching a video of a course they are enrolled in.
-pub async fn heartbeat(
-    services: &Services,
-    caller: &Principal,
-    media_id: Uuid,
-    hb: &Heartbeat,
-) -> Result<VideoProgressView> {
-    let user = caller.require_user()?;
-    check(hb)?;
+    fields.into_result()?;
     if hb.watch_time > hb.last_position + 1.0 {
         return Err(Error::invalid(
             "watch_time",
             "cannot be more than the playback position",
         ));
     }
+    Ok(())
+}
+
+fn past_the_end(duration: f64) -> Error {
+    Error::invalid(
+        "last_position",
+        format!("is past the end of the video ({duration:.1} s)"),
+    )
+}
+
+/// Records one heartbeat of the caller watching a video of a course they are enrolled in.
+///
+/// Nearly every heartbeat takes the fast path: one statement, in its own transaction, that checks
+/// the caller's session, finds the video, and merges the interval, but only when that neither
+/// completes the video nor breaks a bound. It commits asynchronously: a crash of PostgreSQL may
+/// lose the last fraction of a second of such heartbeats, which the player's next ones cover
+/// again; nothing else depends on them. A heartbeat the fast path leaves alone (it completes the
+/// video, or is refused) takes the full path: one transaction, committed durably, that applies or
+/// refuses it and completes the course when it reaches 100 %.
+pub async fn heartbeat(
+    services: &Services,
+    caller: &SignedUser,
+    media_id: Uuid,
+    hb: &Heartbeat,
+) -> Result<VideoProgressView> {
+    check(hb)?;
+    let fast: FastBeat = sqlx::query_as(
+        "WITH live AS (
+             SELECT EXISTS (SELECT 1 FROM sessions s JOIN users u ON u.id = s.user_id
+                             WHERE s.id = $9 AND s.user_id = $1 AND s.revoked_at IS NULL
+                               AND s.expires_at > now() AND u.status = 'active') AS ok),
+              target AS (
+             SELECT m.duration_secs, e.id AS enrollment_id,
+                    e.progress::float8 AS course_progress, e.status AS enrollment_status,
+                    least($3, m.duration_secs) AS position
+               FROM media m
+               JOIN sections s ON s.id = m.section_id AND s.deleted_at IS NULL
+               JOIN enrollments e ON e.course_id = m.course_id AND e.user_id = $1
+                                 AND e.status IN ('active', 'completed')
+              WHERE m.id = $2 AND m.kind = 'video' AND m.state = 'ready' AND m.deleted_at IS NULL
+                AND m.duration_secs > 0 AND (SELECT ok FROM live)),
+              span AS (
+             SELECT t.*, int4multirange(int4range(round(greatest(t.position - $4, 0))::int,
+                                                  round(t.position)::int)) AS watched
+               FROM target t WHERE $3 <= t.duration_secs + 1),
+              up AS (
+             INSERT INTO video_progress AS vp (user_id, media_id, enrollment_id, covered, last_position, watch_time)
+             SELECT $1, $2, sp.enrollment_id, sp.watched, sp.position, $4
+               FROM span sp
+              WHERE covered_secs(sp.watched) < $5 * sp.duration_secs
+             ON CONFLICT (user_id, media_id) DO UPDATE SET
+                    covered = vp.covered + excluded.covered,
+                    last_position = excluded.last_position,
+                    watch_time = vp.watch_time + excluded.watch_time,
+                    last_heartbeat_at = now()
+              WHERE covered_secs(vp.covered + excluded.covered)
+                    <= $6 * extract(epoch FROM now() - vp.first_watched_at) + $7
+                AND covered_secs(vp.covered + excluded.covered) - covered_secs(vp.covered)
+                    <= $6 * greatest(extract(epoch FROM now() - vp.last_heartbeat_at), 0) + $8
+                AND (vp.completed_at IS NOT NULL
+                     OR covered_secs(vp.covered + excluded.covered)
+                        < $5 * (SELECT duration_secs FROM target))
+             RETURNING covered_secs(covered) AS covered, last_position, completed_at,
+                       set_config('synchronous_commit', 'off', true) AS commit_mode)
+         SELECT live.ok AS session_live, t.duration_secs, t.enrollment_id, t.course_progress,
+                t.enrollment_status,
+                up.covered, up.last_position, up.completed_at, up.commit_mode
+           FROM live LEFT JOIN target t ON true LEFT JOIN up ON true",
+    )
+    .bind(caller.id)
+    .bind(media_id)
+    .bind(hb.last_position)
+    .bind(hb.watch_time)
+    .bind(COMPLETION_SHARE)
+    .bind(MAX_PLAYBACK_RATE)
+    .bind(SLACK_SECS)
+    .bind(HEARTBEAT_SLACK_SECS)
+    .bind(caller.session_id)
+    .fetch_one(&services.db)
+    .await?;
+    if !fast.session_live {
+        return Err(accounts::session_ended());
+    }
+    let (Some(duration), Some(enrollment_id), Some(course_progress), Some(status)) = (
+        fast.duration_secs,
+        fast.enrollment_id,
+        fast.course_progress,
+        fast.enrollment_status,
+    ) else {
+        return Err(Error::NotFound("video"));
+    };
+    if hb.last_position > duration + 1.0 {
+        return Err(past_the_end(duration));
+    }
+    let (Some(covered), Some(last_position)) = (fast.covered, fast.last_position) else {
+        return full_heartbeat(services, caller.id, media_id, hb).await;
+    };
+    let (course_progress, course_completed) =
+        if fast.completed_at.is_some() && status != "completed" {
+            // The enrollment was read in the statement's snapshot. When the update waited on the
+            // row lock of a transaction that completed this video (and maybe the course), that
+            // read is older than the completion it then saw; a new statement sees the commit.
+            reread_enrollment(&services.db, enrollment_id).await?
+        } else {
+            (course_progress, status == "completed")
+        };
+    Ok(VideoProgressView {
+        media_id,
+        last_position,
+        watched_secs: covered,
+        duration_secs: duration,
+        completed: fast.completed_at.is_some(),
+        completed_at: fast.completed_at,
+        course_progress,
+        course_completed,
+    })
+}
+
+async fn reread_enrollment(
+    conn: impl sqlx::PgExecutor<'_>,
+    enrollment_id: Uuid,
+) -> Result<(f64, bool)> {
+    let (progress, status): (f64, String) =
+        sqlx::query_as("SELECT progress::float8, status FROM enrollments WHERE id = $1")
+            .bind(enrollment_id)
+            .fetch_one(conn)
+            .await?;
+    Ok((progress, status == "completed"))
+}
+
+/// The full path of a heartbeat (the session is already checked): one transaction that finds the
+/// video, refuses a position past its end or coverage growing faster than wall time allows,
+/// merges the interval, and, when the video completes, recomputes the course's progress and
+/// completes the enrollment at 100 % (queueing the certificate and the course's statistics).
+async fn full_heartbeat(
+    services: &Services,
+    user_id: Uuid,
+    media_id: Uuid,
+    hb: &Heartbeat,
+) -> Result<VideoProgressView> {
     let mut tx = services.db.begin().await?;
-    // One statement: find the video (a processed video in a live section of a course the caller
-    // is enrolled in; anything else is 404, whether it does not exist or is not theirs), refuse a
-    // position past its end, merge the watched interval, and report the result.
     let beat: Option<Beat> = sqlx::query_as(
         "WITH target AS (
              SELECT m.duration_secs, m.course_id, e.id AS enrollment_id,
@@ -160,7 +294,7 @@ pub async fn heartbeat(
                 up.covered, up.last_position, up.completed_at, up.just_completed
            FROM target t LEFT JOIN up ON true",
     )
-    .bind(user.id)
+    .bind(user_id)
     .bind(media_id)
     .bind(hb.last_position)
     .bind(hb.watch_time)
@@ -173,10 +307,7 @@ pub async fn heartbeat(
     let target = beat.ok_or(Error::NotFound("video"))?;
     let duration = target.duration_secs;
     if hb.last_position > duration + 1.0 {
-        return Err(Error::invalid(
-            "last_position",
-            format!("is past the end of the video ({duration:.1} s)"),
-        ));
+        return Err(past_the_end(duration));
     }
     let (Some(covered), Some(last_position), Some(just_completed)) =
         (target.covered, target.last_position, target.just_completed)
@@ -186,33 +317,20 @@ pub async fn heartbeat(
             "is more than could have been watched (at up to 2x speed) in the time since the previous heartbeat",
         ));
     };
-    let row = Upserted {
-        covered,
-        last_position,
-        completed_at: target.completed_at,
-        just_completed,
-    };
     let mut jobs: Vec<NewJob> = Vec::new();
-    let (course_progress, course_completed) = if row.just_completed {
+    let (course_progress, course_completed) = if just_completed {
         let (progress, completed_now, completed) =
             refresh_enrollment(&mut tx, target.enrollment_id).await?;
         if completed_now {
             jobs.push(
-                certificates::queue_issue(&mut tx, target.enrollment_id, Some(user.id)).await?,
+                certificates::queue_issue(&mut tx, target.enrollment_id, Some(user_id)).await?,
             );
-            jobs.push(stats::queue_recompute(&mut tx, target.course_id, Some(user.id)).await?);
+            jobs.push(stats::queue_recompute(&mut tx, target.course_id, Some(user_id)).await?);
         }
         (progress, completed)
-    } else if row.completed_at.is_some() && target.enrollment_status != "completed" {
-        // The enrollment was read in the statement's snapshot. When the upsert waited on the
-        // row lock of a transaction that completed this video (and maybe the course), that
-        // read is older than the completion it then saw; a new statement sees the commit.
-        let (progress, status): (f64, String) =
-            sqlx::query_as("SELECT progress::float8, status FROM enrollments WHERE id = $1")
-                .bind(target.enrollment_id)
-                .fetch_one(&mut *tx)
-                .await?;
-        (progress, status == "completed")
+    } else if target.completed_at.is_some() && target.enrollment_status != "completed" {
+        // As on the fast path: the snapshot's enrollment may predate a completion waited on.
+        reread_enrollment(&mut *tx, target.enrollment_id).await?
     } else {
         (
             target.course_progress,
@@ -225,11 +343,11 @@ pub async fn heartbeat(
     }
     Ok(VideoProgressView {
         media_id,
-        last_position: row.last_position,
-        watched_secs: row.covered,
+        last_position,
+        watched_secs: covered,
         duration_secs: duration,
-        completed: row.completed_at.is_some(),
-        completed_at: row.completed_at,
+        completed: target.completed_at.is_some(),
+        completed_at: target.completed_at,
         course_progress,
         course_completed,
     })

@@ -66,58 +66,38 @@ async fn main() {
         .execute(pool)
         .await
         .unwrap();
+    let rate: f64 = std::env::var("BENCH_RATE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5000.0);
     println!(
-        "lectern learning benchmark: {players} players, {} cores, {seconds} s, API and PostgreSQL on loopback",
+        "lectern learning benchmark: {players} players, {} cores, {seconds} s per figure, API and PostgreSQL on loopback",
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
-    let started = Instant::now();
-    let base = Arc::new(app.url.clone());
-    let mut tasks = Vec::new();
-    for (i, (_, token)) in students.iter().enumerate() {
-        let (http, base, token) = (http.clone(), base.clone(), token.clone());
-        let video = videos[i % videos.len()];
-        tasks.push(tokio::spawn(async move {
-            let (mut lat, mut errors, mut position) = (Vec::new(), 0usize, 5.0_f64);
-            while started.elapsed() < Duration::from_secs(seconds) {
-                position = if position >= 3595.0 {
-                    5.0
-                } else {
-                    position + 5.0
-                };
-                let t = Instant::now();
-                let ok = http
-                    .put(format!("{base}/api/v1/progress/videos/{video}"))
-                    .bearer_auth(&token)
-                    .json(&json!({"last_position": position, "watch_time": 5.0}))
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status().is_success());
-                lat.push(t.elapsed());
-                if !ok {
-                    errors += 1;
-                }
-            }
-            (lat, errors)
-        }));
-    }
-    let (mut lat, mut errors) = (Vec::new(), 0);
-    for t in tasks {
-        let (l, e) = t.await.unwrap();
-        lat.extend(l);
-        errors += e;
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    lat.sort();
-    let pct = |p: f64| {
-        lat[((lat.len() as f64 * p).ceil() as usize).clamp(1, lat.len()) - 1].as_secs_f64() * 1000.0
-    };
-    println!(
-        "PUT /progress/videos/{{id}}            {:>8.0} heartbeats/s   p50 {:>6.2} ms   p99 {:>6.2} ms   ({} requests, {errors} errors)",
-        lat.len() as f64 / elapsed,
-        pct(0.50),
-        pct(0.99),
-        lat.len()
+    let players: Arc<Vec<(String, uuid::Uuid)>> = Arc::new(
+        students
+            .iter()
+            .enumerate()
+            .map(|(i, (_, token))| (token.clone(), videos[i % videos.len()]))
+            .collect(),
     );
+    // Saturation: every player sends its next heartbeat as soon as the previous one is answered.
+    let positions = vec![5.0; players.len()];
+    let run = play(&http, &app.url, &players, positions, seconds, None).await;
+    run.print("as fast as answered");
+    // At the target rate: each player sends on its own schedule (rate / players per second), and
+    // latency counts from when a heartbeat was due, so a slow answer that delays the next ones
+    // is charged to them too.
+    let run = play(
+        &http,
+        &app.url,
+        &players,
+        run.positions,
+        seconds,
+        Some(rate),
+    )
+    .await;
+    run.print(&format!("offered {rate:.0}/s"));
 
     // Certificates: render in process, as the job does.
     let text = CertificateText {
@@ -143,4 +123,97 @@ async fn main() {
         elapsed * 1000.0 / n as f64,
         first.len()
     );
+}
+
+struct Run {
+    latencies: Vec<Duration>,
+    errors: usize,
+    elapsed: f64,
+    positions: Vec<f64>,
+}
+
+impl Run {
+    fn print(&self, what: &str) {
+        let lat = &self.latencies;
+        let pct = |p: f64| {
+            lat[((lat.len() as f64 * p).ceil() as usize).clamp(1, lat.len()) - 1].as_secs_f64()
+                * 1000.0
+        };
+        println!(
+            "PUT /progress/videos/{{id}}, {what:<20} {:>7.0} heartbeats/s   p50 {:>6.2} ms   p99 {:>6.2} ms   max {:>7.2} ms   ({} requests, {} errors)",
+            lat.len() as f64 / self.elapsed,
+            pct(0.50),
+            pct(0.99),
+            pct(1.0),
+            lat.len(),
+            self.errors
+        );
+    }
+}
+
+/// Every player watches on from `positions` in 5-second heartbeats for `seconds`: back to back,
+/// or paced so that all players together offer `rate` heartbeats per second.
+async fn play(
+    http: &reqwest::Client,
+    base: &str,
+    players: &Arc<Vec<(String, uuid::Uuid)>>,
+    positions: Vec<f64>,
+    seconds: u64,
+    rate: Option<f64>,
+) -> Run {
+    let started = Instant::now();
+    let end = started + Duration::from_secs(seconds);
+    let period = rate.map(|r| Duration::from_secs_f64(players.len() as f64 / r));
+    let mut tasks = Vec::new();
+    for (i, mut position) in positions.into_iter().enumerate() {
+        let (http, base, players) = (http.clone(), base.to_owned(), players.clone());
+        // Paced players start spread over one period.
+        let mut next = period.map(|p| started + p.mul_f64(i as f64 / players.len() as f64));
+        tasks.push(tokio::spawn(async move {
+            let (token, video) = &players[i];
+            let (mut lat, mut errors) = (Vec::new(), 0usize);
+            while next.unwrap_or_else(Instant::now) < end {
+                let due = match (next.as_mut(), period) {
+                    (Some(next), Some(period)) => {
+                        tokio::time::sleep_until((*next).into()).await;
+                        let due = *next;
+                        *next += period;
+                        due
+                    }
+                    _ => Instant::now(),
+                };
+                position = if position >= 3595.0 {
+                    5.0
+                } else {
+                    position + 5.0
+                };
+                let ok = http
+                    .put(format!("{base}/api/v1/progress/videos/{video}"))
+                    .bearer_auth(token)
+                    .json(&json!({"last_position": position, "watch_time": 5.0}))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success());
+                lat.push(due.elapsed());
+                if !ok {
+                    errors += 1;
+                }
+            }
+            (lat, errors, position)
+        }));
+    }
+    let (mut latencies, mut errors, mut positions) = (Vec::new(), 0, Vec::new());
+    for t in tasks {
+        let (l, e, p) = t.await.unwrap();
+        latencies.extend(l);
+        errors += e;
+        positions.push(p);
+    }
+    latencies.sort();
+    Run {
+        latencies,
+        errors,
+        elapsed: started.elapsed().as_secs_f64(),
+        positions,
+    }
 }
