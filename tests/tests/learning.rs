@@ -795,3 +795,80 @@ async fn a_heartbeat_needs_a_live_session_of_an_active_account() {
     let (status, _) = beat(&app, "not-a-token", videos[0], 20.0, 10.0).await;
     assert_eq!(status, 401);
 }
+
+#[tokio::test]
+async fn a_video_watched_before_is_404_once_it_is_no_longer_the_students_to_watch() {
+    let app = TestApp::spawn().await;
+    let pool = &app.db.pool;
+    let (teacher_id, teacher) = mint_users(pool, 1, "instructor").await.remove(0);
+    let (course, videos) =
+        published_course_with_videos(pool, teacher_id, "Gone", "0", 2, 600.0).await;
+    let (s_id, s) = mint_users(pool, 1, "student").await.remove(0);
+    let enroll = |op: &'static str| {
+        let (app, s) = (&app, s.clone());
+        async move {
+            app.call(
+                "POST",
+                &format!("/api/v1/courses/{course}/{op}"),
+                Some(&s),
+                None,
+            )
+            .await
+            .0
+        }
+    };
+    assert_eq!(enroll("enroll").await, 201);
+    for video in &videos {
+        assert_eq!(beat(&app, &s, *video, 10.0, 10.0).await.0, 200);
+    }
+    let covered = || async {
+        sqlx::query_scalar::<_, i32>(
+            "SELECT sum(covered_secs(covered))::int FROM video_progress WHERE user_id = $1",
+        )
+        .bind(s_id)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+    };
+
+    // Dropped: the progress rows stay (for a later re-enrollment), but heartbeats are refused.
+    assert_eq!(enroll("drop").await, 200);
+    let_time_pass(pool, s_id, 10.0).await;
+    assert_eq!(beat(&app, &s, videos[0], 20.0, 10.0).await.0, 404);
+    assert_eq!(covered().await, 20, "nothing recorded while dropped");
+    let status = enroll("enroll").await;
+    assert!(status == 200 || status == 201, "{status}");
+    let (status, p) = beat(&app, &s, videos[0], 20.0, 10.0).await;
+    assert_eq!(status, 200, "{p}");
+    assert_eq!(p["watched_secs"], 20);
+
+    // The instructor removes the second video's section, then the first video itself.
+    let section = into_own_section(pool, course, videos[1]).await;
+    let (status, body) = app
+        .call(
+            "DELETE",
+            &format!("/api/v1/sections/{section}"),
+            Some(&teacher),
+            None,
+        )
+        .await;
+    assert_eq!(status, 204, "{body}");
+    let (status, body) = app
+        .call(
+            "DELETE",
+            &format!("/api/v1/media/{}", videos[0]),
+            Some(&teacher),
+            None,
+        )
+        .await;
+    assert!(status == 200 || status == 202, "{status} {body}");
+    let_time_pass(pool, s_id, 10.0).await;
+    // The removed video's progress goes with it; the other row stays as it was.
+    let before = covered().await;
+    assert_eq!(before, 10);
+    for video in &videos {
+        let (status, body) = beat(&app, &s, *video, 30.0, 10.0).await;
+        assert_eq!(status, 404, "{body}");
+    }
+    assert_eq!(covered().await, before, "nothing recorded after removal");
+}

@@ -595,23 +595,42 @@ pub fn verify_signature(services: &Services, token: &str) -> Result<SignedUser> 
 
 pub async fn authenticate(services: &Services, token: &str) -> Result<AuthUser> {
     let claims = tokens::verify_access(&services.config, token)?;
-    let row: Option<(String, bool)> = sqlx::query_as(
-        "SELECT u.role, u.email_verified_at IS NOT NULL
-           FROM sessions s JOIN users u ON u.id = s.user_id
-          WHERE s.id = $1 AND s.user_id = $2 AND s.revoked_at IS NULL AND s.expires_at > now()
-            AND u.status = 'active'",
-    )
-    .bind(claims.sid)
-    .bind(claims.sub)
-    .fetch_optional(&services.db)
-    .await?;
-    let (role, email_verified) = row.ok_or_else(session_ended)?;
+    let (role, email_verified) = live_session(services, claims.sid, claims.sub)
+        .await?
+        .ok_or_else(session_ended)?;
     Ok(AuthUser {
         id: claims.sub,
         role: Role::parse(&role).unwrap_or(Role::Student),
         session_id: claims.sid,
         email_verified,
     })
+}
+
+/// 401 unless the signed token's session is live and its account active.
+pub async fn require_live_session(services: &Services, user: &SignedUser) -> Result<()> {
+    live_session(services, user.session_id, user.id)
+        .await?
+        .map(|_| ())
+        .ok_or_else(session_ended)
+}
+
+/// The account's role and whether its email is verified, if the session is live (not revoked,
+/// not expired) and the account active.
+async fn live_session(
+    services: &Services,
+    session_id: Uuid,
+    user_id: Uuid,
+) -> Result<Option<(String, bool)>> {
+    Ok(sqlx::query_as(
+        "SELECT u.role, u.email_verified_at IS NOT NULL
+           FROM sessions s JOIN users u ON u.id = s.user_id
+          WHERE s.id = $1 AND s.user_id = $2 AND s.revoked_at IS NULL AND s.expires_at > now()
+            AND u.status = 'active'",
+    )
+    .bind(session_id)
+    .bind(user_id)
+    .fetch_optional(&services.db)
+    .await?)
 }
 
 /// Ends the caller's session, or all of their sessions.

@@ -65,19 +65,16 @@ pub struct VideoProgressView {
     pub course_completed: bool,
 }
 
-/// What the fast heartbeat statement returns: whether the caller's session is live, the video
-/// and enrollment it found (absent: not a video the caller may watch), and the updated progress
-/// (absent: this heartbeat would complete the video or break a bound, and takes the full path).
+/// What the fast heartbeat statement returns when it applied the heartbeat.
 #[derive(sqlx::FromRow)]
 struct FastBeat {
-    session_live: bool,
-    duration_secs: Option<f64>,
-    enrollment_id: Option<Uuid>,
-    course_progress: Option<f64>,
-    enrollment_status: Option<String>,
-    covered: Option<i32>,
-    last_position: Option<f64>,
+    covered: i32,
+    last_position: f64,
     completed_at: Option<DateTime<Utc>>,
+    enrollment_id: Uuid,
+    course_progress: f64,
+    enrollment_status: String,
+    duration_secs: f64,
 }
 
 /// What the full path's statement returns: the video and enrollment it found, and the upserted
@@ -127,13 +124,14 @@ fn past_the_end(duration: f64) -> Error {
 
 /// Records one heartbeat of the caller watching a video of a course they are enrolled in.
 ///
-/// Nearly every heartbeat takes the fast path: one statement, in its own transaction, that checks
-/// the caller's session, finds the video, and merges the interval, but only when that neither
-/// completes the video nor breaks a bound. It commits asynchronously: a crash of PostgreSQL may
-/// lose the last fraction of a second of such heartbeats, which the player's next ones cover
-/// again; nothing else depends on them. A heartbeat the fast path leaves alone (it completes the
-/// video, or is refused) takes the full path: one transaction, committed durably, that applies or
-/// refuses it and completes the course when it reaches 100 %.
+/// Nearly every heartbeat takes the fast path: one UPDATE, in its own transaction, of the row of
+/// an earlier heartbeat, which checks the caller's session and that the video is still theirs to
+/// watch, and merges the interval, but only when that neither completes the video nor breaks a
+/// bound. It commits asynchronously: a crash of PostgreSQL may lose the last fraction of a second
+/// of such heartbeats (the player's next ones carry on from there); nothing else depends on them,
+/// and any later durable commit makes them durable too. Every other heartbeat (the first of a
+/// video, one that completes it, one refused, or a caller whose session has ended) takes the full
+/// path, durable, which tells them apart.
 pub async fn heartbeat(
     services: &Services,
     caller: &SignedUser,
@@ -141,48 +139,34 @@ pub async fn heartbeat(
     hb: &Heartbeat,
 ) -> Result<VideoProgressView> {
     check(hb)?;
-    let fast: FastBeat = sqlx::query_as(
-        "WITH live AS (
-             SELECT EXISTS (SELECT 1 FROM sessions s JOIN users u ON u.id = s.user_id
-                             WHERE s.id = $9 AND s.user_id = $1 AND s.revoked_at IS NULL
-                               AND s.expires_at > now() AND u.status = 'active') AS ok),
-              target AS (
-             SELECT m.duration_secs, e.id AS enrollment_id,
-                    e.progress::float8 AS course_progress, e.status AS enrollment_status,
-                    least($3, m.duration_secs) AS position
-               FROM media m
-               JOIN sections s ON s.id = m.section_id AND s.deleted_at IS NULL
-               JOIN enrollments e ON e.course_id = m.course_id AND e.user_id = $1
-                                 AND e.status IN ('active', 'completed')
-              WHERE m.id = $2 AND m.kind = 'video' AND m.state = 'ready' AND m.deleted_at IS NULL
-                AND m.duration_secs > 0 AND (SELECT ok FROM live)),
-              span AS (
-             SELECT t.*, int4multirange(int4range(round(greatest(t.position - $4, 0))::int,
-                                                  round(t.position)::int)) AS watched
-               FROM target t WHERE $3 <= t.duration_secs + 1),
-              up AS (
-             INSERT INTO video_progress AS vp (user_id, media_id, enrollment_id, covered, last_position, watch_time)
-             SELECT $1, $2, sp.enrollment_id, sp.watched, sp.position, $4
-               FROM span sp
-              WHERE covered_secs(sp.watched) < $5 * sp.duration_secs
-             ON CONFLICT (user_id, media_id) DO UPDATE SET
-                    covered = vp.covered + excluded.covered,
-                    last_position = excluded.last_position,
-                    watch_time = vp.watch_time + excluded.watch_time,
-                    last_heartbeat_at = now()
-              WHERE covered_secs(vp.covered + excluded.covered)
-                    <= $6 * extract(epoch FROM now() - vp.first_watched_at) + $7
-                AND covered_secs(vp.covered + excluded.covered) - covered_secs(vp.covered)
-                    <= $6 * greatest(extract(epoch FROM now() - vp.last_heartbeat_at), 0) + $8
-                AND (vp.completed_at IS NOT NULL
-                     OR covered_secs(vp.covered + excluded.covered)
-                        < $5 * (SELECT duration_secs FROM target))
-             RETURNING covered_secs(covered) AS covered, last_position, completed_at,
-                       set_config('synchronous_commit', 'off', true) AS commit_mode)
-         SELECT live.ok AS session_live, t.duration_secs, t.enrollment_id, t.course_progress,
-                t.enrollment_status,
-                up.covered, up.last_position, up.completed_at, up.commit_mode
-           FROM live LEFT JOIN target t ON true LEFT JOIN up ON true",
+    let fast: Option<FastBeat> = sqlx::query_as(
+        "UPDATE video_progress vp SET
+                covered = vp.covered + w.watched,
+                last_position = w.position,
+                watch_time = vp.watch_time + $4,
+                last_heartbeat_at = now()
+           FROM (SELECT m.duration_secs, m.course_id, least($3, m.duration_secs) AS position,
+                        int4multirange(int4range(round(greatest(least($3, m.duration_secs) - $4, 0))::int,
+                                                 round(least($3, m.duration_secs))::int)) AS watched
+                   FROM media m JOIN sections s ON s.id = m.section_id AND s.deleted_at IS NULL
+                  WHERE m.id = $2 AND m.kind = 'video' AND m.state = 'ready'
+                    AND m.deleted_at IS NULL AND m.duration_secs > 0
+                    AND $3 <= m.duration_secs + 1) w,
+                enrollments e, sessions se, users u
+          WHERE vp.user_id = $1 AND vp.media_id = $2
+            AND e.user_id = $1 AND e.course_id = w.course_id AND e.status IN ('active', 'completed')
+            AND se.id = $9 AND se.user_id = $1 AND se.revoked_at IS NULL AND se.expires_at > now()
+            AND u.id = $1 AND u.status = 'active'
+            AND covered_secs(vp.covered + w.watched)
+                <= $6 * extract(epoch FROM now() - vp.first_watched_at) + $7
+            AND covered_secs(vp.covered + w.watched) - vp.watched_secs
+                <= $6 * greatest(extract(epoch FROM now() - vp.last_heartbeat_at), 0) + $8
+            AND (vp.completed_at IS NOT NULL
+                 OR covered_secs(vp.covered + w.watched) < $5 * w.duration_secs)
+         RETURNING vp.watched_secs AS covered, vp.last_position, vp.completed_at,
+                   e.id AS enrollment_id, e.progress::float8 AS course_progress,
+                   e.status AS enrollment_status, w.duration_secs,
+                   set_config('synchronous_commit', 'off', true) AS commit_mode",
     )
     .bind(caller.id)
     .bind(media_id)
@@ -193,39 +177,26 @@ pub async fn heartbeat(
     .bind(SLACK_SECS)
     .bind(HEARTBEAT_SLACK_SECS)
     .bind(caller.session_id)
-    .fetch_one(&services.db)
+    .fetch_optional(&services.db)
     .await?;
-    if !fast.session_live {
-        return Err(accounts::session_ended());
-    }
-    let (Some(duration), Some(enrollment_id), Some(course_progress), Some(status)) = (
-        fast.duration_secs,
-        fast.enrollment_id,
-        fast.course_progress,
-        fast.enrollment_status,
-    ) else {
-        return Err(Error::NotFound("video"));
-    };
-    if hb.last_position > duration + 1.0 {
-        return Err(past_the_end(duration));
-    }
-    let (Some(covered), Some(last_position)) = (fast.covered, fast.last_position) else {
+    let Some(fast) = fast else {
+        accounts::require_live_session(services, caller).await?;
         return full_heartbeat(services, caller.id, media_id, hb).await;
     };
     let (course_progress, course_completed) =
-        if fast.completed_at.is_some() && status != "completed" {
+        if fast.completed_at.is_some() && fast.enrollment_status != "completed" {
             // The enrollment was read in the statement's snapshot. When the update waited on the
             // row lock of a transaction that completed this video (and maybe the course), that
             // read is older than the completion it then saw; a new statement sees the commit.
-            reread_enrollment(&services.db, enrollment_id).await?
+            reread_enrollment(&services.db, fast.enrollment_id).await?
         } else {
-            (course_progress, status == "completed")
+            (fast.course_progress, fast.enrollment_status == "completed")
         };
     Ok(VideoProgressView {
         media_id,
-        last_position,
-        watched_secs: covered,
-        duration_secs: duration,
+        last_position: fast.last_position,
+        watched_secs: fast.covered,
+        duration_secs: fast.duration_secs,
         completed: fast.completed_at.is_some(),
         completed_at: fast.completed_at,
         course_progress,
