@@ -7,6 +7,7 @@ use sqlx::PgPool;
 
 use crate::config::Config;
 use crate::jobs::{self, JobQueue};
+use crate::learning::progress::Batcher;
 use crate::mail::{MailError, Mailer};
 use crate::storage::Storage;
 
@@ -30,6 +31,8 @@ pub struct Services {
     pub jobs: JobQueue,
     pub storage: Storage,
     pub mailer: Mailer,
+    /// The fast path of the player's heartbeats, applied in batches.
+    pub heartbeats: Batcher,
 }
 
 impl Services {
@@ -40,6 +43,7 @@ impl Services {
         let jobs = JobQueue::new(db.clone(), redis.clone(), &config.queue_prefix);
         let storage = Storage::new(&config.storage);
         let mailer = Mailer::new(&config.mail)?;
+        let heartbeats = Batcher::start(db.clone());
         Ok(Services {
             config: Arc::new(config),
             db,
@@ -47,6 +51,7 @@ impl Services {
             jobs,
             storage,
             mailer,
+            heartbeats,
         })
     }
 }

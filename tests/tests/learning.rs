@@ -872,3 +872,104 @@ async fn a_video_watched_before_is_404_once_it_is_no_longer_the_students_to_watc
     }
     assert_eq!(covered().await, before, "nothing recorded after removal");
 }
+
+#[tokio::test]
+async fn concurrent_heartbeats_of_many_players_each_get_their_own_answer() {
+    let app = TestApp::spawn().await;
+    let pool = &app.db.pool;
+    let (teacher, _) = mint_users(pool, 1, "instructor").await.remove(0);
+    let (course, videos) =
+        published_course_with_videos(pool, teacher, "Crowd", "0", 3, 3600.0).await;
+    let students = mint_users(pool, 60, "student").await;
+    for (_, token) in &students {
+        app.call(
+            "POST",
+            &format!("/api/v1/courses/{course}/enroll"),
+            Some(token),
+            None,
+        )
+        .await;
+    }
+    // Student i opens video i % 3 by watching its first i % 25 + 1 seconds.
+    let opening = |i: usize| i32::try_from(i % 25 + 1).unwrap();
+    for (i, (_, token)) in students.iter().enumerate() {
+        let secs = f64::from(opening(i));
+        let (status, p) = beat(&app, token, videos[i % 3], secs, secs).await;
+        assert_eq!(status, 200, "{p}");
+    }
+    sqlx::query(
+        "UPDATE video_progress SET first_watched_at = now() - interval '1 hour',
+                                   last_heartbeat_at = now() - interval '1 minute'",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+    // Student 58's session ends and student 59 drops, just before the crowd's heartbeats.
+    app.call("POST", "/api/v1/auth/logout", Some(&students[58].1), None)
+        .await;
+    app.call(
+        "POST",
+        &format!("/api/v1/courses/{course}/drop"),
+        Some(&students[59].1),
+        None,
+    )
+    .await;
+
+    // Everyone at once: student i watches seconds 1000 + i .. 1010 + i. Student 0 watches
+    // 1005..1010 and, in a second heartbeat at the same time, 2005..2010 (5 s each: the later
+    // of the two comes no time after the other, and may add only the 5 s of slack).
+    let mut calls = Vec::new();
+    for (i, (_, token)) in students.iter().enumerate() {
+        let (end, watched) = (1010.0 + i as f64, if i == 0 { 5.0 } else { 10.0 });
+        calls.push((i, beat(&app, token, videos[i % 3], end, watched)));
+    }
+    let second = beat(&app, &students[0].1, videos[0], 2010.0, 5.0);
+    let (answers, (second_status, second_body)) = tokio::join!(
+        futures::future::join_all(
+            calls
+                .into_iter()
+                .map(|(i, call)| async move { (i, call.await) })
+        ),
+        second
+    );
+    assert_eq!(second_status, 200, "{second_body}");
+    for (i, (status, body)) in answers {
+        match i {
+            58 => assert_eq!(status, 401, "{body}"),
+            59 => assert_eq!(status, 404, "{body}"),
+            _ => {
+                assert_eq!(status, 200, "student {i}: {body}");
+                // The opening seconds plus these 10; student 0's answer may or may not include
+                // its other heartbeat's 5, whichever was applied first.
+                let watched = body["watched_secs"].as_i64().unwrap();
+                if i == 0 {
+                    let own = i64::from(opening(i)) + 5;
+                    assert!(watched == own || watched == own + 5, "{body}");
+                } else {
+                    let own = i64::from(opening(i)) + 10;
+                    assert_eq!(
+                        watched, own,
+                        "student {i} got someone else's answer: {body}"
+                    );
+                    assert_eq!(body["last_position"], 1010.0 + i as f64, "{body}");
+                }
+                assert_eq!(body["media_id"], videos[i % 3].to_string(), "{body}");
+            }
+        }
+    }
+    let stored: Vec<(Uuid, i32)> = sqlx::query_as(
+        "SELECT user_id, covered_secs(covered) FROM video_progress ORDER BY user_id",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    for (i, (id, _)) in students.iter().enumerate() {
+        let covered = stored.iter().find(|(u, _)| u == id).unwrap().1;
+        let expected = match i {
+            0 => opening(0) + 5 + 5,
+            58 | 59 => opening(i),
+            _ => opening(i) + 10,
+        };
+        assert_eq!(covered, expected, "student {i}");
+    }
+}

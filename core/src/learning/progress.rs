@@ -13,8 +13,12 @@
 //! recomputed, so completing a course happens once whatever the concurrency, and queues the
 //! certificate with it.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use uuid::Uuid;
 
 use super::certificates;
@@ -77,6 +81,14 @@ struct FastBeat {
     duration_secs: f64,
 }
 
+/// A heartbeat of a batch that the fast statement applied: its place in the batch, and the result.
+#[derive(sqlx::FromRow)]
+struct BatchBeat {
+    i: i32,
+    #[sqlx(flatten)]
+    beat: FastBeat,
+}
+
 /// What the full path's statement returns: the video and enrollment it found, and the upserted
 /// progress (absent: the heartbeat was refused).
 #[derive(sqlx::FromRow)]
@@ -124,14 +136,11 @@ fn past_the_end(duration: f64) -> Error {
 
 /// Records one heartbeat of the caller watching a video of a course they are enrolled in.
 ///
-/// Nearly every heartbeat takes the fast path: one UPDATE, in its own transaction, of the row of
-/// an earlier heartbeat, which checks the caller's session and that the video is still theirs to
+/// Nearly every heartbeat takes the fast path (see [`Batcher`]): an UPDATE of the row of an
+/// earlier heartbeat, which checks the caller's session and that the video is still theirs to
 /// watch, and merges the interval, but only when that neither completes the video nor breaks a
-/// bound. It commits asynchronously: a crash of PostgreSQL may lose the last fraction of a second
-/// of such heartbeats (the player's next ones carry on from there); nothing else depends on them,
-/// and any later durable commit makes them durable too. Every other heartbeat (the first of a
-/// video, one that completes it, one refused, or a caller whose session has ended) takes the full
-/// path, durable, which tells them apart.
+/// bound. Every other heartbeat (the first of a video, one that completes it, one refused, or a
+/// caller whose session has ended) takes the full path, durable, which tells them apart.
 pub async fn heartbeat(
     services: &Services,
     caller: &SignedUser,
@@ -139,47 +148,7 @@ pub async fn heartbeat(
     hb: &Heartbeat,
 ) -> Result<VideoProgressView> {
     check(hb)?;
-    let fast: Option<FastBeat> = sqlx::query_as(
-        "UPDATE video_progress vp SET
-                covered = vp.covered + w.watched,
-                last_position = w.position,
-                watch_time = vp.watch_time + $4,
-                last_heartbeat_at = now()
-           FROM (SELECT m.duration_secs, m.course_id, least($3, m.duration_secs) AS position,
-                        int4multirange(int4range(round(greatest(least($3, m.duration_secs) - $4, 0))::int,
-                                                 round(least($3, m.duration_secs))::int)) AS watched
-                   FROM media m JOIN sections s ON s.id = m.section_id AND s.deleted_at IS NULL
-                  WHERE m.id = $2 AND m.kind = 'video' AND m.state = 'ready'
-                    AND m.deleted_at IS NULL AND m.duration_secs > 0
-                    AND $3 <= m.duration_secs + 1) w,
-                enrollments e, sessions se, users u
-          WHERE vp.user_id = $1 AND vp.media_id = $2
-            AND e.user_id = $1 AND e.course_id = w.course_id AND e.status IN ('active', 'completed')
-            AND se.id = $9 AND se.user_id = $1 AND se.revoked_at IS NULL AND se.expires_at > now()
-            AND u.id = $1 AND u.status = 'active'
-            AND covered_secs(vp.covered + w.watched)
-                <= $6 * extract(epoch FROM now() - vp.first_watched_at) + $7
-            AND covered_secs(vp.covered + w.watched) - vp.watched_secs
-                <= $6 * greatest(extract(epoch FROM now() - vp.last_heartbeat_at), 0) + $8
-            AND (vp.completed_at IS NOT NULL
-                 OR covered_secs(vp.covered + w.watched) < $5 * w.duration_secs)
-         RETURNING vp.watched_secs AS covered, vp.last_position, vp.completed_at,
-                   e.id AS enrollment_id, e.progress::float8 AS course_progress,
-                   e.status AS enrollment_status, w.duration_secs,
-                   set_config('synchronous_commit', 'off', true) AS commit_mode",
-    )
-    .bind(caller.id)
-    .bind(media_id)
-    .bind(hb.last_position)
-    .bind(hb.watch_time)
-    .bind(COMPLETION_SHARE)
-    .bind(MAX_PLAYBACK_RATE)
-    .bind(SLACK_SECS)
-    .bind(HEARTBEAT_SLACK_SECS)
-    .bind(caller.session_id)
-    .fetch_optional(&services.db)
-    .await?;
-    let Some(fast) = fast else {
+    let Some(fast) = services.heartbeats.submit(caller, media_id, hb).await else {
         accounts::require_live_session(services, caller).await?;
         return full_heartbeat(services, caller.id, media_id, hb).await;
     };
@@ -202,6 +171,161 @@ pub async fn heartbeat(
         course_progress,
         course_completed,
     })
+}
+
+/// Most heartbeats in one batch; more wait for the next.
+const MAX_BATCH: usize = 256;
+/// Batches applied at once, each on its own connection.
+const BATCHES_IN_FLIGHT: usize = 4;
+
+struct Pending {
+    user: SignedUser,
+    media_id: Uuid,
+    last_position: f64,
+    watch_time: f64,
+    reply: oneshot::Sender<Option<FastBeat>>,
+}
+
+/// The fast path of heartbeats, applied in batches: the heartbeats that arrive while earlier
+/// batches are being applied go together in one UPDATE (one statement, one commit, one round
+/// trip), so the per-statement cost of PostgreSQL is shared under load, and a lone heartbeat
+/// waits for no timer. Each heartbeat is answered once its batch has committed.
+///
+/// The batch commits asynchronously: a crash of PostgreSQL may lose the last fraction of a
+/// second of these heartbeats (the players' next ones carry on from there); nothing else depends
+/// on them, and any later durable commit makes them durable too. A heartbeat the batch did not
+/// apply (or a batch that failed) is answered `None` and takes the full path on its own.
+#[derive(Clone, Debug)]
+pub struct Batcher {
+    queue: mpsc::Sender<Pending>,
+}
+
+impl Batcher {
+    /// Starts the batching task; must run inside a Tokio runtime.
+    pub fn start(db: PgPool) -> Batcher {
+        let (queue, pending) = mpsc::channel(16 * MAX_BATCH);
+        tokio::spawn(run_batches(db, pending));
+        Batcher { queue }
+    }
+
+    async fn submit(&self, user: &SignedUser, media_id: Uuid, hb: &Heartbeat) -> Option<FastBeat> {
+        let (reply, answer) = oneshot::channel();
+        let pending = Pending {
+            user: *user,
+            media_id,
+            last_position: hb.last_position,
+            watch_time: hb.watch_time,
+            reply,
+        };
+        self.queue.send(pending).await.ok()?;
+        answer.await.ok().flatten()
+    }
+}
+
+async fn run_batches(db: PgPool, mut pending: mpsc::Receiver<Pending>) {
+    let slots = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
+    while let Some(first) = pending.recv().await {
+        // Wait for a free slot before gathering, so that heartbeats arriving meanwhile join.
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match pending.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let db = db.clone();
+        tokio::spawn(async move {
+            apply_batch(&db, batch).await;
+            drop(slot);
+        });
+    }
+}
+
+async fn apply_batch(db: &PgPool, mut batch: Vec<Pending>) {
+    // Rows are locked in one order by every batch, and a second heartbeat of the same player
+    // and video (which one UPDATE cannot apply twice) takes the full path.
+    batch.sort_by_key(|p| (p.user.id, p.media_id));
+    let mut unique: Vec<Pending> = Vec::with_capacity(batch.len());
+    for p in batch {
+        match unique.last() {
+            Some(last) if last.user.id == p.user.id && last.media_id == p.media_id => {
+                let _ = p.reply.send(None);
+            }
+            _ => unique.push(p),
+        }
+    }
+    let index: Vec<i32> = (0..).take(unique.len()).collect();
+    let users: Vec<Uuid> = unique.iter().map(|p| p.user.id).collect();
+    let sessions: Vec<Uuid> = unique.iter().map(|p| p.user.session_id).collect();
+    let media: Vec<Uuid> = unique.iter().map(|p| p.media_id).collect();
+    let positions: Vec<f64> = unique.iter().map(|p| p.last_position).collect();
+    let watched: Vec<f64> = unique.iter().map(|p| p.watch_time).collect();
+    let applied: std::result::Result<Vec<BatchBeat>, sqlx::Error> = sqlx::query_as(
+        "UPDATE video_progress vp SET
+                covered = vp.covered + w.watched,
+                last_position = w.position,
+                watch_time = vp.watch_time + w.watch_time,
+                last_heartbeat_at = now()
+           FROM (SELECT b.i, b.user_id, b.session_id, b.media_id, b.watch_time,
+                        m.duration_secs, m.course_id, least(b.position, m.duration_secs) AS position,
+                        int4multirange(int4range(
+                            round(greatest(least(b.position, m.duration_secs) - b.watch_time, 0))::int,
+                            round(least(b.position, m.duration_secs))::int)) AS watched
+                   FROM unnest($1::int4[], $2::uuid[], $3::uuid[], $4::uuid[], $5::float8[], $6::float8[])
+                            AS b(i, user_id, session_id, media_id, position, watch_time)
+                   JOIN media m ON m.id = b.media_id AND m.kind = 'video' AND m.state = 'ready'
+                               AND m.deleted_at IS NULL AND m.duration_secs > 0
+                               AND b.position <= m.duration_secs + 1
+                   JOIN sections s ON s.id = m.section_id AND s.deleted_at IS NULL) w,
+                enrollments e, sessions se, users u
+          WHERE vp.user_id = w.user_id AND vp.media_id = w.media_id
+            AND e.user_id = w.user_id AND e.course_id = w.course_id
+            AND e.status IN ('active', 'completed')
+            AND se.id = w.session_id AND se.user_id = w.user_id AND se.revoked_at IS NULL
+            AND se.expires_at > now()
+            AND u.id = w.user_id AND u.status = 'active'
+            AND covered_secs(vp.covered + w.watched)
+                <= $8 * extract(epoch FROM now() - vp.first_watched_at) + $9
+            AND covered_secs(vp.covered + w.watched) - vp.watched_secs
+                <= $8 * greatest(extract(epoch FROM now() - vp.last_heartbeat_at), 0) + $10
+            AND (vp.completed_at IS NOT NULL
+                 OR covered_secs(vp.covered + w.watched) < $7 * w.duration_secs)
+         RETURNING w.i, vp.watched_secs AS covered, vp.last_position, vp.completed_at,
+                   e.id AS enrollment_id, e.progress::float8 AS course_progress,
+                   e.status AS enrollment_status, w.duration_secs,
+                   set_config('synchronous_commit', 'off', true) AS commit_mode",
+    )
+    .bind(&index)
+    .bind(&users)
+    .bind(&sessions)
+    .bind(&media)
+    .bind(&positions)
+    .bind(&watched)
+    .bind(COMPLETION_SHARE)
+    .bind(MAX_PLAYBACK_RATE)
+    .bind(SLACK_SECS)
+    .bind(HEARTBEAT_SLACK_SECS)
+    .fetch_all(db)
+    .await;
+    let mut answers: Vec<Option<FastBeat>> = unique.iter().map(|_| None).collect();
+    match applied {
+        Ok(rows) => {
+            for BatchBeat { i, beat } in rows {
+                if let Some(slot) = usize::try_from(i).ok().and_then(|i| answers.get_mut(i)) {
+                    *slot = Some(beat);
+                }
+            }
+        }
+        Err(error) => {
+            tracing::warn!(%error, heartbeats = unique.len(), "heartbeat batch failed; each takes the full path");
+        }
+    }
+    for (p, answer) in unique.into_iter().zip(answers) {
+        let _ = p.reply.send(answer);
+    }
 }
 
 async fn reread_enrollment(
