@@ -189,12 +189,9 @@ struct Pending {
 /// The fast path of heartbeats, applied in batches: the heartbeats that arrive while earlier
 /// batches are being applied go together in one UPDATE (one statement, one commit, one round
 /// trip), so the per-statement cost of PostgreSQL is shared under load, and a lone heartbeat
-/// waits for no timer. Each heartbeat is answered once its batch has committed.
-///
-/// The batch commits asynchronously: a crash of PostgreSQL may lose the last fraction of a
-/// second of these heartbeats (the players' next ones carry on from there); nothing else depends
-/// on them, and any later durable commit makes them durable too. A heartbeat the batch did not
-/// apply (or a batch that failed) is answered `None` and takes the full path on its own.
+/// waits for no timer. Each heartbeat is answered once its batch has committed, durably (one
+/// WAL flush per batch, so asynchronous commit would buy little here). A heartbeat the batch did
+/// not apply (or a batch that failed) is answered `None` and takes the full path on its own.
 #[derive(Clone, Debug)]
 pub struct Batcher {
     queue: mpsc::Sender<Pending>,
@@ -295,8 +292,7 @@ async fn apply_batch(db: &PgPool, mut batch: Vec<Pending>) {
                  OR covered_secs(vp.covered + w.watched) < $7 * w.duration_secs)
          RETURNING w.i, vp.watched_secs AS covered, vp.last_position, vp.completed_at,
                    e.id AS enrollment_id, e.progress::float8 AS course_progress,
-                   e.status AS enrollment_status, w.duration_secs,
-                   set_config('synchronous_commit', 'off', true) AS commit_mode",
+                   e.status AS enrollment_status, w.duration_secs",
     )
     .bind(&index)
     .bind(&users)
