@@ -19,6 +19,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use tokio::sync::{Semaphore, mpsc, oneshot};
+use tracing::Instrument;
 use uuid::Uuid;
 
 use super::certificates;
@@ -234,10 +235,14 @@ async fn run_batches(db: PgPool, mut pending: mpsc::Receiver<Pending>) {
             }
         }
         let db = db.clone();
-        tokio::spawn(async move {
-            apply_batch(&db, batch).await;
-            drop(slot);
-        });
+        let span = tracing::debug_span!("heartbeat_batch", heartbeats = batch.len());
+        tokio::spawn(
+            async move {
+                apply_batch(&db, batch).await;
+                drop(slot);
+            }
+            .instrument(span),
+        );
     }
 }
 
