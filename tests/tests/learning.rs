@@ -25,6 +25,17 @@ async fn beat(
     .await
 }
 
+/// `POST /courses/{course}/{op}` as a student: `enroll` or `drop`.
+async fn course_op(app: &TestApp, token: &str, course: Uuid, op: &str) -> (u16, Value) {
+    app.call(
+        "POST",
+        &format!("/api/v1/courses/{course}/{op}"),
+        Some(token),
+        None,
+    )
+    .await
+}
+
 /// Moves a student's viewing `secs` into the past, as if that much wall time had gone by since
 /// their first and last heartbeats (the server bounds coverage by the wall time in between).
 async fn let_time_pass(pool: &sqlx::PgPool, user: Uuid, secs: f64) {
@@ -66,17 +77,7 @@ async fn seeking_does_not_complete_a_video_but_watching_ninety_percent_does() {
 
     // Not enrolled: the video is not theirs to watch.
     assert_eq!(beat(&app, s, videos[0], 5.0, 5.0).await.0, 404);
-    assert_eq!(
-        app.call(
-            "POST",
-            &format!("/api/v1/courses/{course}/enroll"),
-            Some(s),
-            None
-        )
-        .await
-        .0,
-        201
-    );
+    assert_eq!(course_op(&app, s, course, "enroll").await.0, 201);
     assert_eq!(beat(&app, outsider, videos[0], 5.0, 5.0).await.0, 404);
     assert_eq!(beat(&app, s, Uuid::now_v7(), 5.0, 5.0).await.0, 404);
 
@@ -144,13 +145,7 @@ async fn seeking_does_not_complete_a_video_but_watching_ninety_percent_does() {
     let others = mint_users(pool, 1, "student").await;
     let t = &others[0].1;
     let (course2, long) = published_course_with_videos(pool, teacher, "Long", "0", 1, 600.0).await;
-    app.call(
-        "POST",
-        &format!("/api/v1/courses/{course2}/enroll"),
-        Some(t),
-        None,
-    )
-    .await;
+    course_op(&app, t, course2, "enroll").await;
     assert_eq!(beat(&app, t, long[0], 30.0, 30.0).await.0, 200);
     let (status, body) = beat(&app, t, long[0], 60.0, 30.0).await;
     assert_eq!(status, 422, "{body}");
@@ -181,17 +176,7 @@ async fn concurrent_heartbeats_complete_once_and_issue_one_certificate() {
         )
         .await;
     assert_eq!(status, 200);
-    assert_eq!(
-        app.call(
-            "POST",
-            &format!("/api/v1/courses/{course}/enroll"),
-            Some(&s),
-            None
-        )
-        .await
-        .0,
-        201
-    );
+    assert_eq!(course_op(&app, &s, course, "enroll").await.0, 201);
     assert_eq!(beat(&app, &s, videos[0], 10.0, 10.0).await.0, 200);
     let_time_pass(pool, s_id, 10.0).await;
 
@@ -419,13 +404,7 @@ async fn the_nightly_recompute_repairs_drifted_counters_once() {
     let (course, _) = published_course_with_videos(pool, teacher, "Drifting", "0", 1, 60.0).await;
     let students = mint_users(pool, 3, "student").await;
     for (_, token) in &students {
-        app.call(
-            "POST",
-            &format!("/api/v1/courses/{course}/enroll"),
-            Some(token),
-            None,
-        )
-        .await;
+        course_op(&app, token, course, "enroll").await;
     }
     eventually("counters", Duration::from_secs(20), || async {
         let (_, c) = app.get(&format!("/api/v1/courses/{course}")).await;
@@ -473,13 +452,7 @@ async fn a_heartbeat_cannot_cover_more_than_the_wall_time_since_the_previous_one
     let (course, videos) =
         published_course_with_videos(pool, teacher, "Pauses", "0", 1, 600.0).await;
     let (s_id, s) = mint_users(pool, 1, "student").await.remove(0);
-    app.call(
-        "POST",
-        &format!("/api/v1/courses/{course}/enroll"),
-        Some(&s),
-        None,
-    )
-    .await;
+    course_op(&app, &s, course, "enroll").await;
     assert_eq!(beat(&app, &s, videos[0], 10.0, 10.0).await.0, 200);
     // Playback started an hour ago (so the bound since the first heartbeat allows plenty), but
     // the previous heartbeat was just now: 25 new seconds cannot have been watched since.
@@ -664,13 +637,7 @@ async fn removing_the_only_unwatched_video_completes_the_course_once_with_a_cert
 
     // Once: a later recompute (another student enrolls) completes nothing again.
     let (_, other) = mint_users(pool, 1, "student").await.remove(0);
-    app.call(
-        "POST",
-        &format!("/api/v1/courses/{by_section}/enroll"),
-        Some(&other),
-        None,
-    )
-    .await;
+    course_op(app, &other, by_section, "enroll").await;
     eventually(
         "second enrollment counted",
         Duration::from_secs(20),
@@ -752,13 +719,7 @@ async fn a_heartbeat_needs_a_live_session_of_an_active_account() {
         published_course_with_videos(pool, teacher, "Sessions", "0", 1, 600.0).await;
     let users = mint_users(pool, 2, "student").await;
     for (_, token) in &users {
-        app.call(
-            "POST",
-            &format!("/api/v1/courses/{course}/enroll"),
-            Some(token),
-            None,
-        )
-        .await;
+        course_op(&app, token, course, "enroll").await;
     }
     let ((a_id, a), (b_id, b)) = (&users[0], &users[1]);
     assert_eq!(beat(&app, a, videos[0], 10.0, 10.0).await.0, 200);
@@ -806,16 +767,7 @@ async fn a_video_watched_before_is_404_once_it_is_no_longer_the_students_to_watc
     let (s_id, s) = mint_users(pool, 1, "student").await.remove(0);
     let enroll = |op: &'static str| {
         let (app, s) = (&app, s.clone());
-        async move {
-            app.call(
-                "POST",
-                &format!("/api/v1/courses/{course}/{op}"),
-                Some(&s),
-                None,
-            )
-            .await
-            .0
-        }
+        async move { course_op(app, &s, course, op).await.0 }
     };
     assert_eq!(enroll("enroll").await, 201);
     for video in &videos {
@@ -882,13 +834,7 @@ async fn concurrent_heartbeats_of_many_players_each_get_their_own_answer() {
         published_course_with_videos(pool, teacher, "Crowd", "0", 3, 3600.0).await;
     let students = mint_users(pool, 60, "student").await;
     for (_, token) in &students {
-        app.call(
-            "POST",
-            &format!("/api/v1/courses/{course}/enroll"),
-            Some(token),
-            None,
-        )
-        .await;
+        course_op(&app, token, course, "enroll").await;
     }
     // Student i opens video i % 3 by watching its first i % 25 + 1 seconds.
     let opening = |i: usize| i32::try_from(i % 25 + 1).unwrap();
@@ -907,13 +853,7 @@ async fn concurrent_heartbeats_of_many_players_each_get_their_own_answer() {
     // Student 58's session ends and student 59 drops, just before the crowd's heartbeats.
     app.call("POST", "/api/v1/auth/logout", Some(&students[58].1), None)
         .await;
-    app.call(
-        "POST",
-        &format!("/api/v1/courses/{course}/drop"),
-        Some(&students[59].1),
-        None,
-    )
-    .await;
+    course_op(&app, &students[59].1, course, "drop").await;
 
     // Everyone at once: student i watches seconds 1000 + i .. 1010 + i. Student 0 watches
     // 1005..1010 and, in a second heartbeat at the same time, 2005..2010 (5 s each: the later
