@@ -495,14 +495,13 @@ fn read_storage<F: Fn(&str) -> Option<String>>(r: &mut Reader<F>) -> StorageConf
             let port = r.parse("LOCAL_S3_PORT", 9000u16, "a port number (0-65535)");
             let dir = PathBuf::from(r.string("LOCAL_S3_DIR", "./data/s3"));
             let endpoint = Url::parse(&format!("http://127.0.0.1:{port}")).ok();
+            let (access_key_id, secret) = read_local_keys(r);
             StorageConfig {
                 endpoint,
                 bucket,
                 region,
-                access_key_id: r.string("S3_ACCESS_KEY_ID", "lectern-local"),
-                secret_access_key: Secret::new(
-                    r.string("S3_SECRET_ACCESS_KEY", "lectern-local-secret"),
-                ),
+                access_key_id,
+                secret_access_key: Secret::new(secret),
                 force_path_style: true,
                 local: Some(LocalStorage { dir, port }),
             }
@@ -540,6 +539,37 @@ fn read_storage<F: Fn(&str) -> Option<String>>(r: &mut Reader<F>) -> StorageConf
             }
         }
     }
+}
+
+/// The key pair earlier versions of Lectern accepted by default on the embedded S3 endpoint:
+/// published, so anything on the host could read every object with it.
+const PUBLISHED_LOCAL_KEYS: [&str; 2] = ["lectern-local", "lectern-local-secret"];
+
+/// The embedded S3 endpoint's key pair: required, not the published one, the secret long enough
+/// not to be guessed (`scripts/dev run` writes a random pair into `.env` on first run).
+fn read_local_keys<F: Fn(&str) -> Option<String>>(r: &mut Reader<F>) -> (String, String) {
+    const HOW: &str = "the embedded S3 endpoint needs a key pair of its own \
+                       (scripts/dev run writes a random one into .env)";
+    let access_key_id = r.raw("S3_ACCESS_KEY_ID").unwrap_or_default();
+    let secret = r.raw("S3_SECRET_ACCESS_KEY").unwrap_or_default();
+    if access_key_id.is_empty() || PUBLISHED_LOCAL_KEYS.contains(&access_key_id.as_str()) {
+        r.problem(
+            "S3_ACCESS_KEY_ID",
+            format!("is unset or the published default: {HOW}"),
+        );
+    }
+    if secret.is_empty() || PUBLISHED_LOCAL_KEYS.contains(&secret.as_str()) {
+        r.problem(
+            "S3_SECRET_ACCESS_KEY",
+            format!("is unset or the published default: {HOW}"),
+        );
+    } else if secret.len() < 16 {
+        r.problem(
+            "S3_SECRET_ACCESS_KEY",
+            format!("must be at least 16 characters: {HOW}"),
+        );
+    }
+    (access_key_id, secret)
 }
 
 fn read_media<F: Fn(&str) -> Option<String>>(r: &mut Reader<F>) -> MediaConfig {
@@ -741,15 +771,48 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
 
+    /// Loads `vars`, with a key pair of the test's own for the embedded S3 endpoint unless set.
     fn load(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let map: HashMap<String, String> = vars
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
+        // Later pairs win, so `vars` override the defaults.
+        let map: HashMap<String, String> = [
+            ("S3_ACCESS_KEY_ID", LOCAL_KEY),
+            ("S3_SECRET_ACCESS_KEY", LOCAL_SECRET),
+        ]
+        .into_iter()
+        .chain(vars.iter().copied())
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
         Config::from_source(|name| map.get(name).cloned())
     }
 
     const SECRET: &str = "0123456789abcdef0123456789abcdef";
+    const LOCAL_KEY: &str = "test-local-key";
+    const LOCAL_SECRET: &str = "test-local-secret-0123456789";
+
+    #[test]
+    fn the_embedded_s3_refuses_the_published_or_a_missing_key_pair() {
+        for (key, secret) in [
+            ("lectern-local", "lectern-local-secret"),
+            ("lectern-local", LOCAL_SECRET),
+            (LOCAL_KEY, "lectern-local-secret"),
+            ("", ""),
+            (LOCAL_KEY, "short"),
+        ] {
+            let err = load(&[
+                ("JWT_SECRET", SECRET),
+                ("S3_ACCESS_KEY_ID", key),
+                ("S3_SECRET_ACCESS_KEY", secret),
+            ])
+            .expect_err("refused");
+            assert!(
+                err.problems.contains_key("S3_ACCESS_KEY_ID")
+                    || err.problems.contains_key("S3_SECRET_ACCESS_KEY"),
+                "{key:?}/{secret:?}: {err}"
+            );
+        }
+        let config = load(&[("JWT_SECRET", SECRET)]).expect("a pair of its own");
+        assert_eq!(config.storage.access_key_id, LOCAL_KEY);
+    }
 
     #[test]
     fn defaults_run_on_one_machine() {
@@ -837,6 +900,6 @@ mod tests {
         let config = load(&[("JWT_SECRET", SECRET)]).expect("valid");
         let debug = format!("{config:?}");
         assert!(!debug.contains(SECRET));
-        assert!(!debug.contains("lectern-local-secret"));
+        assert!(!debug.contains(LOCAL_SECRET));
     }
 }

@@ -453,6 +453,9 @@ async fn migrate_creates_the_database_and_is_idempotent() {
     let env: HashMap<String, String> = [
         ("DATABASE_URL", url.as_str()),
         ("JWT_SECRET", lectern_tests::JWT_SECRET),
+        // The default (embedded) storage needs a key pair of its own.
+        ("S3_ACCESS_KEY_ID", lectern_tests::S3_KEY),
+        ("S3_SECRET_ACCESS_KEY", lectern_tests::S3_SECRET),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))

@@ -67,6 +67,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let prefix = config.queue_prefix.clone();
     let metrics_addr = config.worker_metrics_addr;
     let services = Services::new(config)?;
+    // What killed predecessors on this host left in the temporary folder (the relay loop sweeps
+    // again periodically).
+    let swept = lectern_core::media::workdir::sweep().await;
+    tracing::info!(swept, "swept working folders of dead job attempts");
 
     let metrics_server = match metrics_addr {
         Some(addr) => metrics::bind(addr)

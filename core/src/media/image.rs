@@ -189,9 +189,8 @@ pub fn reduced_scale(w: u32, h: u32, target: u32) -> u32 {
 /// produces the small picture directly).
 fn decode_jpeg_reduced(path: &Path, scale: u32) -> Result<DynamicImage, MediaError> {
     use ffmpeg_next as ff;
-    super::video::init();
     let bad = |e: ff::Error| MediaError::Invalid(format!("the JPEG cannot be decoded: {e}"));
-    let mut ictx = ff::format::input(&path).map_err(bad)?;
+    let mut ictx = super::video::open_input(path, super::Kind::Image)?;
     let stream = ictx
         .streams()
         .best(ff::media::Type::Video)

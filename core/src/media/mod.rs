@@ -3,13 +3,17 @@
 //! processing jobs (video: HLS ladder, poster, storyboard; image: thumbnails), playback through
 //! short-lived signed URLs, and deletion.
 //!
-//! Object layout: `media/{id}/source` is the upload; `media/{id}/v/` holds a video's outputs
+//! Object layout: `media/{id}/upload` is where the client puts the bytes (presigned PUT or
+//! multipart); `/complete` copies it to `media/{id}/source` (a key no client ever gets a URL for),
+//! removes the upload key and verifies the copy, so the bytes checked are the bytes processed,
+//! whatever is PUT to the upload URL later. `media/{id}/v/` holds a video's outputs
 //! (`master.m3u8`, one folder per rendition, `poster.*`, `storyboard.*`); `media/{id}/i/` an
 //! image's (`thumbnail.*`, `preview.*`). Everything of a media lives under `media/{id}/`.
 
 pub mod image;
 pub mod sniff;
 pub mod video;
+pub mod workdir;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -26,6 +30,7 @@ use crate::auth::{Principal, Role};
 use crate::error::{Error, FieldErrors, Result};
 use crate::jobs::{self, Job, JobError, JobReference, JobView};
 use crate::storage::{PresignedRequest, StorageError};
+use workdir::WorkDir;
 
 /// What a file is, for the rules and the pipeline that apply to it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
@@ -101,6 +106,14 @@ fn storage_job_error(e: StorageError) -> JobError {
 /// The smallest video side accepted.
 pub const MIN_VIDEO_SIDE: u32 = 16;
 
+/// Where the client uploads the bytes: writable through presigned URLs until they expire, so
+/// nothing reads it after `/complete` has copied it away.
+pub fn upload_key(id: Uuid) -> String {
+    format!("media/{id}/upload")
+}
+
+/// The verified source: written only by Lectern (the copy made at `/complete`, or the API for
+/// `POST /media`), the only object the processing jobs read.
 pub fn source_key(id: Uuid) -> String {
     format!("media/{id}/source")
 }
@@ -492,7 +505,7 @@ pub async fn start_upload(
     let media = &services.config.media;
     let id = Uuid::now_v7();
     tracing::Span::current().record("media_id", tracing::field::display(id));
-    let key = source_key(id);
+    let key = upload_key(id);
     let ttl = media.url_ttl;
     let expires_at =
         Utc::now() + chrono::Duration::from_std(media.upload_expiry).unwrap_or_default();
@@ -661,7 +674,7 @@ pub async fn complete_upload(
         let media = view(services, row).await?;
         return Ok(UploadCompleted { job, media });
     }
-    let key = row.object_key.clone().unwrap_or_else(|| source_key(id));
+    let key = row.object_key.clone().unwrap_or_else(|| upload_key(id));
     if let Some(upload_id) = &row.multipart_upload_id {
         let parts = input.parts.unwrap_or_default();
         if parts.is_empty() {
@@ -696,11 +709,13 @@ pub async fn complete_upload(
         .execute(&services.db)
         .await?;
     }
-    let Some(info) = services.storage.head(&key).await? else {
-        return Err(Error::Conflict {
-            code: "upload_incomplete",
-            message: "the file has not been uploaded yet: send it to the upload URL first".into(),
-        });
+    // Every check below reads the frozen copy, the object processing reads too.
+    let source = source_key(id);
+    if key != source {
+        freeze_upload(services, id, &key, &source).await?;
+    }
+    let Some(info) = services.storage.head(&source).await? else {
+        return Err(not_uploaded());
     };
     let declared = u64::try_from(row.size_bytes).unwrap_or(0);
     if info.size != declared {
@@ -708,16 +723,57 @@ pub async fn complete_upload(
             "the uploaded file has {} bytes, not the {declared} bytes declared",
             info.size
         );
-        refuse_upload(services, id, &key, &reason).await?;
+        refuse_upload(services, id, &source, &reason).await?;
         return Err(Error::invalid("file_size", reason));
     }
-    let head = services.storage.get_head(&key, sniff::SNIFF_LEN).await?;
+    let head = services.storage.get_head(&source, sniff::SNIFF_LEN).await?;
     let kind = row.kind();
     if let Err(reason) = check_content(&head, &row.mime_type, kind) {
-        refuse_upload(services, id, &key, &reason).await?;
+        refuse_upload(services, id, &source, &reason).await?;
         return Err(Error::invalid("file", reason));
     }
     start_processing(services, id, kind, caller.user_id()).await
+}
+
+fn not_uploaded() -> Error {
+    Error::Conflict {
+        code: "upload_incomplete",
+        message: "the file has not been uploaded yet: send it to the upload URL first".into(),
+    }
+}
+
+/// Copies the uploaded object to the media's source key and removes the upload key. A presigned
+/// PUT cannot be revoked: the client may write the upload key again until its URL expires, so
+/// what `/complete` checks and the jobs process is this copy, which no client can write. The row
+/// stays locked meanwhile, so concurrent completions freeze once.
+async fn freeze_upload(services: &Services, id: Uuid, upload: &str, source: &str) -> Result<()> {
+    let mut tx = services.db.begin().await?;
+    let row = load(&mut tx, id, true)
+        .await?
+        .ok_or(Error::NotFound("upload"))?;
+    if row.state != "pending" || row.object_key.as_deref() == Some(source) {
+        // Frozen by a concurrent completion.
+        return Ok(());
+    }
+    let Some(info) = services.storage.head(upload).await? else {
+        return Err(not_uploaded());
+    };
+    match services.storage.copy(upload, source, info.size).await {
+        Ok(()) => {}
+        Err(StorageError::NotFound(_)) => return Err(not_uploaded()),
+        Err(e) => return Err(e.into()),
+    }
+    sqlx::query("UPDATE media SET object_key = $2, updated_at = now() WHERE id = $1")
+        .bind(id)
+        .bind(source)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    // Strays a later PUT recreates here go with the media (deletion removes `media/{id}/`).
+    if let Err(e) = services.storage.delete(upload).await {
+        tracing::warn!(error = %e, "could not remove the upload key after freezing it");
+    }
+    Ok(())
 }
 
 /// The sniffed type must agree with the declared one.
@@ -1013,28 +1069,6 @@ pub async fn sweep_abandoned(services: &Services) -> Result<usize> {
 // ---------------------------------------------------------------------------------------------
 // Processing jobs
 
-/// A working folder removed when dropped, on every path.
-struct WorkDir(PathBuf);
-
-impl WorkDir {
-    fn new(what: &str, id: Uuid) -> std::result::Result<WorkDir, MediaError> {
-        let path =
-            std::env::temp_dir().join(format!("lectern-{what}-{id}-{}", Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&path).map_err(MediaError::io)?;
-        Ok(WorkDir(path))
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for WorkDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// Sets a flag when dropped, so blocking work stops when its job is abandoned (watchdog, shutdown).
 struct CancelOnDrop(Arc<AtomicBool>);
 
@@ -1221,7 +1255,8 @@ async fn transcode_media(services: &Services, row: &MediaRow) -> std::result::Re
     let id = row.id;
     let work = WorkDir::new("transcode", id)?;
     let source = work.path().join("source");
-    let key = row.object_key.clone().unwrap_or_else(|| source_key(id));
+    // Only the verified copy: never the upload key, which its presigned URL may still rewrite.
+    let key = source_key(id);
     match services.storage.download_to(&key, &source).await {
         Ok(_) => {}
         Err(StorageError::NotFound(_)) => {
@@ -1379,7 +1414,8 @@ async fn process_image_media(
     let id = row.id;
     let work = WorkDir::new("image", id)?;
     let source = work.path().join("source");
-    let key = row.object_key.clone().unwrap_or_else(|| source_key(id));
+    // Only the verified copy: never the upload key, which its presigned URL may still rewrite.
+    let key = source_key(id);
     match services.storage.download_to(&key, &source).await {
         Ok(_) => {}
         Err(StorageError::NotFound(_)) => {

@@ -13,6 +13,26 @@ pub struct Sniffed {
     pub kind: Kind,
 }
 
+impl Sniffed {
+    /// The FFmpeg demuxer that reads this type (a name of its `name` list), the only one FFmpeg
+    /// may use on it: never a playlist (`hls`), script (`concat`) or pattern (`image2`) demuxer
+    /// that would open other files or URLs the content names. `None`: not read through FFmpeg.
+    pub fn demuxer(&self) -> Option<&'static str> {
+        Some(match self.mime {
+            "video/mp4" | "video/quicktime" | "audio/mp4" => "mov",
+            "video/webm" | "video/x-matroska" => "matroska",
+            "video/x-msvideo" => "avi",
+            "video/mp2t" => "mpegts",
+            "audio/mpeg" => "mp3",
+            "audio/ogg" => "ogg",
+            "audio/flac" => "flac",
+            "audio/wav" => "wav",
+            "image/jpeg" => "jpeg_pipe",
+            _ => return None,
+        })
+    }
+}
+
 const fn s(mime: &'static str, label: &'static str, kind: Kind) -> Sniffed {
     Sniffed { mime, label, kind }
 }

@@ -15,7 +15,7 @@ use ff::{Dictionary, Packet, Rational, codec, filter, format, frame, media};
 use ffmpeg_next as ff;
 use serde::{Deserialize, Serialize};
 
-use super::MediaError;
+use super::{Kind, MediaError, sniff};
 
 /// Target segment length, in seconds.
 pub const SEGMENT_SECS: u32 = 6;
@@ -63,6 +63,49 @@ pub struct VideoProbe {
     coded_height: u32,
 }
 
+/// Opens a local file for FFmpeg as the type its first bytes show, and only that: its demuxer is
+/// the one allowed (`format_whitelist`), so content that probes as anything else (an HLS playlist,
+/// a concat script, an image pattern) is refused instead of followed; the only protocol is
+/// `file`, for the file itself (a demuxer that nests, like `hls`, could not reach `http` anyway),
+/// and QuickTime data references to other files stay off. Nothing a file says decides what else
+/// is read.
+pub fn open_input(path: &Path, kind: Kind) -> Result<format::context::Input, MediaError> {
+    init();
+    let mut head = Vec::with_capacity(sniff::SNIFF_LEN);
+    std::fs::File::open(path)
+        .and_then(|f| {
+            use std::io::Read;
+            f.take(sniff::SNIFF_LEN as u64).read_to_end(&mut head)
+        })
+        .map_err(MediaError::io)?;
+    let sniffed = sniff::sniff(&head)
+        .filter(|s| s.kind == kind)
+        .ok_or_else(|| {
+            MediaError::Invalid(format!(
+                "the file's content is not a {} Lectern reads",
+                kind.as_str()
+            ))
+        })?;
+    let demuxer = sniffed.demuxer().ok_or_else(|| {
+        MediaError::Invalid(format!("a {} is not read as a {}", sniffed.label, kind.as_str()))
+    })?;
+    let mut options = Dictionary::new();
+    options.set("format_whitelist", demuxer);
+    options.set("protocol_whitelist", "file");
+    options.set("enable_drefs", "0");
+    let not_as_sniffed = |e: ff::Error| {
+        MediaError::Invalid(format!(
+            "the file starts like a {} but cannot be read as one: {e}",
+            sniffed.label
+        ))
+    };
+    let ictx = format::input_with_dictionary(&path, options).map_err(not_as_sniffed)?;
+    if !ictx.format().name().split(',').any(|n| n == demuxer) {
+        return Err(not_as_sniffed(ff::Error::InvalidData));
+    }
+    Ok(ictx)
+}
+
 fn unreadable(e: ff::Error) -> MediaError {
     MediaError::Invalid(format!(
         "the file is not a video that can be read (it may be truncated or not a video at all): {e}"
@@ -73,7 +116,7 @@ fn unreadable(e: ff::Error) -> MediaError {
 /// video is [`MediaError::Invalid`] with a reason a person understands.
 pub fn probe(path: &Path) -> Result<VideoProbe, MediaError> {
     init();
-    let mut ictx = format::input(&path).map_err(unreadable)?;
+    let mut ictx = open_input(path, Kind::Video)?;
     let container = ictx.format().name().to_owned();
     if container.contains("_pipe") || container == "image2" {
         return Err(MediaError::Invalid(
@@ -534,8 +577,7 @@ pub fn transcode(
     progress: Progress<'_>,
     cancel: &std::sync::atomic::AtomicBool,
 ) -> Result<TranscodeOutput, MediaError> {
-    init();
-    let mut ictx = format::input(&input).map_err(unreadable)?;
+    let mut ictx = open_input(input, Kind::Video)?;
     let vstream = ictx
         .streams()
         .best(media::Type::Video)

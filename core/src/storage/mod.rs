@@ -355,6 +355,63 @@ impl Storage {
             .map_err(|e| classify(key, e))
     }
 
+    /// Copies an object of `size` bytes to another key of the bucket, server-side: one
+    /// `CopyObject` up to S3's 5 GiB limit, a multipart copy (`UploadPartCopy`) beyond it.
+    /// Keys are Lectern's own (`media/{uuid}/...`), so they need no escaping in the copy source.
+    pub async fn copy(&self, from: &str, to: &str, size: u64) -> Result<(), StorageError> {
+        const SINGLE_COPY_MAX: u64 = 5 * 1024 * 1024 * 1024;
+        const PART: u64 = 1024 * 1024 * 1024;
+        let source = format!("{}/{from}", self.bucket);
+        if size <= SINGLE_COPY_MAX {
+            return self
+                .client
+                .copy_object()
+                .bucket(&self.bucket)
+                .key(to)
+                .copy_source(&source)
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| classify(from, e));
+        }
+        let upload_id = self
+            .create_multipart(to, "application/octet-stream")
+            .await?;
+        let mut parts = Vec::new();
+        let copied = async {
+            let mut start = 0u64;
+            let mut number = 1i32;
+            while start < size {
+                let end = (start + PART).min(size) - 1;
+                let out = self
+                    .client
+                    .upload_part_copy()
+                    .bucket(&self.bucket)
+                    .key(to)
+                    .upload_id(&upload_id)
+                    .part_number(number)
+                    .copy_source(&source)
+                    .copy_source_range(format!("bytes={start}-{end}"))
+                    .send()
+                    .await
+                    .map_err(|e| classify(from, e))?;
+                let etag = out
+                    .copy_part_result()
+                    .and_then(|r| r.e_tag())
+                    .ok_or_else(|| StorageError::Failed("no ETag in UploadPartCopy answer".into()))?;
+                parts.push((number, etag.to_owned()));
+                start = end + 1;
+                number += 1;
+            }
+            self.complete_multipart(to, &upload_id, &parts).await
+        }
+        .await;
+        if copied.is_err() {
+            let _ = self.abort_multipart(to, &upload_id).await;
+        }
+        copied
+    }
+
     /// The first bytes of an object (`len` at most), for sniffing its real type.
     pub async fn get_head(&self, key: &str, len: usize) -> Result<Vec<u8>, StorageError> {
         let out = self
