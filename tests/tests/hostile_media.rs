@@ -22,7 +22,8 @@ fn access(body: &Value) -> String {
 }
 
 fn scratch() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("lectern-hostile-test-{}", Uuid::new_v4().simple()));
+    let dir =
+        std::env::temp_dir().join(format!("lectern-hostile-test-{}", Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
@@ -32,9 +33,24 @@ fn make_video(dir: &Path, name: &str, w: u32, h: u32, secs: u32, format: &str) -
     let path = dir.join(name);
     let src = format!("testsrc2=size={w}x{h}:rate=30:duration={secs}");
     let out = Command::new("ffmpeg")
-        .args(["-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i"])
+        .args([
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+        ])
         .arg(&src)
-        .args(["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p"])
+        .args([
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-pix_fmt",
+            "yuv420p",
+        ])
         .args(["-f", format])
         .arg(&path)
         .output()
@@ -212,7 +228,10 @@ async fn a_playlist_put_after_complete_reads_no_other_tenant_and_no_network() {
         .into_iter()
         .filter(|p| p.extension().is_some_and(|e| e == "ts"))
         .collect();
-    assert!(!victim_segments.is_empty(), "the victim's segments are on disk");
+    assert!(
+        !victim_segments.is_empty(),
+        "the victim's segments are on disk"
+    );
 
     // Two attackers upload a real MP4 (176 × 144), complete it, then PUT a playlist of the same
     // size to the same presigned URL: one naming the victim's segments by absolute path, one a
@@ -250,11 +269,18 @@ async fn a_playlist_put_after_complete_reads_no_other_tenant_and_no_network() {
         // Either the verified MP4 was processed, or the media failed with a reason.
         if state == "succeeded" {
             assert_eq!(view["state"], "ready", "{view}");
-            assert_eq!((view["width"].as_i64(), view["height"].as_i64()), (Some(176), Some(144)), "{view}");
+            assert_eq!(
+                (view["width"].as_i64(), view["height"].as_i64()),
+                (Some(176), Some(144)),
+                "{view}"
+            );
             assert!(view["duration_secs"].as_f64().unwrap() < 3.0, "{view}");
         } else {
             assert_eq!(view["state"], "failed", "{view}");
-            assert!(view["error"].as_str().is_some_and(|e| !e.is_empty()), "{view}");
+            assert!(
+                view["error"].as_str().is_some_and(|e| !e.is_empty()),
+                "{view}"
+            );
         }
         // What was processed is what /complete checked, byte for byte.
         let source = media_dir(&app, id).join("source");
@@ -262,7 +288,11 @@ async fn a_playlist_put_after_complete_reads_no_other_tenant_and_no_network() {
         // No rendition holds the victim's segments.
         let victim_hashes: Vec<Vec<u8>> = victim_segments.iter().map(|p| sha(p)).collect();
         for file in files_under(&media_dir(&app, id)) {
-            assert!(!victim_hashes.contains(&sha(&file)), "{} is the victim's", file.display());
+            assert!(
+                !victim_hashes.contains(&sha(&file)),
+                "{} is the victim's",
+                file.display()
+            );
         }
     }
     assert_eq!(
@@ -274,7 +304,12 @@ async fn a_playlist_put_after_complete_reads_no_other_tenant_and_no_network() {
     // The swapped objects at the upload keys go with their media.
     for (id, _) in &attacks {
         let (status, _) = app
-            .call("DELETE", &format!("/api/v1/media/{id}"), Some(&attacker), None)
+            .call(
+                "DELETE",
+                &format!("/api/v1/media/{id}"),
+                Some(&attacker),
+                None,
+            )
             .await;
         assert_eq!(status, 202);
     }
@@ -302,7 +337,11 @@ async fn a_file_that_starts_like_an_mp4_is_read_as_one_or_not_at_all() {
     let (id, job) = upload(&app, &token, &bytes, "clip.mp4").await;
     let state = final_state(&app, &job, &app.dir.join("worker.log")).await;
     let view = media(&app, &token, &id).await;
-    assert_eq!((state.as_str(), view["state"].as_str()), ("failed", Some("failed")), "{view}");
+    assert_eq!(
+        (state.as_str(), view["state"].as_str()),
+        ("failed", Some("failed")),
+        "{view}"
+    );
     let reason = view["error"].as_str().unwrap();
     assert!(reason.contains("MPEG-4"), "{reason}");
     let _ = std::fs::remove_dir_all(&dir);
@@ -363,13 +402,20 @@ async fn a_killed_workers_folder_is_swept_at_the_next_start_and_a_live_one_is_no
     let dead = wait_for_work_folder(&app, &first_job, &app.dir.join("worker-a.log")).await;
     killed.signal("KILL");
     killed.wait_exit(Duration::from_secs(10)).expect("killed");
-    assert!(app.scratch_left().contains(&dead), "left by the killed worker");
+    assert!(
+        app.scratch_left().contains(&dead),
+        "left by the killed worker"
+    );
 
     // The next worker sweeps it at start.
     let log_b = app.dir.join("worker-b.log");
     let _live = app.spawn_worker("worker-b.log");
     wait_for_sweep(&log_b).await;
-    assert!(!app.scratch_left().contains(&dead), "{:?}", app.scratch_left());
+    assert!(
+        !app.scratch_left().contains(&dead),
+        "{:?}",
+        app.scratch_left()
+    );
 
     // A folder in use by a live worker survives another worker's start-up sweep.
     let (_, second_job) = upload(&app, &token, &mp4, "second.mp4").await;
@@ -377,10 +423,16 @@ async fn a_killed_workers_folder_is_swept_at_the_next_start_and_a_live_one_is_no
     let log_c = app.dir.join("worker-c.log");
     let _other = app.spawn_worker("worker-c.log");
     wait_for_sweep(&log_c).await;
-    let (status, job) = app.get_as_admin(&format!("/api/v1/jobs/{second_job}")).await;
+    let (status, job) = app
+        .get_as_admin(&format!("/api/v1/jobs/{second_job}"))
+        .await;
     assert_eq!(status, 200);
     assert_eq!(job["state"], "running", "still transcoding: {job}");
-    assert!(app.scratch_left().contains(&busy), "{:?}", app.scratch_left());
+    assert!(
+        app.scratch_left().contains(&busy),
+        "{:?}",
+        app.scratch_left()
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -410,7 +462,10 @@ async fn the_embedded_s3_endpoint_refuses_the_published_key_pair() {
         for binary in ["lectern-api", "lectern-worker"] {
             let (status, output) = run_to_end(binary, &[], &env(&vars));
             assert_eq!(status.code(), Some(2), "{binary}: {output}");
-            assert!(output.contains("S3_SECRET_ACCESS_KEY"), "{binary}: {output}");
+            assert!(
+                output.contains("S3_SECRET_ACCESS_KEY"),
+                "{binary}: {output}"
+            );
             assert!(output.contains("scripts/dev run"), "{binary}: {output}");
         }
     }

@@ -87,7 +87,11 @@ pub fn open_input(path: &Path, kind: Kind) -> Result<format::context::Input, Med
             ))
         })?;
     let demuxer = sniffed.demuxer().ok_or_else(|| {
-        MediaError::Invalid(format!("a {} is not read as a {}", sniffed.label, kind.as_str()))
+        MediaError::Invalid(format!(
+            "a {} is not read as a {}",
+            sniffed.label,
+            kind.as_str()
+        ))
     })?;
     let mut options = Dictionary::new();
     options.set("format_whitelist", demuxer);
@@ -95,7 +99,8 @@ pub fn open_input(path: &Path, kind: Kind) -> Result<format::context::Input, Med
     options.set("enable_drefs", "0");
     let not_as_sniffed = |e: ff::Error| {
         MediaError::Invalid(format!(
-            "the file starts like a {} but cannot be read as one: {e}",
+            "the file's first bytes say {}, but it cannot be read as one \
+             (it may be truncated, or another format in disguise): {e}",
             sniffed.label
         ))
     };

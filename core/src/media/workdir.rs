@@ -36,8 +36,8 @@ impl WorkDir {
 
     fn new_in(root: &Path, what: &str, id: Uuid) -> Result<WorkDir, MediaError> {
         // Named after the attempt for whoever reads the folder list; outside a job, a random id.
-        let (job, attempt) = crate::jobs::current_job()
-            .map_or((Uuid::new_v4(), 0), |j| (j.id, j.attempt));
+        let (job, attempt) =
+            crate::jobs::current_job().map_or((Uuid::new_v4(), 0), |j| (j.id, j.attempt));
         let path = root.join(format!(
             "{PREFIX}{}-{attempt}-{what}-{}",
             job.simple(),
@@ -107,7 +107,9 @@ pub fn sweep_in(root: &Path) -> usize {
                 tracing::info!(folder = %name, "removed the working folder of a dead job attempt");
                 removed += 1;
             }
-            Err(e) => tracing::warn!(folder = %name, error = %e, "could not remove a stale working folder"),
+            Err(e) => {
+                tracing::warn!(folder = %name, error = %e, "could not remove a stale working folder")
+            }
         }
     }
     removed
@@ -142,7 +144,10 @@ mod tests {
         assert_eq!(sweep_in(&root), 1);
         assert!(live.path().exists(), "a live folder stays");
         assert!(!dead_path.exists(), "a dead attempt's folder goes");
-        assert!(root.join("unrelated").exists(), "other folders are not Lectern's to remove");
+        assert!(
+            root.join("unrelated").exists(),
+            "other folders are not Lectern's to remove"
+        );
         drop(live);
         let _ = std::fs::remove_dir_all(&root);
     }

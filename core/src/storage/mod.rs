@@ -398,7 +398,9 @@ impl Storage {
                 let etag = out
                     .copy_part_result()
                     .and_then(|r| r.e_tag())
-                    .ok_or_else(|| StorageError::Failed("no ETag in UploadPartCopy answer".into()))?;
+                    .ok_or_else(|| {
+                        StorageError::Failed("no ETag in UploadPartCopy answer".into())
+                    })?;
                 parts.push((number, etag.to_owned()));
                 start = end + 1;
                 number += 1;
