@@ -506,3 +506,52 @@ async fn the_embedded_s3_endpoint_refuses_the_published_key_pair() {
     drop(app);
     let _ = std::fs::remove_dir_all(&s3_dir);
 }
+
+#[tokio::test]
+async fn what_a_presigned_put_writes_after_complete_is_swept_once_its_url_is_dead() {
+    let app = TestApp::spawn_with(Options {
+        env: vec![
+            ("MEDIA_URL_TTL_SECS".into(), "4".into()),
+            ("MEDIA_SWEEP_INTERVAL_SECS".into(), "1".into()),
+        ],
+        ..Default::default()
+    })
+    .await;
+    app.wait_until_ready().await;
+    let token = instructor(&app, "late@example.com").await;
+    let pdf = b"%PDF-1.4 the verified document".to_vec();
+    let body =
+        json!({"file_name": "notes.pdf", "file_size": pdf.len(), "mime_type": "application/pdf"});
+    let (status, started) = app
+        .call("POST", "/api/v1/media/uploads", Some(&token), Some(&body))
+        .await;
+    assert_eq!(status, 201, "{started}");
+    assert_eq!(put(&app, &started, pdf.clone()).await, 200);
+    let id = started["media"]["id"].as_str().unwrap().to_owned();
+    let (status, done) = complete(&app, &token, &id).await;
+    assert_eq!(status, 202, "{done}");
+    assert!(
+        !media_dir(&app, &id).join("upload").exists(),
+        "removed at /complete"
+    );
+    let stray = b"%PDF-1.4 swapped after complete".to_vec();
+    let stray = stray[..pdf.len()].to_vec();
+    assert_eq!(put(&app, &started, stray).await, 200, "the URL still works");
+    assert!(media_dir(&app, &id).join("upload").exists());
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while media_dir(&app, &id).join("upload").exists() {
+        assert!(
+            Instant::now() < deadline,
+            "stray upload never swept:\n{}",
+            app.worker_log()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let view = media(&app, &token, &id).await;
+    assert_eq!(view["state"], "ready", "{view}");
+    assert_eq!(
+        std::fs::read(media_dir(&app, &id).join("source")).unwrap(),
+        pdf
+    );
+}

@@ -356,6 +356,7 @@ pub async fn relay_loop(services: Services, mut stop: tokio::sync::watch::Receiv
             if last_sweep.elapsed() >= services.config.media.sweep_interval {
                 last_sweep = std::time::Instant::now();
                 lectern_core::media::sweep_abandoned(&services).await?;
+                lectern_core::media::sweep_upload_keys(&services).await?;
                 lectern_core::media::workdir::sweep().await;
             }
             if last_vacuum.elapsed() >= Duration::from_secs(60) {

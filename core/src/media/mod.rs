@@ -763,11 +763,17 @@ async fn freeze_upload(services: &Services, id: Uuid, upload: &str, source: &str
         Err(StorageError::NotFound(_)) => return Err(not_uploaded()),
         Err(e) => return Err(e.into()),
     }
-    sqlx::query("UPDATE media SET object_key = $2, updated_at = now() WHERE id = $1")
-        .bind(id)
-        .bind(source)
-        .execute(&mut *tx)
-        .await?;
+    // The URL was signed before the row was inserted, so it is dead `url_ttl` after `created_at`.
+    sqlx::query(
+        "UPDATE media SET object_key = $2, updated_at = now(),
+                upload_key_sweep_at = created_at + make_interval(secs => $3) + interval '30 seconds'
+          WHERE id = $1",
+    )
+    .bind(id)
+    .bind(source)
+    .bind(services.config.media.url_ttl.as_secs_f64())
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await?;
     // Strays a later PUT recreates here go with the media (deletion removes `media/{id}/`).
     if let Err(e) = services.storage.delete(upload).await {
@@ -1064,6 +1070,27 @@ pub async fn sweep_abandoned(services: &Services) -> Result<usize> {
         tracing::info!(removed = rows.len(), "removed abandoned uploads");
     }
     Ok(rows.len())
+}
+
+/// Removes what a presigned PUT may have written to the upload key after `/complete` froze it,
+/// once the URL is dead (see `freeze_upload`). Returns how many media were checked.
+pub async fn sweep_upload_keys(services: &Services) -> Result<usize> {
+    let mut tx = services.db.begin().await?;
+    let ids: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT id FROM media WHERE upload_key_sweep_at < now()
+          ORDER BY upload_key_sweep_at LIMIT 100 FOR UPDATE SKIP LOCKED",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    for id in &ids {
+        services.storage.delete(&upload_key(*id)).await?;
+    }
+    sqlx::query("UPDATE media SET upload_key_sweep_at = NULL WHERE id = ANY($1)")
+        .bind(&ids)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(ids.len())
 }
 
 // ---------------------------------------------------------------------------------------------
