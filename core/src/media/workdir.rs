@@ -37,7 +37,7 @@ impl WorkDir {
     fn new_in(root: &Path, what: &str, id: Uuid) -> Result<WorkDir, MediaError> {
         // Named after the attempt for whoever reads the folder list; outside a job, a random id.
         let (job, attempt) =
-            crate::jobs::current_job().map_or((Uuid::new_v4(), 0), |j| (j.id, j.attempt));
+            crate::jobs::current_job().map_or_else(|| (Uuid::new_v4(), 0), |j| (j.id, j.attempt));
         let path = root.join(format!(
             "{PREFIX}{}-{attempt}-{what}-{}",
             job.simple(),
