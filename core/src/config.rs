@@ -856,6 +856,8 @@ mod tests {
             ("PORT", "eighty"),
             ("REDIS_URL", "http://nope"),
             ("STORAGE_BACKEND", "s3"),
+            ("S3_ACCESS_KEY_ID", ""),
+            ("S3_SECRET_ACCESS_KEY", ""),
             ("WORKER_CONCURRENCY_EMAIL", "0"),
             ("LOG_FORMAT", "xml"),
         ])

@@ -353,7 +353,11 @@ mod tests {
         })
         .save(&path)
         .expect("save");
-        let out = process(&path, &ImageLimits::default(), &dir).expect("processed");
+        // Named as the worker names it: FFmpeg would pick its `image2` demuxer for a `.jpg`
+        // name, and only the JPEG demuxer is allowed.
+        let source = dir.join("source");
+        std::fs::rename(&path, &source).expect("rename");
+        let out = process(&source, &ImageLimits::default(), &dir).expect("processed");
         assert_eq!(out.decode_scale, 2);
         assert_eq!((out.width, out.height), (3000, 2000));
         assert_eq!(out.thumbnail, (300, 200));
