@@ -876,7 +876,11 @@ pub fn transcode(
         if frames_decoded > max_frames {
             return Err(limits.too_long(frames_decoded as f64 / limits.max_frame_rate));
         }
-        limits.check_picture(decoded.width(), decoded.height())?;
+        if probe.rotation % 180 == 90 {
+            limits.check_picture(decoded.height(), decoded.width())?;
+        } else {
+            limits.check_picture(decoded.width(), decoded.height())?;
+        }
         if let Some(g) = poster_graph.as_mut()
             && poster.is_none()
             && t >= poster_at
