@@ -646,8 +646,7 @@ fn read_media<F: Fn(&str) -> Option<String>>(r: &mut Reader<F>) -> MediaConfig {
         url_ttl: secs(r, "MEDIA_URL_TTL_SECS", 900),
         max_video_duration: secs(r, "MEDIA_VIDEO_MAX_DURATION_SECS", 6 * 3600),
         video_max_width: u32::try_from(r.positive("MEDIA_VIDEO_MAX_WIDTH", 4096)).unwrap_or(4096),
-        video_max_height: u32::try_from(r.positive("MEDIA_VIDEO_MAX_HEIGHT", 4096))
-            .unwrap_or(4096),
+        video_max_height: u32::try_from(r.positive("MEDIA_VIDEO_MAX_HEIGHT", 4096)).unwrap_or(4096),
         video_max_pixels: r.parse(
             "MEDIA_VIDEO_MAX_PIXELS",
             4096 * 2304u64,

@@ -139,7 +139,14 @@ async fn start_upload(app: &TestApp, token: &str, body: Value) -> (u16, Value) {
 }
 
 /// Starts a single-PUT upload and sends the bytes; returns the media id.
-async fn upload(app: &TestApp, token: &str, bytes: &[u8], name: &str, mime: &str, extra: Value) -> String {
+async fn upload(
+    app: &TestApp,
+    token: &str,
+    bytes: &[u8],
+    name: &str,
+    mime: &str,
+    extra: Value,
+) -> String {
     let mut body = json!({"file_name": name, "file_size": bytes.len(), "mime_type": mime});
     if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
         b.extend(e.clone());
@@ -147,7 +154,10 @@ async fn upload(app: &TestApp, token: &str, bytes: &[u8], name: &str, mime: &str
     let (status, started) = start_upload(app, token, body).await;
     assert_eq!(status, 201, "{started}");
     let request = &started["upload"]["request"];
-    let mut req = app.http.put(request["url"].as_str().unwrap()).body(bytes.to_vec());
+    let mut req = app
+        .http
+        .put(request["url"].as_str().unwrap())
+        .body(bytes.to_vec());
     for (k, v) in request["headers"].as_object().unwrap() {
         if !k.eq_ignore_ascii_case("content-length") {
             req = req.header(k, v.as_str().unwrap());
@@ -182,7 +192,13 @@ fn stored_under(app: &TestApp, id: &str, sub: &str) -> usize {
         std::fs::read_dir(dir).map_or(0, |entries| {
             entries
                 .flatten()
-                .map(|e| if e.path().is_dir() { count(&e.path()) } else { 1 })
+                .map(|e| {
+                    if e.path().is_dir() {
+                        count(&e.path())
+                    } else {
+                        1
+                    }
+                })
                 .sum()
         })
     }
@@ -197,7 +213,12 @@ fn stored_under(app: &TestApp, id: &str, sub: &str) -> usize {
 }
 
 /// Uploads a video, completes it, and waits for its job to fail for good; returns the job.
-async fn upload_until_failed(app: &TestApp, token: &str, bytes: &[u8], extra: Value) -> (String, Value) {
+async fn upload_until_failed(
+    app: &TestApp,
+    token: &str,
+    bytes: &[u8],
+    extra: Value,
+) -> (String, Value) {
     let id = upload(app, token, bytes, "clip.mp4", "video/mp4", extra).await;
     let (status, done) = complete(app, token, &id, None).await;
     assert_eq!(status, 202, "{done}");
@@ -220,16 +241,29 @@ async fn a_video_whose_header_understates_its_duration_stops_at_the_limit() {
     // 30 s of frames, no edit list (which would cut the samples to the header's length).
     let path = dir.join("long.mp4");
     ffmpeg(&[
-        "-f", "lavfi", "-i", "testsrc2=size=160x120:rate=25:duration=30",
-        "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p",
-        "-use_editlist", "0", path.to_str().unwrap(),
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=160x120:rate=25:duration=30",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-pix_fmt",
+        "yuv420p",
+        "-use_editlist",
+        "0",
+        path.to_str().unwrap(),
     ]);
     let mut bytes = std::fs::read(&path).unwrap();
     patch_mp4_duration(&mut bytes, 4);
     let lying = dir.join("lying.mp4");
     std::fs::write(&lying, &bytes).unwrap();
     let claimed = header_duration(&lying);
-    assert!((3.5..=4.5).contains(&claimed), "the header claims {claimed} s");
+    assert!(
+        (3.5..=4.5).contains(&claimed),
+        "the header claims {claimed} s"
+    );
 
     let (id, job) = upload_until_failed(&app, &token, &bytes, json!({})).await;
     assert_eq!(job["attempts"], 1, "refused for good, not retried: {job}");
@@ -252,8 +286,18 @@ async fn a_16k_picture_is_refused_before_a_frame_is_decoded() {
     // own image-size check), far beyond the default 4096 × 4096.
     let path = dir.join("huge.mp4");
     ffmpeg(&[
-        "-f", "lavfi", "-i", "color=c=black:s=16000x16000:d=1:r=1",
-        "-frames:v", "1", "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p",
+        "-f",
+        "lavfi",
+        "-i",
+        "color=c=black:s=16000x16000:d=1:r=1",
+        "-frames:v",
+        "1",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-pix_fmt",
+        "yuv420p",
         path.to_str().unwrap(),
     ]);
     let bytes = std::fs::read(&path).unwrap();
@@ -272,7 +316,10 @@ async fn part_urls_carry_exactly_their_part_and_completion_checks_the_total() {
     const MIB: usize = 1024 * 1024;
     let app = TestApp::spawn_with(Options {
         env: vec![
-            ("MEDIA_MULTIPART_THRESHOLD_BYTES".into(), (5 * MIB).to_string()),
+            (
+                "MEDIA_MULTIPART_THRESHOLD_BYTES".into(),
+                (5 * MIB).to_string(),
+            ),
             ("MEDIA_PART_BYTES".into(), (5 * MIB).to_string()),
         ],
         ..Default::default()
@@ -313,7 +360,13 @@ async fn part_urls_carry_exactly_their_part_and_completion_checks_the_total() {
         etags.push(json!({"part_number": n + 1, "etag": etag}));
     }
     // Completing with fewer bytes than declared waits for the rest.
-    let (status, err) = complete(&app, &token, &id, Some(&json!({"parts": [etags[0].clone()]}))).await;
+    let (status, err) = complete(
+        &app,
+        &token,
+        &id,
+        Some(&json!({"parts": [etags[0].clone()]})),
+    )
+    .await;
     assert_eq!(status, 409, "{err}");
     assert_eq!(err["error"]["code"], "upload_incomplete", "{err}");
 
@@ -380,7 +433,10 @@ async fn upload_quotas_refuse_the_next_upload_until_one_is_deleted() {
     let declare = |size: usize| json!({"file_name": "a.pdf", "file_size": size, "mime_type": "application/pdf"});
     let refused = |status: u16, body: &Value, what: &str| {
         assert_eq!(status, 409, "{what}: {body}");
-        assert_eq!(body["error"]["code"], "upload_quota_exceeded", "{what}: {body}");
+        assert_eq!(
+            body["error"]["code"], "upload_quota_exceeded",
+            "{what}: {body}"
+        );
     };
 
     // Pending bytes: 600 + 600 is over 1000.
@@ -389,10 +445,24 @@ async fn upload_quotas_refuse_the_next_upload_until_one_is_deleted() {
         b.resize(size, b'%');
         b
     };
-    let first = upload(&app, &token, &pdf(600), "a.pdf", "application/pdf", json!({})).await;
+    let first = upload(
+        &app,
+        &token,
+        &pdf(600),
+        "a.pdf",
+        "application/pdf",
+        json!({}),
+    )
+    .await;
     let (status, body) = start_upload(&app, &token, declare(600)).await;
     refused(status, &body, "pending bytes");
-    assert!(body["error"]["message"].as_str().unwrap().contains("not completed"), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not completed"),
+        "{body}"
+    );
     // Pending uploads: two at most.
     let (status, second) = start_upload(&app, &token, declare(300)).await;
     assert_eq!(status, 201, "{second}");
@@ -401,10 +471,23 @@ async fn upload_quotas_refuse_the_next_upload_until_one_is_deleted() {
     refused(status, &body, "pending uploads");
     // Deleting one frees its place.
     let (status, _) = app
-        .call("DELETE", &format!("/api/v1/media/{second}"), Some(&token), None)
+        .call(
+            "DELETE",
+            &format!("/api/v1/media/{second}"),
+            Some(&token),
+            None,
+        )
         .await;
     assert_eq!(status, 202);
-    let third = upload(&app, &token, &pdf(300), "b.pdf", "application/pdf", json!({})).await;
+    let third = upload(
+        &app,
+        &token,
+        &pdf(300),
+        "b.pdf",
+        "application/pdf",
+        json!({}),
+    )
+    .await;
 
     // Stored bytes: 900 kept, then 400 more is over 1200.
     for id in [&first, &third] {
@@ -414,9 +497,20 @@ async fn upload_quotas_refuse_the_next_upload_until_one_is_deleted() {
     }
     let (status, body) = start_upload(&app, &token, declare(400)).await;
     refused(status, &body, "stored bytes");
-    assert!(body["error"]["message"].as_str().unwrap().contains("storage"), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("storage"),
+        "{body}"
+    );
     let (status, _) = app
-        .call("DELETE", &format!("/api/v1/media/{first}"), Some(&token), None)
+        .call(
+            "DELETE",
+            &format!("/api/v1/media/{first}"),
+            Some(&token),
+            None,
+        )
         .await;
     assert_eq!(status, 202);
     let (status, body) = start_upload(&app, &token, declare(400)).await;
@@ -463,7 +557,12 @@ async fn a_job_cut_by_the_watchdog_leaves_its_media_failed_and_the_checklist_say
     app.wait_until_ready().await;
     let (token, _) = verified_instructor(&app, "slow@example.com").await;
     let (status, course) = app
-        .call("POST", "/api/v1/courses", Some(&token), Some(&json!({"title": "Slow"})))
+        .call(
+            "POST",
+            "/api/v1/courses",
+            Some(&token),
+            Some(&json!({"title": "Slow"})),
+        )
         .await;
     assert_eq!(status, 201, "{course}");
     let course_id = course["id"].as_str().unwrap().to_owned();
@@ -471,15 +570,29 @@ async fn a_job_cut_by_the_watchdog_leaves_its_media_failed_and_the_checklist_say
     // Far more than a second of transcoding, on any machine.
     let path = dir.join("slow.mp4");
     ffmpeg(&[
-        "-f", "lavfi", "-i", "testsrc2=size=1280x720:rate=30:duration=30",
-        "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p",
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=1280x720:rate=30:duration=30",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-pix_fmt",
+        "yuv420p",
         path.to_str().unwrap(),
     ]);
     let bytes = std::fs::read(&path).unwrap();
     let (id, job) =
         upload_until_failed(&app, &token, &bytes, json!({"course_id": course_id})).await;
-    assert_eq!(job["attempts"], job["max_attempts"], "every attempt was used: {job}");
-    assert!(job["last_error"].as_str().unwrap().contains("watchdog"), "{job}");
+    assert_eq!(
+        job["attempts"], job["max_attempts"],
+        "every attempt was used: {job}"
+    );
+    assert!(
+        job["last_error"].as_str().unwrap().contains("watchdog"),
+        "{job}"
+    );
 
     // The owner sees the media failed, with the reason.
     let seen = media(&app, &token, &id).await;
@@ -489,7 +602,12 @@ async fn a_job_cut_by_the_watchdog_leaves_its_media_failed_and_the_checklist_say
 
     // The publishing checklist counts it.
     let (status, body) = app
-        .call("POST", &format!("/api/v1/courses/{course_id}/publish"), Some(&token), None)
+        .call(
+            "POST",
+            &format!("/api/v1/courses/{course_id}/publish"),
+            Some(&token),
+            None,
+        )
         .await;
     assert_eq!(status, 422, "{body}");
     let videos = body["error"]["fields"]["videos"].to_string();

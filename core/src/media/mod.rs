@@ -484,7 +484,12 @@ fn require_verified_for(caller: &Principal, kind: Kind) -> Result<()> {
 /// The per-user upload quotas (uploads not completed yet, their declared bytes, and the bytes of
 /// every media the user keeps), with `size` more bytes about to be added. Run it under
 /// [`lock_quota`] in the transaction that records the upload so concurrent starts cannot both fit.
-async fn check_quota(conn: &mut PgConnection, services: &Services, owner: Uuid, size: u64) -> Result<()> {
+async fn check_quota(
+    conn: &mut PgConnection,
+    services: &Services,
+    owner: Uuid,
+    size: u64,
+) -> Result<()> {
     let media = &services.config.media;
     let (pending, pending_bytes, stored_bytes): (i64, i64, i64) = sqlx::query_as(
         "SELECT count(*) FILTER (WHERE state = 'pending'),
@@ -842,8 +847,9 @@ async fn check_parts_total(
         });
     }
     if total > declared {
-        let reason =
-            format!("the uploaded parts hold {total} bytes, more than the {declared} bytes declared");
+        let reason = format!(
+            "the uploaded parts hold {total} bytes, more than the {declared} bytes declared"
+        );
         if let Err(e) = services.storage.abort_multipart(key, upload_id).await {
             tracing::warn!(error = %e, "could not abort an oversized multipart upload; the sweep will");
         }
