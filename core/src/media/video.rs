@@ -203,20 +203,26 @@ pub fn probe_within(path: &Path, limits: &VideoLimits) -> Result<VideoProbe, Med
     };
     let bit_rate = ictx.bit_rate();
 
-    let mut decoder = codec::context::Context::from_parameters(params)
-        .and_then(|c| open_video_decoder(c, limits))
-        .map_err(|e| {
-            MediaError::Invalid(format!(
-                "the video track ({video_codec}) cannot be decoded: {e}"
-            ))
-        })?;
-    // The header's picture size and frame rate, before a frame is decoded.
+    let cannot_decode = |e: ff::Error| {
+        MediaError::Invalid(format!(
+            "the video track ({video_codec}) cannot be decoded: {e}"
+        ))
+    };
+    // The header's picture size and frame rate, before a frame is decoded (opening a decoder
+    // reads the stream's parameters, it decodes nothing).
+    let header = codec::context::Context::from_parameters(params.clone())
+        .and_then(|c| c.decoder().video())
+        .map_err(cannot_decode)?;
     if rotation % 180 == 90 {
-        limits.check_picture(decoder.height(), decoder.width())?;
+        limits.check_picture(header.height(), header.width())?;
     } else {
-        limits.check_picture(decoder.width(), decoder.height())?;
+        limits.check_picture(header.width(), header.height())?;
     }
     limits.check_frame_rate(rate)?;
+    drop(header);
+    let mut decoder = codec::context::Context::from_parameters(params)
+        .and_then(|c| open_video_decoder(c, limits))
+        .map_err(cannot_decode)?;
     let mut decoded = frame::Video::empty();
     let mut got_frame = false;
     let mut packets_read = 0usize;
