@@ -201,7 +201,21 @@ pub struct MediaConfig {
     pub sweep_interval: Duration,
     /// Lifetime of presigned upload URLs and of playback URLs.
     pub url_ttl: Duration,
+    /// Longest video accepted: checked on the header at probe and again on the decoded
+    /// timestamps and frame count while transcoding, since a header can lie.
     pub max_video_duration: Duration,
+    /// Largest video picture accepted (displayed size), checked on the stream header before a
+    /// frame is decoded: decoding cost grows with the picture, not with the file's bytes.
+    pub video_max_width: u32,
+    pub video_max_height: u32,
+    pub video_max_pixels: u64,
+    /// Highest frame rate accepted; it also bounds how many frames a video may hold.
+    pub video_max_frame_rate: f64,
+    /// Per-user upload quotas, checked when an upload starts: uploads not yet completed, their
+    /// declared bytes, and the bytes of every media the user keeps.
+    pub quota_pending_uploads: u64,
+    pub quota_pending_bytes: u64,
+    pub quota_stored_bytes: u64,
     pub image_max_width: u32,
     pub image_max_height: u32,
     pub image_max_pixels: u64,
@@ -661,6 +675,31 @@ fn read_media<F: Fn(&str) -> Option<String>>(r: &mut Reader<F>) -> MediaConfig {
         sweep_interval: secs(r, "MEDIA_SWEEP_INTERVAL_SECS", 60),
         url_ttl: secs(r, "MEDIA_URL_TTL_SECS", 900),
         max_video_duration: secs(r, "MEDIA_VIDEO_MAX_DURATION_SECS", 6 * 3600),
+        video_max_width: u32::try_from(r.positive("MEDIA_VIDEO_MAX_WIDTH", 4096)).unwrap_or(4096),
+        video_max_height: u32::try_from(r.positive("MEDIA_VIDEO_MAX_HEIGHT", 4096)).unwrap_or(4096),
+        video_max_pixels: r.parse(
+            "MEDIA_VIDEO_MAX_PIXELS",
+            4096 * 2304u64,
+            "a number of pixels",
+        ),
+        video_max_frame_rate: {
+            let fps: f64 = r.parse("MEDIA_VIDEO_MAX_FRAME_RATE", 120.0, "frames per second");
+            if !(fps.is_finite() && fps >= 1.0) {
+                r.problem("MEDIA_VIDEO_MAX_FRAME_RATE", "must be at least 1");
+            }
+            fps.max(1.0)
+        },
+        quota_pending_uploads: r.positive("MEDIA_QUOTA_PENDING_UPLOADS", 10) as u64,
+        quota_pending_bytes: r.parse(
+            "MEDIA_QUOTA_PENDING_BYTES",
+            20 * 1024 * MIB,
+            "a number of bytes",
+        ),
+        quota_stored_bytes: r.parse(
+            "MEDIA_QUOTA_STORED_BYTES",
+            200 * 1024 * MIB,
+            "a number of bytes",
+        ),
         image_max_width: u32::try_from(r.positive("MEDIA_IMAGE_MAX_WIDTH", 16_384))
             .unwrap_or(16_384),
         image_max_height: u32::try_from(r.positive("MEDIA_IMAGE_MAX_HEIGHT", 16_384))

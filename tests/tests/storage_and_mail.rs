@@ -111,7 +111,13 @@ async fn multipart_upload_through_presigned_part_urls() {
     for (index, chunk) in whole.chunks(part_size).enumerate() {
         let number = i32::try_from(index + 1).unwrap();
         let presigned = storage
-            .presign_upload_part(key, &upload_id, number, Duration::from_secs(300))
+            .presign_upload_part(
+                key,
+                &upload_id,
+                number,
+                chunk.len() as u64,
+                Duration::from_secs(300),
+            )
             .await
             .unwrap();
         let res = http

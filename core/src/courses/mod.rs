@@ -475,6 +475,8 @@ pub async fn delete(services: &Services, caller: &Principal, course_id: Uuid) ->
 struct Readiness {
     sections: i64,
     ready_videos: i64,
+    /// Videos whose processing failed for good: a lesson would show a broken player.
+    failed_videos: i64,
     thumbnail_ready: bool,
 }
 
@@ -485,6 +487,9 @@ async fn unmet_rules(conn: &mut PgConnection, row: &CourseRow) -> Result<FieldEr
                 (SELECT count(*) FROM media m JOIN sections s ON s.id = m.section_id
                   WHERE m.course_id = $1 AND s.course_id = $1 AND s.deleted_at IS NULL AND m.deleted_at IS NULL
                     AND m.kind = 'video' AND m.state = 'ready') AS ready_videos,
+                (SELECT count(*) FROM media m
+                  WHERE m.course_id = $1 AND m.deleted_at IS NULL
+                    AND m.kind = 'video' AND m.state = 'failed') AS failed_videos,
                 EXISTS (SELECT 1 FROM media m WHERE m.id = $2 AND m.kind = 'image' AND m.state = 'ready'
                           AND m.deleted_at IS NULL) AS thumbnail_ready",
     )
@@ -522,6 +527,15 @@ async fn unmet_rules(conn: &mut PgConnection, row: &CourseRow) -> Result<FieldEr
             format!(
                 "at least {MIN_READY_VIDEOS} processed videos are required (the course has {})",
                 r.ready_videos
+            ),
+        );
+    }
+    if r.failed_videos > 0 {
+        fields.add(
+            "videos",
+            format!(
+                "{} video(s) failed processing (see each media's error); replace or delete them",
+                r.failed_videos
             ),
         );
     }

@@ -481,6 +481,72 @@ fn require_uploader(caller: &Principal) -> Result<Uuid> {
     Ok(user.id)
 }
 
+/// Only an instructor whose email is verified uploads videos: a video costs minutes of
+/// transcoding, and an account nobody can be reached at should not be able to spend them.
+fn require_verified_for(caller: &Principal, kind: Kind) -> Result<()> {
+    let user = caller.require_user()?;
+    if kind == Kind::Video && !user.email_verified {
+        return Err(Error::Forbidden {
+            code: "email_unverified",
+            message: "verify your email address before uploading videos".into(),
+        });
+    }
+    Ok(())
+}
+
+/// The per-user upload quotas (uploads not completed yet, their declared bytes, and the bytes of
+/// every media the user keeps), with `size` more bytes about to be added. Run it under
+/// [`lock_quota`] in the transaction that records the upload so concurrent starts cannot both fit.
+async fn check_quota(
+    conn: &mut PgConnection,
+    services: &Services,
+    owner: Uuid,
+    size: u64,
+) -> Result<()> {
+    let media = &services.config.media;
+    let (pending, pending_bytes, stored_bytes): (i64, i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE state = 'pending'),
+                coalesce(sum(size_bytes) FILTER (WHERE state = 'pending'), 0)::int8,
+                coalesce(sum(size_bytes), 0)::int8
+           FROM media WHERE owner_id = $1 AND deleted_at IS NULL",
+    )
+    .bind(owner)
+    .fetch_one(conn)
+    .await?;
+    let as_u64 = |n: i64| u64::try_from(n).unwrap_or(0);
+    let refuse = |message: String| Error::Conflict {
+        code: "upload_quota_exceeded",
+        message,
+    };
+    if as_u64(pending) >= media.quota_pending_uploads {
+        return Err(refuse(format!(
+            "you have {pending} uploads not completed yet, the most allowed at once; complete or delete one first"
+        )));
+    }
+    if as_u64(pending_bytes).saturating_add(size) > media.quota_pending_bytes {
+        return Err(refuse(format!(
+            "your uploads not completed yet hold {pending_bytes} bytes; with {size} more they would exceed the {} bytes allowed",
+            media.quota_pending_bytes
+        )));
+    }
+    if as_u64(stored_bytes).saturating_add(size) > media.quota_stored_bytes {
+        return Err(refuse(format!(
+            "your media take {stored_bytes} bytes; with {size} more they would exceed your {} bytes of storage",
+            media.quota_stored_bytes
+        )));
+    }
+    Ok(())
+}
+
+/// Serialises quota checks of one user until the transaction ends.
+async fn lock_quota(conn: &mut PgConnection, owner: Uuid) -> Result<()> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('media_quota:' || $1::text, 0))")
+        .bind(owner)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 fn complete_url(id: Uuid) -> String {
     format!("/api/v1/media/uploads/{id}/complete")
 }
@@ -500,8 +566,11 @@ pub async fn start_upload(
         input.mime_type.as_deref(),
         None,
     )?;
+    require_verified_for(caller, kind)?;
     let (course_id, section_id) =
         check_placement(services, caller, input.course_id, input.section_id).await?;
+    // Fail fast before any storage work; checked again under the lock when the row is recorded.
+    check_quota(&mut *services.db.acquire().await?, services, owner, size).await?;
     let media = &services.config.media;
     let id = Uuid::now_v7();
     tracing::Span::current().record("media_id", tracing::field::display(id));
@@ -523,10 +592,12 @@ pub async fn start_upload(
         let upload_id = services.storage.create_multipart(&key, &mime).await?;
         let mut parts = Vec::with_capacity(count as usize);
         for n in 1..=count {
+            // Every part but the last is `part_size`; each URL is signed for its exact length.
+            let length = part_size.min(size - (n - 1) * part_size);
             let n = i32::try_from(n).map_err(Error::internal)?;
             let p = services
                 .storage
-                .presign_upload_part(&key, &upload_id, n, ttl)
+                .presign_upload_part(&key, &upload_id, n, length, ttl)
                 .await?;
             parts.push(PartUpload {
                 part_number: n,
@@ -559,30 +630,38 @@ pub async fn start_upload(
             None,
         )
     };
-    let inserted = sqlx::query(
-        "INSERT INTO media (id, owner_id, course_id, section_id, kind, state, title, file_name,
-                            mime_type, size_bytes, object_key, multipart_upload_id, upload_expires_at)
-         VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $8, $9, $10, $11, $12)",
-    )
-    .bind(id)
-    .bind(owner)
-    .bind(course_id)
-    .bind(section_id)
-    .bind(kind.as_str())
-    .bind(&title)
-    .bind(&file_name)
-    .bind(&mime)
-    .bind(i64::try_from(size).map_err(Error::internal)?)
-    .bind(&key)
-    .bind(upload_id.as_deref())
-    .bind(expires_at)
-    .execute(&services.db)
+    let inserted = async {
+        let mut tx = services.db.begin().await?;
+        lock_quota(&mut tx, owner).await?;
+        check_quota(&mut tx, services, owner, size).await?;
+        sqlx::query(
+            "INSERT INTO media (id, owner_id, course_id, section_id, kind, state, title, file_name,
+                                mime_type, size_bytes, object_key, multipart_upload_id, upload_expires_at)
+             VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $8, $9, $10, $11, $12)",
+        )
+        .bind(id)
+        .bind(owner)
+        .bind(course_id)
+        .bind(section_id)
+        .bind(kind.as_str())
+        .bind(&title)
+        .bind(&file_name)
+        .bind(&mime)
+        .bind(i64::try_from(size).map_err(Error::internal)?)
+        .bind(&key)
+        .bind(upload_id.as_deref())
+        .bind(expires_at)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok::<_, Error>(())
+    }
     .await;
     if let Err(e) = inserted {
         if let Some(upload_id) = &upload_id {
             let _ = services.storage.abort_multipart(&key, upload_id).await;
         }
-        return Err(e.into());
+        return Err(e);
     }
     tracing::info!(
         kind = kind.as_str(),
@@ -685,6 +764,7 @@ pub async fn complete_upload(
         }
         let parts: Vec<(i32, String)> =
             parts.into_iter().map(|p| (p.part_number, p.etag)).collect();
+        check_parts_total(services, &row, &key, upload_id, &parts).await?;
         match services
             .storage
             .complete_multipart(&key, upload_id, &parts)
@@ -778,6 +858,65 @@ async fn freeze_upload(services: &Services, id: Uuid, upload: &str, source: &str
     // Strays a later PUT recreates here go with the media (deletion removes `media/{id}/`).
     if let Err(e) = services.storage.delete(upload).await {
         tracing::warn!(error = %e, "could not remove the upload key after freezing it");
+    }
+    Ok(())
+}
+
+/// The parts named at completion must add up to the declared size, before anything is assembled.
+/// Fewer bytes: some part is missing, the client may send it and complete again (409). More
+/// bytes: the upload outgrew its declaration; it is aborted and the media failed (422).
+async fn check_parts_total(
+    services: &Services,
+    row: &MediaRow,
+    key: &str,
+    upload_id: &str,
+    parts: &[(i32, String)],
+) -> Result<()> {
+    let uploaded = match services.storage.list_parts(key, upload_id).await {
+        Ok(uploaded) => uploaded,
+        Err(StorageError::Unavailable(e)) => return Err(StorageError::Unavailable(e).into()),
+        Err(e) => {
+            return Err(Error::Conflict {
+                code: "upload_incomplete",
+                message: format!("the uploaded parts cannot be listed: {e}"),
+            });
+        }
+    };
+    let mut total: u64 = 0;
+    let mut named = std::collections::BTreeSet::new();
+    for (n, _) in parts {
+        if !named.insert(*n) {
+            return Err(Error::invalid(
+                "parts",
+                format!("part {n} is listed more than once"),
+            ));
+        }
+        let Some((_, size)) = uploaded.iter().find(|(u, _)| u == n) else {
+            return Err(Error::Conflict {
+                code: "upload_incomplete",
+                message: format!("part {n} has not been uploaded"),
+            });
+        };
+        total = total.saturating_add(*size);
+    }
+    let declared = u64::try_from(row.size_bytes).unwrap_or(0);
+    if total < declared {
+        return Err(Error::Conflict {
+            code: "upload_incomplete",
+            message: format!(
+                "the listed parts hold {total} bytes of the {declared} bytes declared; upload every part"
+            ),
+        });
+    }
+    if total > declared {
+        let reason = format!(
+            "the uploaded parts hold {total} bytes, more than the {declared} bytes declared"
+        );
+        if let Err(e) = services.storage.abort_multipart(key, upload_id).await {
+            tracing::warn!(error = %e, "could not abort an oversized multipart upload; the sweep will");
+        }
+        refuse_upload(services, row.id, key, &reason).await?;
+        return Err(Error::invalid("file_size", reason));
     }
     Ok(())
 }
@@ -922,6 +1061,7 @@ pub async fn direct_upload(
     if let Err(reason) = check_content(&head, &mime, kind) {
         return Err(Error::invalid("file", reason));
     }
+    require_verified_for(caller, kind)?;
     let (course_id, section_id) =
         check_placement(services, caller, upload.course_id, upload.section_id).await?;
     let id = Uuid::now_v7();
@@ -931,27 +1071,36 @@ pub async fn direct_upload(
     if title.chars().count() > 200 {
         return Err(Error::invalid("title", "must be at most 200 characters"));
     }
+    check_quota(&mut *services.db.acquire().await?, services, owner, size).await?;
     services.storage.put_file(&key, &upload.path, &mime).await?;
-    let inserted = sqlx::query(
-        "INSERT INTO media (id, owner_id, course_id, section_id, kind, state, title, file_name,
-                            mime_type, size_bytes, object_key)
-         VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $8, $9, $10)",
-    )
-    .bind(id)
-    .bind(owner)
-    .bind(course_id)
-    .bind(section_id)
-    .bind(kind.as_str())
-    .bind(&title)
-    .bind(&file_name)
-    .bind(&mime)
-    .bind(i64::try_from(size).map_err(Error::internal)?)
-    .bind(&key)
-    .execute(&services.db)
+    let inserted = async {
+        let mut tx = services.db.begin().await?;
+        lock_quota(&mut tx, owner).await?;
+        check_quota(&mut tx, services, owner, size).await?;
+        sqlx::query(
+            "INSERT INTO media (id, owner_id, course_id, section_id, kind, state, title, file_name,
+                                mime_type, size_bytes, object_key)
+             VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $8, $9, $10)",
+        )
+        .bind(id)
+        .bind(owner)
+        .bind(course_id)
+        .bind(section_id)
+        .bind(kind.as_str())
+        .bind(&title)
+        .bind(&file_name)
+        .bind(&mime)
+        .bind(i64::try_from(size).map_err(Error::internal)?)
+        .bind(&key)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok::<_, Error>(())
+    }
     .await;
     if let Err(e) = inserted {
         let _ = services.storage.delete(&key).await;
-        return Err(e.into());
+        return Err(e);
     }
     start_processing(services, id, kind, Some(owner)).await
 }
@@ -1294,18 +1443,22 @@ async fn transcode_media(services: &Services, row: &MediaRow) -> std::result::Re
         Err(e) => return Err(storage_job_error(e)),
     }
     let max_duration = services.config.media.max_video_duration.as_secs_f64();
+    let limits = video_limits(&services.config.media);
     let out_dir = work.path().join("out");
     let started = std::time::Instant::now();
     let (work, result) = run_blocking(services, row, move |cancel, progress| {
         let result = (|| {
-            let probe = video::probe(&source)?;
+            let probe = video::probe_within(&source, &limits)?;
             check_probe(&probe, max_duration)?;
             std::fs::create_dir_all(&out_dir).map_err(MediaError::io)?;
             let out = video::transcode(
                 &source,
                 &probe,
                 &out_dir,
-                &video::TranscodeOptions::default(),
+                &video::TranscodeOptions {
+                    limits,
+                    ..Default::default()
+                },
                 progress,
                 cancel,
             )?;
@@ -1389,6 +1542,17 @@ async fn transcode_media(services: &Services, row: &MediaRow) -> std::result::Re
     )
     .await;
     Ok(())
+}
+
+/// The configured bounds on one video's work.
+fn video_limits(m: &crate::config::MediaConfig) -> video::VideoLimits {
+    video::VideoLimits {
+        max_width: m.video_max_width,
+        max_height: m.video_max_height,
+        max_pixels: m.video_max_pixels,
+        max_frame_rate: m.video_max_frame_rate,
+        max_duration_secs: m.max_video_duration.as_secs_f64(),
+    }
 }
 
 fn check_probe(

@@ -28,6 +28,8 @@ const TILE_WIDTH: u32 = 160;
 const POSTER_MAX_SIDE: u32 = 1280;
 const AUDIO_BITRATE: usize = 128_000;
 const AUDIO_RATE: i32 = 48_000;
+/// How far past the duration limit decoded timestamps may go (rounding, audio priming).
+const DURATION_SLACK_SECS: f64 = 0.5;
 
 static INIT: std::sync::Once = std::sync::Once::new();
 
@@ -111,6 +113,90 @@ pub fn open_input(path: &Path, kind: Kind) -> Result<format::context::Input, Med
     Ok(ictx)
 }
 
+/// Bounds on the work one video may cost. The picture size and frame rate are checked on the
+/// stream header before a frame is decoded (the decoder also refuses any later frame larger than
+/// `max_pixels`); the duration is enforced on what is decoded, since a header can lie about it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct VideoLimits {
+    /// Displayed size (after rotation).
+    pub max_width: u32,
+    pub max_height: u32,
+    pub max_pixels: u64,
+    pub max_frame_rate: f64,
+    pub max_duration_secs: f64,
+}
+
+impl VideoLimits {
+    /// No bound (tools and benchmarks on trusted files).
+    pub const NONE: VideoLimits = VideoLimits {
+        max_width: u32::MAX,
+        max_height: u32::MAX,
+        max_pixels: i64::MAX as u64,
+        max_frame_rate: f64::INFINITY,
+        max_duration_secs: f64::INFINITY,
+    };
+
+    /// Most frames a video within these limits can hold: a bound on decoding that holds even
+    /// when the timestamps say nothing useful.
+    fn max_frames(&self) -> u64 {
+        let frames = (self.max_duration_secs * self.max_frame_rate).ceil();
+        if frames.is_finite() && frames < u64::MAX as f64 {
+            frames as u64 + 1
+        } else {
+            u64::MAX
+        }
+    }
+
+    /// The decoder option that makes libavcodec refuse larger pictures before allocating them.
+    fn decoder_options(&self) -> Dictionary<'static> {
+        let mut options = Dictionary::new();
+        options.set(
+            "max_pixels",
+            &self.max_pixels.min(i64::MAX as u64).to_string(),
+        );
+        options
+    }
+
+    fn check_picture(&self, width: u32, height: u32) -> Result<(), MediaError> {
+        let pixels = u64::from(width) * u64::from(height);
+        if width > self.max_width || height > self.max_height || pixels > self.max_pixels {
+            return Err(MediaError::Invalid(format!(
+                "the video is {width} × {height} pixels; the largest accepted is {} × {} and {} pixels in all",
+                self.max_width, self.max_height, self.max_pixels
+            )));
+        }
+        Ok(())
+    }
+
+    fn check_frame_rate(&self, rate: f64) -> Result<(), MediaError> {
+        if rate > self.max_frame_rate {
+            return Err(MediaError::Invalid(format!(
+                "the video has {rate:.2} frames per second; the most accepted is {:.0}",
+                self.max_frame_rate
+            )));
+        }
+        Ok(())
+    }
+
+    fn too_long(&self, secs: f64) -> MediaError {
+        MediaError::Invalid(format!(
+            "the video's real duration passes {secs:.0} s (counted on its decoded frames, whatever its header says); the longest accepted is {:.0} s",
+            self.max_duration_secs
+        ))
+    }
+}
+
+/// Opens a video decoder that refuses pictures above the limits' pixel count.
+fn open_video_decoder(
+    ctx: codec::context::Context,
+    limits: &VideoLimits,
+) -> Result<codec::decoder::Video, ff::Error> {
+    let id = ctx.id();
+    ctx.decoder()
+        .open_as_with(id, limits.decoder_options())
+        .and_then(|opened| opened.video())
+}
+
 fn unreadable(e: ff::Error) -> MediaError {
     MediaError::Invalid(format!(
         "the file is not a video that can be read (it may be truncated or not a video at all): {e}"
@@ -120,6 +206,11 @@ fn unreadable(e: ff::Error) -> MediaError {
 /// Reads a file's streams and decodes its first video frame. Anything that is not a decodable
 /// video is [`MediaError::Invalid`] with a reason a person understands.
 pub fn probe(path: &Path) -> Result<VideoProbe, MediaError> {
+    probe_within(path, &VideoLimits::NONE)
+}
+
+/// [`probe`], refusing a picture or frame rate beyond `limits` before any frame is decoded.
+pub fn probe_within(path: &Path, limits: &VideoLimits) -> Result<VideoProbe, MediaError> {
     init();
     let mut ictx = open_input(path, Kind::Video)?;
     let container = ictx.format().name().to_owned();
@@ -160,13 +251,26 @@ pub fn probe(path: &Path) -> Result<VideoProbe, MediaError> {
     };
     let bit_rate = ictx.bit_rate();
 
-    let mut decoder = codec::context::Context::from_parameters(params)
+    let cannot_decode = |e: ff::Error| {
+        MediaError::Invalid(format!(
+            "the video track ({video_codec}) cannot be decoded: {e}"
+        ))
+    };
+    // The header's picture size and frame rate, before a frame is decoded (opening a decoder
+    // reads the stream's parameters, it decodes nothing).
+    let header = codec::context::Context::from_parameters(params.clone())
         .and_then(|c| c.decoder().video())
-        .map_err(|e| {
-            MediaError::Invalid(format!(
-                "the video track ({video_codec}) cannot be decoded: {e}"
-            ))
-        })?;
+        .map_err(cannot_decode)?;
+    if rotation % 180 == 90 {
+        limits.check_picture(header.height(), header.width())?;
+    } else {
+        limits.check_picture(header.width(), header.height())?;
+    }
+    limits.check_frame_rate(rate)?;
+    drop(header);
+    let mut decoder = codec::context::Context::from_parameters(params)
+        .and_then(|c| open_video_decoder(c, limits))
+        .map_err(cannot_decode)?;
     let mut decoded = frame::Video::empty();
     let mut got_frame = false;
     let mut packets_read = 0usize;
@@ -190,6 +294,9 @@ pub fn probe(path: &Path) -> Result<VideoProbe, MediaError> {
         got_frame = true;
     }
     if !got_frame {
+        // A picture beyond `max_pixels` is refused by the decoder itself.
+        let header = (decoder.width(), decoder.height());
+        limits.check_picture(header.0.max(1), header.1.max(1))?;
         return Err(MediaError::Invalid(
             "no frame of the video could be decoded (the file is damaged or truncated)".into(),
         ));
@@ -457,6 +564,8 @@ pub struct TranscodeOptions {
     pub settings: EncodeSettings,
     pub poster: bool,
     pub storyboard: bool,
+    /// Enforced while decoding: the transcode fails as soon as the content runs past them.
+    pub limits: VideoLimits,
 }
 
 impl Default for TranscodeOptions {
@@ -465,6 +574,7 @@ impl Default for TranscodeOptions {
             settings: EncodeSettings::default(),
             poster: true,
             storyboard: true,
+            limits: VideoLimits::NONE,
         }
     }
 }
@@ -601,7 +711,8 @@ pub fn transcode(
         count: 0,
         ..Default::default()
     });
-    let mut decoder = vctx.decoder().video().map_err(unreadable)?;
+    let limits = options.limits;
+    let mut decoder = open_video_decoder(vctx, &limits).map_err(unreadable)?;
     decoder.set_packet_time_base(in_tb);
     let frame_rate = if probe.frame_rate > 0.0 {
         probe.frame_rate
@@ -800,6 +911,9 @@ pub fn transcode(
         }
     };
 
+    // The real duration, counted on what is decoded: timestamps and frames, never the header.
+    let max_frames = limits.max_frames();
+    let mut frames_decoded: u64 = 0;
     let mut handle_decoded = |decoded: &mut frame::Video,
                               graph: &mut filter::Graph,
                               outputs: &mut Vec<VideoOut>,
@@ -808,6 +922,18 @@ pub fn transcode(
         let ts = decoded.timestamp();
         decoded.set_pts(ts);
         let t = ts.map_or(0.0, |p| (p - start_pts) as f64 * f64::from(in_tb));
+        frames_decoded += 1;
+        if t > limits.max_duration_secs + DURATION_SLACK_SECS {
+            return Err(limits.too_long(t));
+        }
+        if frames_decoded > max_frames {
+            return Err(limits.too_long(frames_decoded as f64 / limits.max_frame_rate));
+        }
+        if probe.rotation % 180 == 90 {
+            limits.check_picture(decoded.height(), decoded.width())?;
+        } else {
+            limits.check_picture(decoded.width(), decoded.height())?;
+        }
         if let Some(g) = poster_graph.as_mut()
             && poster.is_none()
             && t >= poster_at
@@ -839,6 +965,18 @@ pub fn transcode(
             return Err(MediaError::Cancelled);
         }
         let index = stream.index();
+        // Any stream (audio too) running past the limit stops the work before it is decoded.
+        if let Some(pts) = packet.pts() {
+            let stream_start = if stream.start_time() == ff::ffi::AV_NOPTS_VALUE {
+                0
+            } else {
+                stream.start_time()
+            };
+            let t = (pts - stream_start) as f64 * f64::from(stream.time_base());
+            if t > limits.max_duration_secs + DURATION_SLACK_SECS {
+                return Err(limits.too_long(t));
+            }
+        }
         if index == v_index {
             packet.rescale_ts(stream.time_base(), in_tb);
             if let Err(e) = decoder.send_packet(&packet) {

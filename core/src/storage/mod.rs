@@ -296,24 +296,62 @@ impl Storage {
         })
     }
 
-    /// A presigned PUT for one part (numbered from 1) of a multipart upload.
+    /// A presigned PUT for one part (numbered from 1) of a multipart upload. The signature binds
+    /// the part's exact length, so storage refuses a bigger (or smaller) body.
     pub async fn presign_upload_part(
         &self,
         key: &str,
         upload_id: &str,
         part_number: i32,
+        content_length: u64,
         expires_in: Duration,
     ) -> Result<PresignedRequest, StorageError> {
+        let length =
+            i64::try_from(content_length).map_err(|e| StorageError::Failed(e.to_string()))?;
         self.client
             .upload_part()
             .bucket(&self.bucket)
             .key(key)
             .upload_id(upload_id)
             .part_number(part_number)
+            .content_length(length)
             .presigned(Self::presigning(expires_in)?)
             .await
             .map(Into::into)
             .map_err(|e| classify(key, e))
+    }
+
+    /// The parts uploaded so far to a multipart upload: part number and size in bytes.
+    pub async fn list_parts(
+        &self,
+        key: &str,
+        upload_id: &str,
+    ) -> Result<Vec<(i32, u64)>, StorageError> {
+        let mut out = Vec::new();
+        let mut marker: Option<String> = None;
+        loop {
+            let page = self
+                .client
+                .list_parts()
+                .bucket(&self.bucket)
+                .key(key)
+                .upload_id(upload_id)
+                .set_part_number_marker(marker.take())
+                .send()
+                .await
+                .map_err(|e| classify(key, e))?;
+            for part in page.parts() {
+                if let Some(n) = part.part_number() {
+                    let size = part.size().and_then(|s| u64::try_from(s).ok()).unwrap_or(0);
+                    out.push((n, size));
+                }
+            }
+            match page.next_part_number_marker() {
+                Some(next) if page.is_truncated() == Some(true) => marker = Some(next.to_owned()),
+                _ => break,
+            }
+        }
+        Ok(out)
     }
 
     /// Completes a multipart upload from the parts the client reports (part number, ETag).
