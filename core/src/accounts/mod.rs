@@ -589,9 +589,11 @@ pub async fn login(
     .await?;
     tx.commit().await?;
     // The bound per account is not reset: the owner signing in must not give a guesser more.
-    rate_limit::reset(services, &address_key).await;
-    if let Some(d) = device {
-        rate_limit::reset(services, &device_key(d)).await;
+    // Nor are the failures of the owner's address when the owner came with a device: a guesser
+    // may share that address.
+    match device {
+        Some(d) => rate_limit::reset(services, &device_key(d)).await,
+        None => rate_limit::reset(services, &address_key).await,
     }
     Ok(AuthResponse::new(user, access_token, refresh_token, expires_in).with_device(services, client))
 }

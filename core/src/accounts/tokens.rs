@@ -224,3 +224,53 @@ impl Device {
             .then_some(Device { user_id, device_id })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(secret: &str, previous: &str) -> Config {
+        let vars = [("JWT_SECRET", secret), ("JWT_PREVIOUS_SECRETS", previous)];
+        Config::from_source(|name| {
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| (*v).to_owned())
+        })
+        .expect("valid config")
+    }
+
+    const A: &str = "first-secret-0123456789abcdef0123456789abcdef";
+    const B: &str = "second-secret-0123456789abcdef0123456789abcde";
+
+    #[test]
+    fn a_one_time_token_is_the_same_on_every_retry_and_secret_to_others() {
+        let id = Uuid::now_v7();
+        let a = config(A, "");
+        let token = one_time_secret(&a, id);
+        assert_eq!(token.len(), 64);
+        assert_eq!(token, one_time_secret(&a, id), "a retry mails the same link");
+        assert_ne!(token, one_time_secret(&a, Uuid::now_v7()));
+        assert_ne!(token, one_time_secret(&config(B, ""), id), "keyed by the secret");
+    }
+
+    #[test]
+    fn device_cookies_cannot_be_forged_and_survive_a_key_rotation() {
+        let a = config(A, "");
+        let user = Uuid::now_v7();
+        let (device, value) = Device::issue(&a, user);
+        assert_eq!(Device::verify(&a, &value), Some(device));
+        assert_eq!(device.user_id, user);
+        // Another user's id with the same signature, a changed signature, garbage: refused.
+        let other = value.replacen(&user.to_string(), &Uuid::now_v7().to_string(), 1);
+        assert_eq!(Device::verify(&a, &other), None);
+        let mut tampered = value.clone();
+        tampered.pop();
+        tampered.push('0');
+        if tampered != value {
+            assert_eq!(Device::verify(&a, &tampered), None);
+        }
+        assert_eq!(Device::verify(&a, "not.a.cookie"), None);
+        assert_eq!(Device::verify(&config(B, ""), &value), None);
+        assert_eq!(Device::verify(&config(B, A), &value), Some(device));
+    }
+}
