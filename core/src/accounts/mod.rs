@@ -479,7 +479,7 @@ pub async fn login(
             .as_ref()
             .and_then(|r| r.locked_until)
             .filter(|u| *u > Utc::now())
-            && rate_limit::count(services, &address_key).await.is_some()
+            && rate_limit::any_or_unknown(services, &address_key).await
         {
             return Err(Error::RateLimited {
                 retry_after: (until - Utc::now())

@@ -83,6 +83,25 @@ pub async fn over(services: &Services, key: &str, limit: u32) -> Result<()> {
 /// The events counted under `key` and the seconds left in their window; `None` when there are
 /// none, rate limits are off, or Redis is away (fail open, as [`hit`]).
 pub async fn count(services: &Services, key: &str) -> Option<(u32, i64)> {
+    match read(services, key).await {
+        Some(Ok(found)) => found,
+        Some(Err(e)) => {
+            tracing::warn!(error = %e, "rate limiter unavailable; allowing the request");
+            None
+        }
+        None => None,
+    }
+}
+
+/// Whether any event is counted under `key`, failing closed: `true` when it cannot be known
+/// (rate limits off, Redis away). For the account lock, which PostgreSQL keeps and which must
+/// keep protecting the password when the counters are not there.
+pub async fn any_or_unknown(services: &Services, key: &str) -> bool {
+    !matches!(read(services, key).await, Some(Ok(None)))
+}
+
+/// `None` when rate limits are off.
+async fn read(services: &Services, key: &str) -> Option<redis::RedisResult<Option<(u32, i64)>>> {
     if !services.config.auth.rate_limits {
         return None;
     }
@@ -93,12 +112,5 @@ pub async fn count(services: &Services, key: &str) -> Option<(u32, i64)> {
         .ttl(&key)
         .query_async(&mut conn)
         .await;
-    match outcome {
-        Ok((Some(count), ttl)) if count > 0 => Some((count, ttl)),
-        Ok(_) => None,
-        Err(e) => {
-            tracing::warn!(error = %e, "rate limiter unavailable; allowing the request");
-            None
-        }
-    }
+    Some(outcome.map(|(count, ttl)| count.filter(|c| *c > 0).map(|c| (c, ttl))))
 }
