@@ -716,8 +716,7 @@ fn read_auth<F: Fn(&str) -> Option<String>>(r: &mut Reader<F>) -> AuthConfig {
             900u64,
             "a number of seconds",
         )),
-        register_limit_per_ip: u32::try_from(r.positive("REGISTER_LIMIT_PER_IP", 20))
-            .unwrap_or(20),
+        register_limit_per_ip: u32::try_from(r.positive("REGISTER_LIMIT_PER_IP", 20)).unwrap_or(20),
         reset_limit_per_ip: u32::try_from(r.positive("RESET_LIMIT_PER_IP", 5)).unwrap_or(5),
         reset_limit_per_address: u32::try_from(r.positive("RESET_LIMIT_PER_ADDRESS", 20))
             .unwrap_or(20),

@@ -961,9 +961,13 @@ fn device_cookie(headers: &reqwest::header::HeaderMap) -> String {
 /// Registers through the API and returns the body and the device cookie it set.
 async fn register_with_device(app: &TestApp, email: &str) -> (Value, String) {
     let (status, body, headers) = app
-        .raw(app.http.post(format!("{}/api/v1/auth/register", app.url)).json(&json!({
-            "email": email, "password": "correct horse battery", "full_name": "Test User"
-        })))
+        .raw(
+            app.http
+                .post(format!("{}/api/v1/auth/register", app.url))
+                .json(&json!({
+                    "email": email, "password": "correct horse battery", "full_name": "Test User"
+                })),
+        )
         .await;
     assert_eq!(status, 201, "{body}");
     (body, device_cookie(&headers))
@@ -1012,9 +1016,18 @@ async fn an_attacker_cannot_lock_the_owner_out_of_their_own_device() {
     }
     assert_eq!(&statuses[..5], [401; 5]);
     assert!(statuses[5..].iter().all(|s| *s == 429), "{statuses:?}");
-    let (status, _, _) =
-        login_from(&app, "victim@example.com", "correct horse battery", None, None).await;
-    assert_eq!(status, 429, "the failing client is held back even with the right password");
+    let (status, _, _) = login_from(
+        &app,
+        "victim@example.com",
+        "correct horse battery",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(
+        status, 429,
+        "the failing client is held back even with the right password"
+    );
     // Another account's device cookie, or a forged one, is no better.
     let (status, _, _) = login_from(
         &app,
@@ -1047,13 +1060,23 @@ async fn an_attacker_cannot_lock_the_owner_out_of_their_own_device() {
     )
     .await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(device_cookie(&headers), device, "the device keeps its cookie");
+    assert_eq!(
+        device_cookie(&headers),
+        device,
+        "the device keeps its cookie"
+    );
 
     // A device that fails on its own (a stolen cookie) loses its standing after five failures:
     // then it is held back with every other client while the account is under attack.
     for _ in 0..5 {
-        let (status, _, _) =
-            login_from(&app, "victim@example.com", "wrong wrong wrong", Some(&device), None).await;
+        let (status, _, _) = login_from(
+            &app,
+            "victim@example.com",
+            "wrong wrong wrong",
+            Some(&device),
+            None,
+        )
+        .await;
         assert_eq!(status, 401);
     }
     for _ in 0..5 {
@@ -1084,12 +1107,24 @@ async fn a_clean_address_gets_in_and_an_expired_lock_starts_counting_again() {
     app.register("owner@example.com", "student").await;
     let attacker = Some("203.0.113.7");
     for _ in 0..3 {
-        let (status, _, _) =
-            login_from(&app, "owner@example.com", "wrong wrong wrong", None, attacker).await;
+        let (status, _, _) = login_from(
+            &app,
+            "owner@example.com",
+            "wrong wrong wrong",
+            None,
+            attacker,
+        )
+        .await;
         assert_eq!(status, 401);
     }
-    let (status, _, _) =
-        login_from(&app, "owner@example.com", "correct horse battery", None, attacker).await;
+    let (status, _, _) = login_from(
+        &app,
+        "owner@example.com",
+        "correct horse battery",
+        None,
+        attacker,
+    )
+    .await;
     assert_eq!(status, 429, "locked against the failing address");
     // Another address with no failures has its password checked, lock or not.
     let (status, body, _) = login_from(
@@ -1104,17 +1139,42 @@ async fn a_clean_address_gets_in_and_an_expired_lock_starts_counting_again() {
 
     // Lock again, let it expire: one wrong guess afterwards does not lock the account again.
     for _ in 0..3 {
-        login_from(&app, "owner@example.com", "wrong wrong wrong", None, attacker).await;
+        login_from(
+            &app,
+            "owner@example.com",
+            "wrong wrong wrong",
+            None,
+            attacker,
+        )
+        .await;
     }
-    let (status, _, _) =
-        login_from(&app, "owner@example.com", "correct horse battery", None, attacker).await;
+    let (status, _, _) = login_from(
+        &app,
+        "owner@example.com",
+        "correct horse battery",
+        None,
+        attacker,
+    )
+    .await;
     assert_eq!(status, 429);
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let (status, _, _) =
-        login_from(&app, "owner@example.com", "wrong wrong wrong", None, attacker).await;
+    let (status, _, _) = login_from(
+        &app,
+        "owner@example.com",
+        "wrong wrong wrong",
+        None,
+        attacker,
+    )
+    .await;
     assert_eq!(status, 401);
-    let (status, body, _) =
-        login_from(&app, "owner@example.com", "correct horse battery", None, attacker).await;
+    let (status, body, _) = login_from(
+        &app,
+        "owner@example.com",
+        "correct horse battery",
+        None,
+        attacker,
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
     let failed: i32 =
         sqlx::query_scalar("SELECT failed_logins FROM users WHERE email = 'owner@example.com'")
@@ -1259,12 +1319,21 @@ async fn a_reset_or_a_password_change_voids_older_reset_links_and_no_job_holds_a
         token
     };
 
-    assert_eq!(request_reset(&app, "grace@example.com", Some(&device)).await, 202);
+    assert_eq!(
+        request_reset(&app, "grace@example.com", Some(&device)).await,
+        202
+    );
     let older = reset_link(2);
-    assert_eq!(request_reset(&app, "grace@example.com", Some(&device)).await, 202);
+    assert_eq!(
+        request_reset(&app, "grace@example.com", Some(&device)).await,
+        202
+    );
     let newer = reset_link(3);
     assert_ne!(older, newer);
-    assert_eq!(confirm_reset(&app, &newer, "a brand new passphrase").await, 204);
+    assert_eq!(
+        confirm_reset(&app, &newer, "a brand new passphrase").await,
+        204
+    );
     assert_eq!(
         confirm_reset(&app, &older, "an attackers passphrase").await,
         422,
@@ -1283,7 +1352,10 @@ async fn a_reset_or_a_password_change_voids_older_reset_links_and_no_job_holds_a
     assert_eq!(status, 200, "{body}");
     let (status, other) = login(&app, "grace@example.com", "a brand new passphrase").await;
     assert_eq!(status, 200, "{other}");
-    assert_eq!(request_reset(&app, "grace@example.com", Some(&device)).await, 202);
+    assert_eq!(
+        request_reset(&app, "grace@example.com", Some(&device)).await,
+        202
+    );
     let pending = reset_link(4);
     let (status, err) = app
         .call(
@@ -1337,7 +1409,10 @@ async fn a_reset_or_a_password_change_voids_older_reset_links_and_no_job_holds_a
             Some(&json!({"token": verify})),
         )
         .await;
-    assert_eq!((status, user["email_verified"].as_bool()), (200, Some(true)));
+    assert_eq!(
+        (status, user["email_verified"].as_bool()),
+        (200, Some(true))
+    );
     let jobs: Vec<uuid::Uuid> =
         sqlx::query_scalar("SELECT id FROM jobs WHERE kind = 'send_account_link' ORDER BY id")
             .fetch_all(&app.db.pool)

@@ -249,7 +249,9 @@ async fn sign_in(app: &TestApp, email: &str, password: &str) -> (String, String)
         .await;
     assert_eq!(status, 200, "{body}");
     let token = body["access_token"].as_str().unwrap().to_owned();
-    let (_, sessions) = app.call("GET", "/api/v1/auth/sessions", Some(&token), None).await;
+    let (_, sessions) = app
+        .call("GET", "/api/v1/auth/sessions", Some(&token), None)
+        .await;
     let session = sessions
         .as_array()
         .unwrap()
@@ -296,7 +298,12 @@ async fn sockets_close_within_a_second_when_their_session_ends_on_any_process() 
     let (b, b_session) = sign_in(&app, "ws@example.com", pw).await;
     let mut a_ws = ready_socket(&second_url, &a).await;
     let mut b_ws = ready_socket(&second_url, &b).await;
-    assert_eq!(app.call("POST", "/api/v1/auth/logout", Some(&a), None).await.0, 204);
+    assert_eq!(
+        app.call("POST", "/api/v1/auth/logout", Some(&a), None)
+            .await
+            .0,
+        204
+    );
     assert_eq!(closed_within_a_second(&mut a_ws).await, 4401);
     stays_open(&mut b_ws).await;
 
@@ -304,7 +311,12 @@ async fn sockets_close_within_a_second_when_their_session_ends_on_any_process() 
     let (c, _) = sign_in(&app, "ws@example.com", pw).await;
     let mut c_ws = ready_socket(&app.url, &c).await;
     let (status, _) = app
-        .call("DELETE", &format!("/api/v1/auth/sessions/{b_session}"), Some(&c), None)
+        .call(
+            "DELETE",
+            &format!("/api/v1/auth/sessions/{b_session}"),
+            Some(&c),
+            None,
+        )
         .await;
     assert_eq!(status, 204);
     assert_eq!(closed_within_a_second(&mut b_ws).await, 4401);

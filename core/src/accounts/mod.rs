@@ -298,7 +298,10 @@ pub async fn register(
         open_session(services, &mut tx, &user, client).await?;
     tx.commit().await?;
     services.jobs.dispatch(&mail).await;
-    Ok(AuthResponse::new(user, access_token, refresh_token, expires_in).with_device(services, client))
+    Ok(
+        AuthResponse::new(user, access_token, refresh_token, expires_in)
+            .with_device(services, client),
+    )
 }
 
 /// Writes a one-time token and the job that mails its link, in the caller's transaction. The job
@@ -360,15 +363,7 @@ pub async fn send_account_link(services: &Services, job: &SendAccountLink) -> Re
     vars.insert("full_name".into(), full_name.into());
     vars.insert("link".into(), format!("{base}/{path}?token={token}").into());
     vars.insert("expires_in_hours".into(), (ttl.as_secs() / 3600).into());
-    crate::email::deliver(
-        services,
-        &SendEmail {
-            to,
-            template,
-            vars,
-        },
-    )
-    .await
+    crate::email::deliver(services, &SendEmail { to, template, vars }).await
 }
 
 /// Creates a session and its first refresh token; returns (access, refresh, expires_in).
@@ -595,7 +590,10 @@ pub async fn login(
         Some(d) => rate_limit::reset(services, &device_key(d)).await,
         None => rate_limit::reset(services, &address_key).await,
     }
-    Ok(AuthResponse::new(user, access_token, refresh_token, expires_in).with_device(services, client))
+    Ok(
+        AuthResponse::new(user, access_token, refresh_token, expires_in)
+            .with_device(services, client),
+    )
 }
 
 /// Failures counted against one device cookie.
@@ -1002,7 +1000,10 @@ pub async fn request_password_reset(
             .await?;
             rate_limit::hit(
                 services,
-                &format!("reset-address:{}", hex::encode(&tokens::digest(&email)[..16])),
+                &format!(
+                    "reset-address:{}",
+                    hex::encode(&tokens::digest(&email)[..16])
+                ),
                 auth.reset_limit_per_address,
                 24 * hour,
             )

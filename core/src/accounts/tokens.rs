@@ -248,9 +248,17 @@ mod tests {
         let a = config(A, "");
         let token = one_time_secret(&a, id);
         assert_eq!(token.len(), 64);
-        assert_eq!(token, one_time_secret(&a, id), "a retry mails the same link");
+        assert_eq!(
+            token,
+            one_time_secret(&a, id),
+            "a retry mails the same link"
+        );
         assert_ne!(token, one_time_secret(&a, Uuid::now_v7()));
-        assert_ne!(token, one_time_secret(&config(B, ""), id), "keyed by the secret");
+        assert_ne!(
+            token,
+            one_time_secret(&config(B, ""), id),
+            "keyed by the secret"
+        );
     }
 
     #[test]
