@@ -54,6 +54,7 @@ pub fn build(
                 .service(routes::auth::verify_email)
                 .service(routes::auth::password_reset)
                 .service(routes::auth::password_reset_confirm)
+                .service(routes::auth::change_password)
                 .service(routes::users::me)
                 .service(routes::users::update_me)
                 .service(routes::users::follow)

@@ -120,7 +120,22 @@ impl FromRequest for MaybeCaller {
     }
 }
 
-/// The client's IP and user agent. `X-Forwarded-For` is believed only when the connection comes
+/// The cookie that marks a client which signed in to an account before (OWASP's device cookie).
+pub const DEVICE_COOKIE: &str = "lectern_device";
+
+/// The device cookie of a sign-in: `HttpOnly` (scripts never see it), sent only to the auth
+/// routes (login and password reset are where it counts), kept for half a year.
+pub fn device_cookie(services: &Services, value: String) -> actix_web::cookie::Cookie<'static> {
+    actix_web::cookie::Cookie::build(DEVICE_COOKIE, value)
+        .path("/api/v1/auth")
+        .http_only(true)
+        .secure(services.config.public_url.scheme() == "https")
+        .same_site(actix_web::cookie::SameSite::Strict)
+        .max_age(actix_web::cookie::time::Duration::days(180))
+        .finish()
+}
+
+/// The client's IP, user agent and device cookie. `X-Forwarded-For` is believed only when the connection comes
 /// from a configured trusted proxy; then the right-most address that is not a trusted proxy wins.
 pub struct Client(pub ClientInfo);
 
@@ -153,9 +168,11 @@ impl FromRequest for Client {
             .get(actix_web::http::header::USER_AGENT)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
+        let device = req.cookie(DEVICE_COOKIE).map(|c| c.value().to_owned());
         ready(Ok(Client(ClientInfo {
             ip: ip.map(|i| i.to_string()),
             user_agent,
+            device,
         })))
     }
 }

@@ -10,6 +10,11 @@
 //! - The server pings every 20 s and closes a socket that has not answered for 60 s.
 //! - The first message is `{"type":"ready","unread":n}`; a client that reconnects fetches what it
 //!   missed from `GET /api/v1/notifications`.
+//! - A session that ends (logout, revocation, password reset or change, account deletion,
+//!   suspension) closes its sockets on every process within a moment: core publishes a
+//!   `session_ended` message on the events channel ([`accounts::close_sockets`]), and each
+//!   process closes the matching sockets it holds with code 4401. The token is checked only at
+//!   connect, so without this a socket would outlive its session.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -19,7 +24,8 @@ use std::time::{Duration, Instant};
 use actix_web::{HttpRequest, HttpResponse, web};
 use actix_ws::{CloseCode, CloseReason, Message};
 use lectern_core::Services;
-use lectern_core::auth::Principal;
+use lectern_core::accounts;
+use lectern_core::auth::{AuthUser, Principal};
 use lectern_core::events::Envelope;
 use tokio::sync::mpsc;
 use uuid::Uuid;
@@ -28,8 +34,20 @@ pub const MAX_SOCKETS_PER_USER: usize = 5;
 const PING_EVERY: Duration = Duration::from_secs(20);
 const DEAD_AFTER: Duration = Duration::from_secs(60);
 
-/// One open socket: its id and the channel its task reads events from.
-type Socket = (u64, mpsc::UnboundedSender<String>);
+/// What a socket's task is told to do.
+enum Outgoing {
+    /// Send this event.
+    Event(String),
+    /// The session ended: say so and close.
+    End,
+}
+
+/// One open socket: its id, its session, and the channel its task reads from.
+struct Socket {
+    id: u64,
+    session_id: Uuid,
+    tx: mpsc::UnboundedSender<Outgoing>,
+}
 
 /// The sockets this process holds, by user.
 #[derive(Default)]
@@ -39,26 +57,46 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// Hands an event to every socket of its user in this process.
+    /// Hands an event to every socket of its user in this process; a `session_ended` message
+    /// closes the sockets of that session (of every session when it names none) instead.
     pub fn deliver(&self, envelope: Envelope) {
-        let text = envelope.event.to_string();
-        if let Ok(mut sockets) = self.sockets.lock()
-            && let Some(list) = sockets.get_mut(&envelope.user_id)
-        {
-            list.retain(|(_, tx)| tx.send(text.clone()).is_ok());
+        let Ok(mut sockets) = self.sockets.lock() else {
+            return;
+        };
+        let Some(list) = sockets.get_mut(&envelope.user_id) else {
+            return;
+        };
+        if envelope.event["type"] == accounts::SESSION_ENDED {
+            let session = envelope.event["session_id"]
+                .as_str()
+                .and_then(|s| Uuid::parse_str(s).ok());
+            list.retain(|s| {
+                let ended = session.is_none_or(|id| id == s.session_id);
+                if ended {
+                    let _ = s.tx.send(Outgoing::End);
+                }
+                !ended
+            });
+        } else {
+            let text = envelope.event.to_string();
+            list.retain(|s| s.tx.send(Outgoing::Event(text.clone())).is_ok());
         }
     }
 
-    fn register(&self, user: Uuid) -> Option<(u64, mpsc::UnboundedReceiver<String>)> {
+    fn register(&self, user: &AuthUser) -> Option<(u64, mpsc::UnboundedReceiver<Outgoing>)> {
         let mut sockets = self.sockets.lock().ok()?;
-        let list = sockets.entry(user).or_default();
-        list.retain(|(_, tx)| !tx.is_closed());
+        let list = sockets.entry(user.id).or_default();
+        list.retain(|s| !s.tx.is_closed());
         if list.len() >= MAX_SOCKETS_PER_USER {
             return None;
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::unbounded_channel();
-        list.push((id, tx));
+        list.push(Socket {
+            id,
+            session_id: user.session_id,
+            tx,
+        });
         Some((id, rx))
     }
 
@@ -66,7 +104,7 @@ impl Hub {
         if let Ok(mut sockets) = self.sockets.lock()
             && let Some(list) = sockets.get_mut(&user)
         {
-            list.retain(|(i, _)| *i != id);
+            list.retain(|s| s.id != id);
             if list.is_empty() {
                 sockets.remove(&user);
             }
@@ -119,7 +157,7 @@ pub async fn connect(
             return Ok(response);
         }
     };
-    let Some((socket_id, mut events)) = hub.register(user.id) else {
+    let Some((socket_id, mut events)) = hub.register(&user) else {
         close_with(
             session,
             4429,
@@ -142,7 +180,12 @@ pub async fn connect(
         while alive {
             tokio::select! {
                 event = events.recv() => match event {
-                    Some(text) => alive = session.text(text).await.is_ok(),
+                    Some(Outgoing::Event(text)) => alive = session.text(text).await.is_ok(),
+                    Some(Outgoing::End) => {
+                        hub.unregister(user.id, socket_id);
+                        close_with(session, 4401, "the session has ended; sign in again");
+                        return;
+                    }
                     None => alive = false,
                 },
                 msg = stream.recv() => match msg {

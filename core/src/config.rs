@@ -149,9 +149,19 @@ pub struct AuthConfig {
     pub login_limit_per_ip: u32,
     /// Failed logins per account (email) per 15 minutes.
     pub login_limit_per_account: u32,
-    /// Consecutive failed logins that lock an account, and for how long.
+    /// Consecutive failed logins that lock an account, and for how long. The lock holds back
+    /// clients that have been failing; a device that signed in before, or an address with no
+    /// recent failures, still gets its password checked.
     pub lockout_threshold: i32,
     pub lockout_duration: Duration,
+    /// Accounts created per client IP per hour.
+    pub register_limit_per_ip: u32,
+    /// Password-reset requests per client IP per hour (the account's own device counts apart).
+    pub reset_limit_per_ip: u32,
+    /// Password-reset mails per address per day, whoever asks: only against floods.
+    pub reset_limit_per_address: u32,
+    /// Password checks per account per 15 minutes (confirming an account deletion).
+    pub password_check_limit: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -775,6 +785,11 @@ fn read_auth<F: Fn(&str) -> Option<String>>(r: &mut Reader<F>) -> AuthConfig {
             900u64,
             "a number of seconds",
         )),
+        register_limit_per_ip: u32::try_from(r.positive("REGISTER_LIMIT_PER_IP", 20)).unwrap_or(20),
+        reset_limit_per_ip: u32::try_from(r.positive("RESET_LIMIT_PER_IP", 5)).unwrap_or(5),
+        reset_limit_per_address: u32::try_from(r.positive("RESET_LIMIT_PER_ADDRESS", 20))
+            .unwrap_or(20),
+        password_check_limit: u32::try_from(r.positive("PASSWORD_CHECK_LIMIT", 5)).unwrap_or(5),
     }
 }
 

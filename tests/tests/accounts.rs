@@ -945,3 +945,498 @@ async fn logout_all_ends_every_session_of_the_account_only() {
     let (status, _) = app.call("POST", "/api/v1/auth/logout", None, None).await;
     assert_eq!(status, 401);
 }
+
+/// The device cookie a sign-in set (`lectern_device=...`), as a `Cookie` header value.
+fn device_cookie(headers: &reqwest::header::HeaderMap) -> String {
+    let set = headers
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with("lectern_device="))
+        .unwrap_or_else(|| panic!("no device cookie in {headers:?}"));
+    assert!(set.contains("HttpOnly"), "{set}");
+    set.split(';').next().unwrap().to_owned()
+}
+
+/// Registers through the API and returns the body and the device cookie it set.
+async fn register_with_device(app: &TestApp, email: &str) -> (Value, String) {
+    let (status, body, headers) = app
+        .raw(
+            app.http
+                .post(format!("{}/api/v1/auth/register", app.url))
+                .json(&json!({
+                    "email": email, "password": "correct horse battery", "full_name": "Test User"
+                })),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    (body, device_cookie(&headers))
+}
+
+/// A login from a client with `cookie` (a `Cookie` header) and `forwarded` (`X-Forwarded-For`).
+async fn login_from(
+    app: &TestApp,
+    email: &str,
+    password: &str,
+    cookie: Option<&str>,
+    forwarded: Option<&str>,
+) -> (u16, Value, reqwest::header::HeaderMap) {
+    let mut req = app
+        .http
+        .post(format!("{}/api/v1/auth/login", app.url))
+        .json(&json!({"email": email, "password": password}));
+    if let Some(cookie) = cookie {
+        req = req.header("cookie", cookie);
+    }
+    if let Some(ip) = forwarded {
+        req = req.header("x-forwarded-for", ip);
+    }
+    app.raw(req).await
+}
+
+#[tokio::test]
+async fn an_attacker_cannot_lock_the_owner_out_of_their_own_device() {
+    let app = TestApp::spawn_with(Options {
+        no_worker: true,
+        ..Default::default()
+    })
+    .await;
+    let (_, device) = register_with_device(&app, "victim@example.com").await;
+    let (_, other_device) = register_with_device(&app, "attacker@example.com").await;
+
+    // A stranger guesses: five failures lock the account against this client, and the bound
+    // per account (10 failures in 15 minutes) soon refuses every client without a device cookie.
+    let mut statuses = Vec::new();
+    for _ in 0..12 {
+        statuses.push(
+            login_from(&app, "victim@example.com", "wrong wrong wrong", None, None)
+                .await
+                .0,
+        );
+    }
+    assert_eq!(&statuses[..5], [401; 5]);
+    assert!(statuses[5..].iter().all(|s| *s == 429), "{statuses:?}");
+    let (status, _, _) = login_from(
+        &app,
+        "victim@example.com",
+        "correct horse battery",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(
+        status, 429,
+        "the failing client is held back even with the right password"
+    );
+    // Another account's device cookie, or a forged one, is no better.
+    let (status, _, _) = login_from(
+        &app,
+        "victim@example.com",
+        "correct horse battery",
+        Some(&other_device),
+        None,
+    )
+    .await;
+    assert_eq!(status, 429);
+    let last = if device.ends_with('0') { '1' } else { '0' };
+    let forged = format!("{}{last}", &device[..device.len() - 1]);
+    let (status, _, _) = login_from(
+        &app,
+        "victim@example.com",
+        "correct horse battery",
+        Some(&forged),
+        None,
+    )
+    .await;
+    assert_eq!(status, 429);
+
+    // The owner's device, from an earlier sign-in, gets in with the right password.
+    let (status, body, headers) = login_from(
+        &app,
+        "victim@example.com",
+        "correct horse battery",
+        Some(&device),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        device_cookie(&headers),
+        device,
+        "the device keeps its cookie"
+    );
+
+    // A device that fails on its own (a stolen cookie) loses its standing after five failures:
+    // then it is held back with every other client while the account is under attack.
+    for _ in 0..5 {
+        let (status, _, _) = login_from(
+            &app,
+            "victim@example.com",
+            "wrong wrong wrong",
+            Some(&device),
+            None,
+        )
+        .await;
+        assert_eq!(status, 401);
+    }
+    for _ in 0..5 {
+        login_from(&app, "victim@example.com", "wrong wrong wrong", None, None).await;
+    }
+    let (status, _, _) = login_from(
+        &app,
+        "victim@example.com",
+        "correct horse battery",
+        Some(&device),
+        None,
+    )
+    .await;
+    assert_eq!(status, 429);
+}
+
+#[tokio::test]
+async fn a_clean_address_gets_in_and_an_expired_lock_starts_counting_again() {
+    let app = TestApp::spawn_with(Options {
+        no_worker: true,
+        env: vec![
+            ("TRUSTED_PROXIES".into(), "127.0.0.1/32".into()),
+            ("LOCKOUT_THRESHOLD".into(), "3".into()),
+            ("LOCKOUT_SECS".into(), "2".into()),
+        ],
+    })
+    .await;
+    app.register("owner@example.com", "student").await;
+    let attacker = Some("203.0.113.7");
+    for _ in 0..3 {
+        let (status, _, _) = login_from(
+            &app,
+            "owner@example.com",
+            "wrong wrong wrong",
+            None,
+            attacker,
+        )
+        .await;
+        assert_eq!(status, 401);
+    }
+    let (status, _, _) = login_from(
+        &app,
+        "owner@example.com",
+        "correct horse battery",
+        None,
+        attacker,
+    )
+    .await;
+    assert_eq!(status, 429, "locked against the failing address");
+    // Another address with no failures has its password checked, lock or not.
+    let (status, body, _) = login_from(
+        &app,
+        "owner@example.com",
+        "correct horse battery",
+        None,
+        Some("198.51.100.2"),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+
+    // Lock again, let it expire: one wrong guess afterwards does not lock the account again.
+    for _ in 0..3 {
+        login_from(
+            &app,
+            "owner@example.com",
+            "wrong wrong wrong",
+            None,
+            attacker,
+        )
+        .await;
+    }
+    let (status, _, _) = login_from(
+        &app,
+        "owner@example.com",
+        "correct horse battery",
+        None,
+        attacker,
+    )
+    .await;
+    assert_eq!(status, 429);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (status, _, _) = login_from(
+        &app,
+        "owner@example.com",
+        "wrong wrong wrong",
+        None,
+        attacker,
+    )
+    .await;
+    assert_eq!(status, 401);
+    let (status, body, _) = login_from(
+        &app,
+        "owner@example.com",
+        "correct horse battery",
+        None,
+        attacker,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let failed: i32 =
+        sqlx::query_scalar("SELECT failed_logins FROM users WHERE email = 'owner@example.com'")
+            .fetch_one(&app.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(failed, 0);
+}
+
+#[tokio::test]
+async fn registration_and_password_checks_are_rate_limited() {
+    let app = TestApp::spawn_with(Options {
+        no_worker: true,
+        env: vec![("REGISTER_LIMIT_PER_IP".into(), "3".into())],
+    })
+    .await;
+    let first = app.register("one@example.com", "student").await;
+    app.register("two@example.com", "student").await;
+    app.register("three@example.com", "student").await;
+    let (status, err, headers) = app
+        .raw(app.http.post(format!("{}/api/v1/auth/register", app.url)).json(&json!({
+            "email": "four@example.com", "password": "correct horse battery", "full_name": "Four"
+        })))
+        .await;
+    assert_eq!(
+        (status, err["error"]["code"].as_str()),
+        (429, Some("rate_limited")),
+        "{err}"
+    );
+    let retry_after: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!(retry_after > 3500 && retry_after <= 3600, "{retry_after}");
+    let users: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(users, 3, "the refused registration wrote nothing");
+    // An admin creating accounts is not limited.
+    let (status, body) = app
+        .post_as_admin(
+            "/api/v1/auth/register",
+            &json!({"email": "five@example.com", "password": "correct horse battery", "full_name": "Five"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+
+    // Deleting the account checks the password at most five times per 15 minutes.
+    let token = access(&first);
+    for _ in 0..5 {
+        let (status, body) = app
+            .call(
+                "DELETE",
+                "/api/v1/me",
+                Some(&token),
+                Some(&json!({"password": "not my password"})),
+            )
+            .await;
+        assert_eq!(status, 422, "{body}");
+    }
+    let (status, err, headers) = app
+        .raw(
+            app.http
+                .delete(format!("{}/api/v1/me", app.url))
+                .bearer_auth(&token)
+                .json(&json!({"password": "correct horse battery"})),
+        )
+        .await;
+    assert_eq!(status, 429, "{err}");
+    assert!(headers.contains_key("retry-after"));
+    let (status, _) = app.call("GET", "/api/v1/me", Some(&token), None).await;
+    assert_eq!(status, 200, "the account is still there");
+}
+
+/// Asks for a reset link for `email` from a client with `cookie`.
+async fn request_reset(app: &TestApp, email: &str, cookie: Option<&str>) -> u16 {
+    let mut req = app
+        .http
+        .post(format!("{}/api/v1/auth/password-reset", app.url))
+        .json(&json!({ "email": email }));
+    if let Some(cookie) = cookie {
+        req = req.header("cookie", cookie);
+    }
+    app.raw(req).await.0
+}
+
+#[tokio::test]
+async fn strangers_reset_requests_never_use_up_the_owners() {
+    let app = TestApp::spawn_with(Options {
+        env: vec![
+            ("RESET_LIMIT_PER_ADDRESS".into(), "4".into()),
+            ("RESET_LIMIT_PER_IP".into(), "8".into()),
+        ],
+        ..Default::default()
+    })
+    .await;
+    let (_, device) = register_with_device(&app, "owner@example.com").await;
+    assert_eq!(app.smtp.wait_for(1, Duration::from_secs(20)).len(), 1);
+
+    // A stranger asks for the owner's link until the per-address flood cap refuses.
+    for _ in 0..4 {
+        assert_eq!(request_reset(&app, "owner@example.com", None).await, 202);
+    }
+    assert_eq!(request_reset(&app, "owner@example.com", None).await, 429);
+    // The owner's own client still gets its mail.
+    assert_eq!(
+        request_reset(&app, "owner@example.com", Some(&device)).await,
+        202
+    );
+    let mails = app.smtp.wait_for(6, Duration::from_secs(30));
+    assert_eq!(mails.len(), 6, "{}", app.worker_log());
+
+    // The stranger's address has its own bound, whatever account it asks for.
+    for _ in 0..3 {
+        assert_eq!(request_reset(&app, "nobody@example.com", None).await, 202);
+    }
+    assert_eq!(request_reset(&app, "nobody@example.com", None).await, 429);
+}
+
+/// Confirms a reset with `token`; returns the status.
+async fn confirm_reset(app: &TestApp, token: &str, password: &str) -> u16 {
+    app.call(
+        "POST",
+        "/api/v1/auth/password-reset/confirm",
+        None,
+        Some(&json!({"token": token, "password": password})),
+    )
+    .await
+    .0
+}
+
+#[tokio::test]
+async fn a_reset_or_a_password_change_voids_older_reset_links_and_no_job_holds_a_token() {
+    let app = TestApp::spawn().await;
+    let (_, device) = register_with_device(&app, "grace@example.com").await;
+    let mails = app.smtp.wait_for(1, Duration::from_secs(20));
+    let verify = token_from_link(&mails[0].parsed().text);
+    let mut tokens = vec![verify.clone()];
+    let mut reset_link = |n: usize| {
+        let mails = app.smtp.wait_for(n, Duration::from_secs(20));
+        assert_eq!(mails.len(), n, "{}", app.worker_log());
+        let token = token_from_link(&mails[n - 1].parsed().text);
+        tokens.push(token.clone());
+        token
+    };
+
+    assert_eq!(
+        request_reset(&app, "grace@example.com", Some(&device)).await,
+        202
+    );
+    let older = reset_link(2);
+    assert_eq!(
+        request_reset(&app, "grace@example.com", Some(&device)).await,
+        202
+    );
+    let newer = reset_link(3);
+    assert_ne!(older, newer);
+    assert_eq!(
+        confirm_reset(&app, &newer, "a brand new passphrase").await,
+        204
+    );
+    assert_eq!(
+        confirm_reset(&app, &older, "an attackers passphrase").await,
+        422,
+        "a successful reset voids the older link"
+    );
+
+    // A password change voids the links asked for before it.
+    let (status, body, _) = login_from(
+        &app,
+        "grace@example.com",
+        "a brand new passphrase",
+        Some(&device),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, other) = login(&app, "grace@example.com", "a brand new passphrase").await;
+    assert_eq!(status, 200, "{other}");
+    assert_eq!(
+        request_reset(&app, "grace@example.com", Some(&device)).await,
+        202
+    );
+    let pending = reset_link(4);
+    let (status, err) = app
+        .call(
+            "POST",
+            "/api/v1/auth/password",
+            Some(&access(&body)),
+            Some(&json!({"password": "not it at all", "new_password": "third passphrase here"})),
+        )
+        .await;
+    assert_eq!(status, 422, "{err}");
+    let (status, err) = app
+        .call(
+            "POST",
+            "/api/v1/auth/password",
+            Some(&access(&body)),
+            Some(&json!({"password": "a brand new passphrase", "new_password": "third passphrase here"})),
+        )
+        .await;
+    assert_eq!(status, 204, "{err}");
+    assert_eq!(
+        confirm_reset(&app, &pending, "an attackers passphrase").await,
+        422
+    );
+    assert_eq!(
+        login(&app, "grace@example.com", "third passphrase here")
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        app.call("GET", "/api/v1/me", Some(&access(&other)), None)
+            .await
+            .0,
+        401,
+        "the change ended the other sessions"
+    );
+    assert_eq!(
+        app.call("GET", "/api/v1/me", Some(&access(&body)), None)
+            .await
+            .0,
+        200,
+        "but not the one that made it"
+    );
+
+    // The mailed verification link still works, and no stored job shows a token.
+    let (status, user) = app
+        .call(
+            "POST",
+            "/api/v1/auth/verify-email",
+            None,
+            Some(&json!({"token": verify})),
+        )
+        .await;
+    assert_eq!(
+        (status, user["email_verified"].as_bool()),
+        (200, Some(true))
+    );
+    let jobs: Vec<uuid::Uuid> =
+        sqlx::query_scalar("SELECT id FROM jobs WHERE kind = 'send_account_link' ORDER BY id")
+            .fetch_all(&app.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(jobs.len(), 4);
+    for id in jobs {
+        let (status, job) = app.get_as_admin(&format!("/api/v1/admin/jobs/{id}")).await;
+        assert_eq!(status, 200, "{job}");
+        assert!(job["payload"]["token_id"].is_string(), "{job}");
+        let shown = job.to_string();
+        for token in &tokens {
+            assert!(!shown.contains(token.as_str()), "{shown}");
+        }
+    }
+    let payloads: Vec<String> = sqlx::query_scalar("SELECT payload::text FROM jobs")
+        .fetch_all(&app.db.pool)
+        .await
+        .unwrap();
+    for p in payloads {
+        assert!(!p.contains("token="), "{p}");
+    }
+    let log = format!("{}{}", app.worker_log(), app.api.output());
+    for token in &tokens {
+        assert!(!log.contains(token.as_str()), "a token in the logs");
+    }
+}

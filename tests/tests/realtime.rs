@@ -216,3 +216,164 @@ async fn an_expired_or_missing_token_is_closed_with_4401() {
     assert_eq!(code, 4401);
     assert!(reason.contains("token"), "{reason}");
 }
+
+/// Waits at most a second for `ws` to be closed by the server; returns the close code.
+async fn closed_within_a_second(ws: &mut Socket) -> u16 {
+    let started = Instant::now();
+    let code = tokio::time::timeout(Duration::from_secs(1), closed_with(ws))
+        .await
+        .expect("the socket closed within a second");
+    assert!(started.elapsed() <= Duration::from_secs(1));
+    code
+}
+
+/// Asserts that `ws` stays open (nothing arrives) for a moment.
+async fn stays_open(ws: &mut Socket) {
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), ws.next())
+            .await
+            .is_err(),
+        "the socket should stay open"
+    );
+}
+
+/// Signs in and returns (access token, session id).
+async fn sign_in(app: &TestApp, email: &str, password: &str) -> (String, String) {
+    let (status, body) = app
+        .call(
+            "POST",
+            "/api/v1/auth/login",
+            None,
+            Some(&serde_json::json!({"email": email, "password": password})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let token = body["access_token"].as_str().unwrap().to_owned();
+    let (_, sessions) = app
+        .call("GET", "/api/v1/auth/sessions", Some(&token), None)
+        .await;
+    let session = sessions
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["current"] == true)
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    (token, session)
+}
+
+async fn ready_socket(base: &str, token: &str) -> Socket {
+    let mut ws = open(base, token).await;
+    assert_eq!(next(&mut ws).await.unwrap()["type"], "ready");
+    ws
+}
+
+#[tokio::test]
+async fn sockets_close_within_a_second_when_their_session_ends_on_any_process() {
+    let app = TestApp::spawn().await;
+    let port = free_port();
+    let mut env = app.env.clone();
+    env.insert("PORT".into(), port.to_string());
+    let second = Proc::spawn("lectern-api", &[], &env, app.dir.join("api-2.log"));
+    let second_url = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while app
+        .http
+        .get(format!("{second_url}/healthz"))
+        .send()
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "{}", second.output());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let pw = "correct horse battery";
+    app.register("ws@example.com", "student").await;
+    app.smtp.wait_for(1, Duration::from_secs(20));
+
+    // Logout: the socket on the other process closes; another session's socket stays.
+    let (a, _) = sign_in(&app, "ws@example.com", pw).await;
+    let (b, b_session) = sign_in(&app, "ws@example.com", pw).await;
+    let mut a_ws = ready_socket(&second_url, &a).await;
+    let mut b_ws = ready_socket(&second_url, &b).await;
+    assert_eq!(
+        app.call("POST", "/api/v1/auth/logout", Some(&a), None)
+            .await
+            .0,
+        204
+    );
+    assert_eq!(closed_within_a_second(&mut a_ws).await, 4401);
+    stays_open(&mut b_ws).await;
+
+    // Revocation of one session from another.
+    let (c, _) = sign_in(&app, "ws@example.com", pw).await;
+    let mut c_ws = ready_socket(&app.url, &c).await;
+    let (status, _) = app
+        .call(
+            "DELETE",
+            &format!("/api/v1/auth/sessions/{b_session}"),
+            Some(&c),
+            None,
+        )
+        .await;
+    assert_eq!(status, 204);
+    assert_eq!(closed_within_a_second(&mut b_ws).await, 4401);
+    stays_open(&mut c_ws).await;
+
+    // A password change ends the other sessions' sockets, not the changer's.
+    let (d, _) = sign_in(&app, "ws@example.com", pw).await;
+    let mut d_ws = ready_socket(&second_url, &d).await;
+    let (status, body) = app
+        .call(
+            "POST",
+            "/api/v1/auth/password",
+            Some(&c),
+            Some(&serde_json::json!({"password": pw, "new_password": "second passphrase here"})),
+        )
+        .await;
+    assert_eq!(status, 204, "{body}");
+    assert_eq!(closed_within_a_second(&mut d_ws).await, 4401);
+    stays_open(&mut c_ws).await;
+
+    // A password reset ends every session, and so every socket.
+    let (status, _) = app
+        .call(
+            "POST",
+            "/api/v1/auth/password-reset",
+            None,
+            Some(&serde_json::json!({"email": "ws@example.com"})),
+        )
+        .await;
+    assert_eq!(status, 202);
+    let mails = app.smtp.wait_for(2, Duration::from_secs(20));
+    let token = lectern_tests::token_from_link(&mails[1].parsed().text);
+    let mut c2_ws = ready_socket(&second_url, &c).await;
+    let (status, _) = app
+        .call(
+            "POST",
+            "/api/v1/auth/password-reset/confirm",
+            None,
+            Some(&serde_json::json!({"token": token, "password": "third passphrase here"})),
+        )
+        .await;
+    assert_eq!(status, 204);
+    assert_eq!(closed_within_a_second(&mut c_ws).await, 4401);
+    assert_eq!(closed_within_a_second(&mut c2_ws).await, 4401);
+
+    // Deleting the account closes its sockets too.
+    let (e, _) = sign_in(&app, "ws@example.com", "third passphrase here").await;
+    let mut e_ws = ready_socket(&second_url, &e).await;
+    let (status, _) = app
+        .call(
+            "DELETE",
+            "/api/v1/me",
+            Some(&e),
+            Some(&serde_json::json!({"password": "third passphrase here"})),
+        )
+        .await;
+    assert_eq!(status, 204);
+    assert_eq!(closed_within_a_second(&mut e_ws).await, 4401);
+    drop(second);
+}

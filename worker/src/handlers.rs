@@ -6,6 +6,7 @@ use lectern_core::{Services, accounts, courses, email, learning, media, notifica
 pub async fn handle(services: &Services, job: Job) -> Result<(), JobError> {
     match job {
         Job::SendEmail(mail) => email::deliver(services, &mail).await,
+        Job::SendAccountLink(link) => accounts::send_account_link(services, &link).await,
         Job::ExportUserData(export) => accounts::privacy::run_export(services, &export).await,
         Job::TranscodeVideo(job) => media::run_transcode(services, &job).await,
         Job::ProcessImage(job) => media::run_process_image(services, &job).await,

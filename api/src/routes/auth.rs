@@ -2,11 +2,11 @@
 
 use actix_web::{HttpResponse, delete, get, post, web};
 use lectern_core::Services;
-use lectern_core::accounts::{self, AuthResponse, Registration, SessionView};
+use lectern_core::accounts::{self, AuthResponse, PasswordChange, Registration, SessionView};
 use serde::Deserialize;
 use uuid::Uuid;
 
-use crate::auth::{Caller, Client, MaybeCaller};
+use crate::auth::{Caller, Client, MaybeCaller, device_cookie};
 use crate::error::{ApiResult, ErrorBody};
 
 /// Creates an account (student or instructor; admin only when an admin calls) and signs it in.
@@ -28,7 +28,19 @@ pub async fn register(
     body: web::Json<Registration>,
 ) -> ApiResult<HttpResponse> {
     let out = accounts::register(&services, &body, caller.0.as_ref(), &client.0).await?;
-    Ok(HttpResponse::Created().json(out))
+    Ok(with_device_cookie(&services, HttpResponse::Created(), &out))
+}
+
+/// The sign-in's answer, with its device cookie.
+fn with_device_cookie(
+    services: &Services,
+    mut response: actix_web::HttpResponseBuilder,
+    out: &AuthResponse,
+) -> HttpResponse {
+    if let Some(value) = out.device_cookie.clone() {
+        response.cookie(device_cookie(services, value));
+    }
+    response.json(out)
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -37,7 +49,9 @@ pub struct LoginRequest {
     pub password: String,
 }
 
-/// Signs in. Wrong email or password get the same answer; repeated failures lock the account for a while.
+/// Signs in. Wrong email or password get the same answer. Repeated failures lock the account for
+/// a while against failing clients; a client holding the account's device cookie (set by an
+/// earlier sign-in) is throttled on its own failures only.
 #[utoipa::path(
     tag = "auth",
     request_body = LoginRequest,
@@ -53,10 +67,9 @@ pub async fn login(
     services: web::Data<Services>,
     client: Client,
     body: web::Json<LoginRequest>,
-) -> ApiResult<web::Json<AuthResponse>> {
-    Ok(web::Json(
-        accounts::login(&services, &body.email, &body.password, &client.0).await?,
-    ))
+) -> ApiResult<HttpResponse> {
+    let out = accounts::login(&services, &body.email, &body.password, &client.0).await?;
+    Ok(with_device_cookie(&services, HttpResponse::Ok(), &out))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -206,5 +219,30 @@ pub async fn password_reset_confirm(
     body: web::Json<ResetConfirm>,
 ) -> ApiResult<HttpResponse> {
     accounts::confirm_password_reset(&services, &body.token, &body.password, &client.0).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// Changes the caller's password (the current one confirms it): every other session ends and
+/// every outstanding reset link stops working.
+#[utoipa::path(
+    tag = "auth",
+    request_body = PasswordChange,
+    security(("bearer" = [])),
+    responses(
+        (status = 204),
+        (status = 401, body = ErrorBody),
+        (status = 422, body = ErrorBody),
+        (status = 429, body = ErrorBody, description = "rate_limited, with Retry-After")
+    )
+)]
+#[post("/auth/password")]
+pub async fn change_password(
+    services: web::Data<Services>,
+    caller: Caller,
+    client: Client,
+    body: web::Json<PasswordChange>,
+) -> ApiResult<HttpResponse> {
+    let user = caller.0.require_user()?;
+    accounts::change_password(&services, user, &body, &client.0).await?;
     Ok(HttpResponse::NoContent().finish())
 }

@@ -21,7 +21,8 @@ use crate::Services;
 use crate::auth::{AuthUser, Principal, Role, SignedUser};
 use crate::email::EmailAddress;
 use crate::error::{Error, FieldErrors, Result};
-use crate::jobs::{self, Job, NewJob, SendEmail};
+use crate::events::{self, Envelope};
+use crate::jobs::{self, Job, JobError, NewJob, SendAccountLink, SendEmail};
 use crate::mail::EmailTemplate;
 pub use crate::page::Page;
 use password::Password;
@@ -34,6 +35,23 @@ const RESET_TTL: Duration = Duration::from_secs(3600);
 pub struct ClientInfo {
     pub ip: Option<String>,
     pub user_agent: Option<String>,
+    /// The client's device cookie ([`tokens::Device`]), as sent; checked where it matters.
+    pub device: Option<String>,
+}
+
+impl ClientInfo {
+    /// The device cookie, if it is genuine and was issued to `user_id`.
+    fn device_of(&self, services: &Services, user_id: Uuid) -> Option<tokens::Device> {
+        self.device
+            .as_deref()
+            .and_then(|raw| tokens::Device::verify(&services.config, raw))
+            .filter(|d| d.user_id == user_id)
+    }
+
+    /// The client address as a rate-limit key part (clients with none share one bucket).
+    fn ip_key(&self) -> &str {
+        self.ip.as_deref().unwrap_or("unknown")
+    }
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -103,6 +121,10 @@ pub struct AuthResponse {
     /// Seconds until the access token expires.
     pub expires_in: u64,
     pub token_type: &'static str,
+    /// The device cookie to set on the client after a sign-in (see [`tokens::Device`]); the API
+    /// sends it as an `HttpOnly` cookie, never in the body.
+    #[serde(skip)]
+    pub device_cookie: Option<String>,
 }
 
 impl AuthResponse {
@@ -113,7 +135,18 @@ impl AuthResponse {
             refresh_token,
             expires_in,
             token_type: "Bearer",
+            device_cookie: None,
         }
+    }
+
+    /// Keeps the client's device cookie when it already names this account, else issues one.
+    fn with_device(mut self, services: &Services, client: &ClientInfo) -> Self {
+        let cookie = match client.device_of(services, self.user.id) {
+            Some(_) => client.device.clone(),
+            None => Some(tokens::Device::issue(&services.config, self.user.id).1),
+        };
+        self.device_cookie = cookie;
+        self
     }
 }
 
@@ -180,6 +213,19 @@ pub async fn register(
     caller: Option<&Principal>,
     client: &ClientInfo,
 ) -> Result<AuthResponse> {
+    // Each registration costs an argon2id hash and a mail to an address the caller picks: a
+    // bound per client address, checked before any of that work. Admins creating accounts
+    // are not limited.
+    if !caller.is_some_and(Principal::is_admin) {
+        let auth = &services.config.auth;
+        rate_limit::hit(
+            services,
+            &format!("register-ip:{}", client.ip_key()),
+            auth.register_limit_per_ip,
+            Duration::from_secs(3600),
+        )
+        .await?;
+    }
     let mut fields = FieldErrors::new();
     let email = parse_email(&input.email)
         .map_err(|p| fields.add("email", p))
@@ -252,15 +298,14 @@ pub async fn register(
         open_session(services, &mut tx, &user, client).await?;
     tx.commit().await?;
     services.jobs.dispatch(&mail).await;
-    Ok(AuthResponse::new(
-        user,
-        access_token,
-        refresh_token,
-        expires_in,
-    ))
+    Ok(
+        AuthResponse::new(user, access_token, refresh_token, expires_in)
+            .with_device(services, client),
+    )
 }
 
-/// Writes a hashed one-time token and the mail job that carries it, in the caller's transaction.
+/// Writes a one-time token and the job that mails its link, in the caller's transaction. The job
+/// names the token's row only; [`send_account_link`] derives the token when it sends the mail.
 async fn queue_token_mail(
     services: &Services,
     conn: &mut PgConnection,
@@ -268,29 +313,57 @@ async fn queue_token_mail(
     purpose: &str,
     ttl: Duration,
 ) -> Result<NewJob> {
-    let (token, hash) = tokens::opaque();
-    sqlx::query("INSERT INTO one_time_tokens (token_hash, user_id, purpose, expires_at) VALUES ($1, $2, $3, $4)")
+    let token_id = Uuid::now_v7();
+    let hash = tokens::digest(&tokens::one_time_secret(&services.config, token_id));
+    sqlx::query("INSERT INTO one_time_tokens (id, token_hash, user_id, purpose, expires_at) VALUES ($1, $2, $3, $4, $5)")
+        .bind(token_id)
         .bind(&hash)
         .bind(user.id)
         .bind(purpose)
         .bind(tokens::expires_at(ttl))
         .execute(&mut *conn)
         .await?;
-    let base = services.config.public_url.as_str().trim_end_matches('/');
-    let (template, path) = match purpose {
-        "verify_email" => (EmailTemplate::VerifyEmail, "verify-email"),
-        _ => (EmailTemplate::PasswordReset, "reset-password"),
+    let job = Job::SendAccountLink(SendAccountLink { token_id });
+    jobs::insert(conn, &job, Some(user.id), None).await
+}
+
+/// The `SendAccountLink` job: mails the verification or reset link of a one-time token. The
+/// token is derived from its row id with the current signing secret and its stored hash updated
+/// to match, so every retry mails the same working link, and a secret rotated since the job was
+/// queued still gives one. A token already used, voided by a newer reset, or expired has no
+/// link worth sending: the job ends without mail.
+pub async fn send_account_link(services: &Services, job: &SendAccountLink) -> Result<(), JobError> {
+    let token = tokens::one_time_secret(&services.config, job.token_id);
+    let row: Option<(String, String, String)> = sqlx::query_as(
+        "UPDATE one_time_tokens t SET token_hash = $2 FROM users u
+          WHERE t.id = $1 AND u.id = t.user_id AND t.used_at IS NULL AND t.expires_at > now()
+            AND u.status = 'active'
+         RETURNING t.purpose, u.email, u.full_name",
+    )
+    .bind(job.token_id)
+    .bind(tokens::digest(&token))
+    .fetch_optional(&services.db)
+    .await
+    .map_err(|e| JobError::from(Error::from(e)))?;
+    let Some((purpose, to, full_name)) = row else {
+        tracing::info!(token_id = %job.token_id, "the link's token is used, voided or expired; no mail");
+        return Ok(());
     };
+    let (template, path, ttl) = match purpose.as_str() {
+        "verify_email" => (EmailTemplate::VerifyEmail, "verify-email", VERIFY_TTL),
+        "password_reset" => (EmailTemplate::PasswordReset, "reset-password", RESET_TTL),
+        other => {
+            return Err(JobError::Permanent(format!(
+                "a one-time token with an unknown purpose {other:?}"
+            )));
+        }
+    };
+    let base = services.config.public_url.as_str().trim_end_matches('/');
     let mut vars = serde_json::Map::new();
-    vars.insert("full_name".into(), user.full_name.clone().into());
+    vars.insert("full_name".into(), full_name.into());
     vars.insert("link".into(), format!("{base}/{path}?token={token}").into());
     vars.insert("expires_in_hours".into(), (ttl.as_secs() / 3600).into());
-    let job = Job::SendEmail(SendEmail {
-        to: user.email.clone(),
-        template,
-        vars,
-    });
-    jobs::insert(conn, &job, Some(user.id), None).await
+    crate::email::deliver(services, &SendEmail { to, template, vars }).await
 }
 
 /// Creates a session and its first refresh token; returns (access, refresh, expires_in).
@@ -340,6 +413,19 @@ struct LoginRow {
     locked_until: Option<DateTime<Utc>>,
 }
 
+/// Signs in, with throttling that an attacker cannot turn against the account's owner (OWASP's
+/// authentication cheat sheet, "device cookies"):
+///
+/// - A client with the account's device cookie (from an earlier sign-in) is throttled on its own
+///   failures only: the account being under attack from elsewhere never refuses it.
+/// - Other clients share the account's lock (`LOCKOUT_THRESHOLD` consecutive failures lock it
+///   for `LOCKOUT_SECS`), but it holds back only clients whose address failed recently; an
+///   address with no recent failures still gets its password checked.
+/// - A bound per account for clients without its device cookie (`LOGIN_LIMIT_PER_ACCOUNT`
+///   failures per 15 minutes), so a botnet cannot guess on and on from fresh addresses.
+/// - A bound per client address for every attempt (`LOGIN_LIMIT_PER_IP` a minute).
+///
+/// A lock that has expired starts the count again: one wrong guess afterwards does not re-lock.
 pub async fn login(
     services: &Services,
     email: &str,
@@ -348,52 +434,87 @@ pub async fn login(
 ) -> Result<AuthResponse> {
     let auth = &services.config.auth;
     let email = parse_email(email).unwrap_or_else(|_| email.trim().to_lowercase());
-    if let Some(ip) = &client.ip {
-        rate_limit::hit(
-            services,
-            &format!("login-ip:{ip}"),
-            auth.login_limit_per_ip,
-            Duration::from_secs(60),
-        )
-        .await?;
-    }
-    let account_key = format!(
-        "login-account:{}",
-        hex::encode(&tokens::digest(&email)[..16])
-    );
+    let account = hex::encode(&tokens::digest(&email)[..16]);
+    let account_key = format!("login-account:{account}");
+    let address_key = format!("login-failed:{account}:{}", client.ip_key());
+    let account_window = Duration::from_secs(900);
     let row: Option<LoginRow> = sqlx::query_as(
         "SELECT id, password_hash, status, locked_until FROM users WHERE email = $1",
     )
     .bind(&email)
     .fetch_optional(&services.db)
     .await?;
+    // The account's device, unless it has been failing itself (a stolen cookie gets a few
+    // guesses, then counts as any other client).
+    let device = match row.as_ref().and_then(|r| client.device_of(services, r.id)) {
+        Some(d) => {
+            let failing = rate_limit::over(
+                services,
+                &device_key(d),
+                u32::try_from(auth.lockout_threshold).unwrap_or(5),
+            )
+            .await
+            .is_err();
+            (!failing).then_some(d)
+        }
+        None => None,
+    };
+    if device.is_none() {
+        if let Some(ip) = &client.ip {
+            rate_limit::hit(
+                services,
+                &format!("login-ip:{ip}"),
+                auth.login_limit_per_ip,
+                Duration::from_secs(60),
+            )
+            .await?;
+        }
+        rate_limit::over(services, &account_key, auth.login_limit_per_account).await?;
+        if let Some(until) = row
+            .as_ref()
+            .and_then(|r| r.locked_until)
+            .filter(|u| *u > Utc::now())
+            && rate_limit::any_or_unknown(services, &address_key).await
+        {
+            return Err(Error::RateLimited {
+                retry_after: (until - Utc::now())
+                    .to_std()
+                    .unwrap_or(Duration::from_secs(1)),
+            });
+        }
+    }
     // Always verify (a dummy hash when there is no account): same cost either way.
     let ok = password::verify(password, row.as_ref().map(|r| r.password_hash.as_str())).await?;
 
     let Some(row) = row else {
-        rate_limit::hit(
-            services,
-            &account_key,
-            auth.login_limit_per_account,
-            Duration::from_secs(900),
-        )
-        .await?;
+        rate_limit::record(services, &account_key, account_window).await;
+        rate_limit::record(services, &address_key, auth.lockout_duration).await;
         return Err(invalid_credentials());
     };
-    if let Some(until) = row.locked_until.filter(|u| *u > Utc::now()) {
-        return Err(Error::RateLimited {
-            retry_after: (until - Utc::now())
-                .to_std()
-                .unwrap_or(Duration::from_secs(1)),
-        });
-    }
     if !ok {
+        if let Some(d) = device {
+            rate_limit::record(services, &device_key(d), auth.lockout_duration).await;
+            let mut conn = services.db.acquire().await?;
+            audit(
+                &mut conn,
+                "login_failed",
+                Some(row.id),
+                None,
+                client,
+                serde_json::json!({ "device": d.device_id }),
+            )
+            .await?;
+            return Err(invalid_credentials());
+        }
         let mut tx = services.db.begin().await?;
-        let (failed, locked): (i32, bool) = sqlx::query_as(
-            "UPDATE users SET failed_logins = failed_logins + 1,
-                    locked_until = CASE WHEN failed_logins + 1 >= $2 THEN now() + make_interval(secs => $3) END
-              WHERE id = $1
-             RETURNING failed_logins, locked_until IS NOT NULL",
+        // A lock that has expired counts from zero again.
+        let failed: i32 = sqlx::query_scalar(
+            "UPDATE users u SET failed_logins = n.failed,
+                    locked_until = CASE WHEN n.failed >= $2 THEN now() + make_interval(secs => $3) END
+               FROM (SELECT id, CASE WHEN locked_until <= now() THEN 1 ELSE failed_logins + 1 END AS failed
+                       FROM users WHERE id = $1 FOR UPDATE) n
+              WHERE u.id = n.id
+             RETURNING u.failed_logins",
         )
         .bind(row.id)
         .bind(auth.lockout_threshold)
@@ -409,7 +530,7 @@ pub async fn login(
             serde_json::json!({ "failed_logins": failed }),
         )
         .await?;
-        if locked {
+        if failed == auth.lockout_threshold {
             audit(
                 &mut tx,
                 "lockout",
@@ -421,13 +542,8 @@ pub async fn login(
             .await?;
         }
         tx.commit().await?;
-        rate_limit::hit(
-            services,
-            &account_key,
-            auth.login_limit_per_account,
-            Duration::from_secs(900),
-        )
-        .await?;
+        rate_limit::record(services, &account_key, account_window).await;
+        rate_limit::record(services, &address_key, auth.lockout_duration).await;
         return Err(invalid_credentials());
     }
     if row.status != "active" {
@@ -467,13 +583,22 @@ pub async fn login(
     )
     .await?;
     tx.commit().await?;
-    rate_limit::reset(services, &account_key).await;
-    Ok(AuthResponse::new(
-        user,
-        access_token,
-        refresh_token,
-        expires_in,
-    ))
+    // The bound per account is not reset: the owner signing in must not give a guesser more.
+    // Nor are the failures of the owner's address when the owner came with a device: a guesser
+    // may share that address.
+    match device {
+        Some(d) => rate_limit::reset(services, &device_key(d)).await,
+        None => rate_limit::reset(services, &address_key).await,
+    }
+    Ok(
+        AuthResponse::new(user, access_token, refresh_token, expires_in)
+            .with_device(services, client),
+    )
+}
+
+/// Failures counted against one device cookie.
+fn device_key(device: tokens::Device) -> String {
+    format!("login-device:{}", device.device_id)
 }
 
 fn invalid_refresh() -> Error {
@@ -528,6 +653,7 @@ pub async fn refresh(
         )
         .await?;
         tx.commit().await?;
+        close_sockets(services, user_id, Some(session_id)).await;
         return Err(Error::Unauthenticated {
             code: "refresh_token_reused",
             message:
@@ -661,8 +787,29 @@ pub async fn logout(
     )
     .await?;
     tx.commit().await?;
+    close_sockets(services, user.id, (!all).then_some(user.session_id)).await;
     Ok(revoked)
 }
+
+/// Closes the WebSockets of ended sessions, on every API process: one session's, or all of the
+/// user's when `session_id` is `None`. The message travels on the events channel (as
+/// `{"type": "session_ended"}`), which each API process turns into a close of its matching
+/// sockets. Call it after the commit that ended the sessions; suspending an account must call it
+/// too. Best-effort like every event: a socket that misses it is still refused at its next
+/// connect, since every connect checks the session.
+pub async fn close_sockets(services: &Services, user_id: Uuid, session_id: Option<Uuid>) {
+    events::publish(
+        services,
+        &[Envelope {
+            user_id,
+            event: serde_json::json!({ "type": SESSION_ENDED, "session_id": session_id }),
+        }],
+    )
+    .await;
+}
+
+/// The `type` of the events-channel message that closes sockets ([`close_sockets`]).
+pub const SESSION_ENDED: &str = "session_ended";
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct SessionView {
@@ -722,6 +869,7 @@ pub async fn revoke_session(
     )
     .await?;
     tx.commit().await?;
+    close_sockets(services, user.id, Some(session_id)).await;
     Ok(())
 }
 
@@ -817,13 +965,7 @@ pub async fn request_password_reset(
     client: &ClientInfo,
 ) -> Result<()> {
     let email = parse_email(email).map_err(|p| Error::invalid("email", p))?;
-    rate_limit::hit(
-        services,
-        &format!("reset:{}", hex::encode(&tokens::digest(&email)[..16])),
-        3,
-        Duration::from_secs(3600),
-    )
-    .await?;
+    let auth = &services.config.auth;
     let mut tx = services.db.begin().await?;
     let user = sqlx::query_as::<_, UserRow>(concat!(
         "SELECT ",
@@ -832,8 +974,43 @@ pub async fn request_password_reset(
     ))
     .bind(&email)
     .fetch_optional(&mut *tx)
-    .await?;
-    let Some(user) = user.map(UserView::from) else {
+    .await?
+    .map(UserView::from);
+    // Limits per requester, so a stranger's requests never use up the owner's: the account's own
+    // device counts on its own; anyone else counts per address and, only against floods, per
+    // account over a day.
+    let hour = Duration::from_secs(3600);
+    match user.as_ref().and_then(|u| client.device_of(services, u.id)) {
+        Some(device) => {
+            rate_limit::hit(
+                services,
+                &format!("reset-device:{}", device.device_id),
+                auth.reset_limit_per_ip,
+                hour,
+            )
+            .await?;
+        }
+        None => {
+            rate_limit::hit(
+                services,
+                &format!("reset-ip:{}", client.ip_key()),
+                auth.reset_limit_per_ip,
+                hour,
+            )
+            .await?;
+            rate_limit::hit(
+                services,
+                &format!(
+                    "reset-address:{}",
+                    hex::encode(&tokens::digest(&email)[..16])
+                ),
+                auth.reset_limit_per_address,
+                24 * hour,
+            )
+            .await?;
+        }
+    }
+    let Some(user) = user else {
         return Ok(());
     };
     let mail = queue_token_mail(services, &mut tx, &user, "password_reset", RESET_TTL).await?;
@@ -880,6 +1057,7 @@ pub async fn confirm_password_reset(
         .bind(user_id)
         .execute(&mut *tx)
         .await?;
+    void_reset_links(&mut tx, user_id).await?;
     audit(
         &mut tx,
         "password_changed",
@@ -890,6 +1068,98 @@ pub async fn confirm_password_reset(
     )
     .await?;
     tx.commit().await?;
+    close_sockets(services, user_id, None).await;
+    Ok(())
+}
+
+/// Spends every outstanding reset link of the account: once its password changes, an older link
+/// (perhaps sitting in a mailbox someone else reads) must not set another.
+async fn void_reset_links(conn: &mut PgConnection, user_id: Uuid) -> Result<()> {
+    sqlx::query(
+        "UPDATE one_time_tokens SET used_at = now()
+          WHERE user_id = $1 AND purpose = 'password_reset' AND used_at IS NULL",
+    )
+    .bind(user_id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Checks the signed-in user's current password before a sensitive change, at most
+/// `PASSWORD_CHECK_LIMIT` times per 15 minutes per account (a stolen access token must not
+/// become a way to guess the password).
+pub(crate) async fn check_password(services: &Services, user_id: Uuid, raw: &str) -> Result<()> {
+    rate_limit::hit(
+        services,
+        &format!("password-check:{user_id}"),
+        services.config.auth.password_check_limit,
+        Duration::from_secs(900),
+    )
+    .await?;
+    let hash: String = sqlx::query_scalar("SELECT password_hash FROM users WHERE id = $1")
+        .bind(user_id)
+        .fetch_one(&services.db)
+        .await?;
+    if !password::verify(raw, Some(&hash)).await? {
+        return Err(Error::invalid("password", "is not your current password"));
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+pub struct PasswordChange {
+    /// The current password, to confirm.
+    pub password: String,
+    pub new_password: String,
+}
+
+/// Changes the caller's password: every other session ends, and every outstanding reset link
+/// stops working.
+pub async fn change_password(
+    services: &Services,
+    user: &AuthUser,
+    change: &PasswordChange,
+    client: &ClientInfo,
+) -> Result<()> {
+    check_password(services, user.id, &change.password).await?;
+    let email: String = sqlx::query_scalar("SELECT email FROM users WHERE id = $1")
+        .bind(user.id)
+        .fetch_one(&services.db)
+        .await?;
+    let password = Password::parse(&change.new_password, &email)
+        .map_err(|p| Error::invalid("new_password", p))?;
+    let hash = password::hash(&password).await?;
+    let mut tx = services.db.begin().await?;
+    sqlx::query(
+        "UPDATE users SET password_hash = $2, failed_logins = 0, locked_until = NULL, updated_at = now()
+          WHERE id = $1",
+    )
+    .bind(user.id)
+    .bind(&hash)
+    .execute(&mut *tx)
+    .await?;
+    let ended: Vec<Uuid> = sqlx::query_scalar(
+        "UPDATE sessions SET revoked_at = now(), revoked_reason = 'password_changed'
+          WHERE user_id = $1 AND id <> $2 AND revoked_at IS NULL RETURNING id",
+    )
+    .bind(user.id)
+    .bind(user.session_id)
+    .fetch_all(&mut *tx)
+    .await?;
+    void_reset_links(&mut tx, user.id).await?;
+    audit(
+        &mut tx,
+        "password_changed",
+        Some(user.id),
+        Some(user.id),
+        client,
+        serde_json::json!({ "via": "change", "sessions_ended": ended.len() }),
+    )
+    .await?;
+    tx.commit().await?;
+    for session_id in ended {
+        close_sockets(services, user.id, Some(session_id)).await;
+    }
     Ok(())
 }
 
@@ -1020,8 +1290,8 @@ pub async fn create_admin(
         Some(user.id),
         None,
         &ClientInfo {
-            ip: None,
             user_agent: Some("lectern-api create-admin".into()),
+            ..ClientInfo::default()
         },
         serde_json::json!({ "role": "admin" }),
     )

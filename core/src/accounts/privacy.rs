@@ -8,7 +8,7 @@ use aws_sdk_s3::primitives::ByteStream;
 use serde_json::json;
 use uuid::Uuid;
 
-use super::{ClientInfo, audit, password};
+use super::{ClientInfo, audit};
 use crate::Services;
 use crate::auth::AuthUser;
 use crate::error::{Error, Result};
@@ -154,13 +154,7 @@ pub async fn delete_account(
     user: &AuthUser,
     password_check: &str,
 ) -> Result<()> {
-    let hash: String = sqlx::query_scalar("SELECT password_hash FROM users WHERE id = $1")
-        .bind(user.id)
-        .fetch_one(&services.db)
-        .await?;
-    if !password::verify(password_check, Some(&hash)).await? {
-        return Err(Error::invalid("password", "is not your current password"));
-    }
+    super::check_password(services, user.id, password_check).await?;
     let mut tx = services.db.begin().await?;
     sqlx::query(
         "UPDATE users SET email = 'deleted-' || id || '@deleted.invalid', full_name = 'Deleted user', bio = '',
@@ -191,5 +185,6 @@ pub async fn delete_account(
     )
     .await?;
     tx.commit().await?;
+    super::close_sockets(services, user.id, None).await;
     Ok(())
 }

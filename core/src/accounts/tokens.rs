@@ -151,3 +151,134 @@ fn mac(secret: &Secret, purpose: &str, id: Uuid) -> Vec<u8> {
     mac.update(id.as_bytes());
     mac.finalize().into_bytes()[..16].to_vec()
 }
+
+/// HMAC-SHA256 of `purpose` and `parts` (each length-prefixed, so parts cannot run together).
+fn mac_parts(secret: &Secret, purpose: &str, parts: &[&[u8]]) -> Vec<u8> {
+    use hmac::Mac;
+    let Ok(mut mac) = hmac::Hmac::<Sha256>::new_from_slice(secret.expose().as_bytes()) else {
+        return Vec::new();
+    };
+    mac.update(purpose.as_bytes());
+    for part in parts {
+        mac.update(&(part.len() as u64).to_be_bytes());
+        mac.update(part);
+    }
+    mac.finalize().into_bytes().to_vec()
+}
+
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The secret of the one-time token whose row is `token_id`, derived from the signing secret.
+/// Mail jobs carry only the row id; the worker derives the token when it renders the mail, so
+/// the token is in no stored payload, and every retry of the job mails the same working link.
+pub fn one_time_secret(config: &Config, token_id: Uuid) -> String {
+    hex::encode(mac_parts(
+        &config.jwt_secret,
+        "one-time-token",
+        &[token_id.as_bytes()],
+    ))
+}
+
+/// A device cookie (OWASP's "device cookies"): proof that this client signed in to the account
+/// before. It names the account and a random device id, signed so it cannot be forged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Device {
+    pub user_id: Uuid,
+    pub device_id: Uuid,
+}
+
+impl Device {
+    /// A new device for `user_id`, and the cookie value that names it.
+    pub fn issue(config: &Config, user_id: Uuid) -> (Device, String) {
+        let device = Device {
+            user_id,
+            device_id: Uuid::new_v4(),
+        };
+        let mac = mac_parts(
+            &config.jwt_secret,
+            "device",
+            &[user_id.as_bytes(), device.device_id.as_bytes()],
+        );
+        let value = format!("{user_id}.{}.{}", device.device_id, hex::encode(mac));
+        (device, value)
+    }
+
+    /// The device a cookie value names, if its signature holds (current or previous secret).
+    pub fn verify(config: &Config, value: &str) -> Option<Device> {
+        let mut parts = value.trim().splitn(3, '.');
+        let user_id = Uuid::parse_str(parts.next()?).ok()?;
+        let device_id = Uuid::parse_str(parts.next()?).ok()?;
+        let sig = hex::decode(parts.next()?).ok()?;
+        std::iter::once(&config.jwt_secret)
+            .chain(config.auth.previous_jwt_secrets.iter())
+            .any(|secret| {
+                let expected = mac_parts(
+                    secret,
+                    "device",
+                    &[user_id.as_bytes(), device_id.as_bytes()],
+                );
+                same_bytes(&expected, &sig)
+            })
+            .then_some(Device { user_id, device_id })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(secret: &str, previous: &str) -> Config {
+        let vars = [("JWT_SECRET", secret), ("JWT_PREVIOUS_SECRETS", previous)];
+        Config::from_source(|name| {
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| (*v).to_owned())
+        })
+        .expect("valid config")
+    }
+
+    const A: &str = "first-secret-0123456789abcdef0123456789abcdef";
+    const B: &str = "second-secret-0123456789abcdef0123456789abcde";
+
+    #[test]
+    fn a_one_time_token_is_the_same_on_every_retry_and_secret_to_others() {
+        let id = Uuid::now_v7();
+        let a = config(A, "");
+        let token = one_time_secret(&a, id);
+        assert_eq!(token.len(), 64);
+        assert_eq!(
+            token,
+            one_time_secret(&a, id),
+            "a retry mails the same link"
+        );
+        assert_ne!(token, one_time_secret(&a, Uuid::now_v7()));
+        assert_ne!(
+            token,
+            one_time_secret(&config(B, ""), id),
+            "keyed by the secret"
+        );
+    }
+
+    #[test]
+    fn device_cookies_cannot_be_forged_and_survive_a_key_rotation() {
+        let a = config(A, "");
+        let user = Uuid::now_v7();
+        let (device, value) = Device::issue(&a, user);
+        assert_eq!(Device::verify(&a, &value), Some(device));
+        assert_eq!(device.user_id, user);
+        // Another user's id with the same signature, a changed signature, garbage: refused.
+        let other = value.replacen(&user.to_string(), &Uuid::now_v7().to_string(), 1);
+        assert_eq!(Device::verify(&a, &other), None);
+        let mut tampered = value.clone();
+        tampered.pop();
+        tampered.push('0');
+        if tampered != value {
+            assert_eq!(Device::verify(&a, &tampered), None);
+        }
+        assert_eq!(Device::verify(&a, "not.a.cookie"), None);
+        assert_eq!(Device::verify(&config(B, ""), &value), None);
+        assert_eq!(Device::verify(&config(B, A), &value), Some(device));
+    }
+}

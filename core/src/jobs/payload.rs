@@ -19,6 +19,14 @@ pub struct SendEmail {
     pub vars: serde_json::Map<String, serde_json::Value>,
 }
 
+/// Mail a verification or password-reset link. The payload names the one-time token's row, never
+/// the token: the worker reads the recipient and mints the link when it renders the mail, so
+/// job payloads (which admins can read) hold nothing that opens an account.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SendAccountLink {
+    pub token_id: Uuid,
+}
+
 /// Probe an uploaded video and transcode it to an HLS ladder with a poster and a storyboard.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TranscodeVideo {
@@ -134,6 +142,7 @@ impl Noop {
 #[serde(tag = "kind", content = "payload", rename_all = "snake_case")]
 pub enum Job {
     SendEmail(SendEmail),
+    SendAccountLink(SendAccountLink),
     TranscodeVideo(TranscodeVideo),
     ProcessImage(ProcessImage),
     IssueCertificate(IssueCertificate),
@@ -156,8 +165,9 @@ pub struct KindPolicy {
 }
 
 /// Every job kind, by name.
-pub const KINDS: [&str; 11] = [
+pub const KINDS: [&str; 12] = [
     "send_email",
+    "send_account_link",
     "transcode_video",
     "process_image",
     "issue_certificate",
@@ -174,6 +184,7 @@ pub const KINDS: [&str; 11] = [
 pub fn policy_of(kind: &str) -> Option<KindPolicy> {
     let (queue, max_attempts, secs) = match kind {
         "send_email" => (Queue::Email, 8, 60),
+        "send_account_link" => (Queue::Email, 8, 60),
         "transcode_video" => (Queue::Media, 3, 2 * 60 * 60),
         "process_image" => (Queue::Media, 5, 5 * 60),
         "issue_certificate" => (Queue::Default, 5, 5 * 60),
@@ -198,6 +209,7 @@ impl Job {
     pub fn kind(&self) -> &'static str {
         match self {
             Job::SendEmail(_) => "send_email",
+            Job::SendAccountLink(_) => "send_account_link",
             Job::TranscodeVideo(_) => "transcode_video",
             Job::ProcessImage(_) => "process_image",
             Job::IssueCertificate(_) => "issue_certificate",
