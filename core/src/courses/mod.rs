@@ -699,7 +699,9 @@ pub async fn mine(
     let user = caller.require_user()?;
     let limit = crate::page::limit(limit);
     let after: Option<(DateTime<Utc>, Uuid)> =
-        cursor.map(crate::page::decode_cursor).transpose()?;
+        cursor
+            .map(|c| crate::page::decode_cursor(&services.config.jwt_secret, c))
+            .transpose()?;
     let rows: Vec<CourseRow> = sqlx::query_as(concat!(
         course_select!(),
         "WHERE c.instructor_id = $1 AND c.deleted_at IS NULL
@@ -715,7 +717,7 @@ pub async fn mine(
     let next_cursor = (rows.len() as i64 == limit)
         .then(|| {
             rows.last()
-                .map(|r| crate::page::encode_cursor(&(r.created_at, r.id)))
+                .map(|r| crate::page::encode_cursor(&services.config.jwt_secret, &(r.created_at, r.id)))
         })
         .flatten();
     Ok(crate::page::Page {
