@@ -39,10 +39,11 @@ pub async fn middleware(
     if is_json(&req) {
         // Read the body (within the JSON limit), check it, and hand the same bytes on to the
         // handler's extractor. A body that is not JSON at all is left to the extractor's 400.
-        let mut payload = req.take_payload();
+        let mut payload = std::mem::replace(req.parts_mut().1, Payload::None);
         let mut body = BytesMut::new();
         while let Some(chunk) = payload.next().await {
-            body.extend_from_slice(&chunk?);
+            let chunk: Bytes = chunk?;
+            body.extend_from_slice(&chunk);
             if body.len() > JSON_LIMIT {
                 return Err(ApiError::TooLarge(format!(
                     "the JSON body is larger than {JSON_LIMIT} bytes"
@@ -76,7 +77,13 @@ fn is_json(req: &ServiceRequest) -> bool {
 
 /// Walks a JSON document; `at` is the dotted path of `value` (`sections[2].title`).
 fn check_json(value: &Value, at: &str, fields: &mut FieldErrors) {
-    let here = |at: &str| if at.is_empty() { "body".to_owned() } else { at.to_owned() };
+    let here = |at: &str| {
+        if at.is_empty() {
+            "body".to_owned()
+        } else {
+            at.to_owned()
+        }
+    };
     match value {
         Value::String(s) => {
             if let Some(c) = text::forbidden_char(s) {

@@ -57,7 +57,9 @@ async fn range(conn: &mut PgConnection, p: &RangeParams) -> Result<Range> {
                 .ok_or_else(|| {
                     fields.add(
                         name,
-                        format!("must be a date like 2026-11-25, in the years {MIN_YEAR} to {MAX_YEAR}"),
+                        format!(
+                            "must be a date like 2026-11-25, in the years {MIN_YEAR} to {MAX_YEAR}"
+                        ),
                     )
                 })
                 .ok()

@@ -1647,10 +1647,14 @@ async fn forged_catalogue_cursors_are_refused_for_every_order() {
         // Positions the API never gave out: keys of the wrong type, out of range, with a NUL;
         // unsigned (the old format), or with a real cursor's signature.
         let (_, signature) = real.split_once('.').expect("a signed cursor");
-        for key in ["not a number", "1e999999", "-5000-01-01 00:00:00+00", "1\u{0}", ""] {
-            let body = hex::encode(
-                serde_json::to_vec(&json!([key, Uuid::now_v7(), tag])).unwrap(),
-            );
+        for key in [
+            "not a number",
+            "1e999999",
+            "-5000-01-01 00:00:00+00",
+            "1\u{0}",
+            "",
+        ] {
+            let body = hex::encode(serde_json::to_vec(&json!([key, Uuid::now_v7(), tag])).unwrap());
             for forged in [body.clone(), format!("{body}.{signature}")] {
                 let (status, answer) = app
                     .get(&format!(
@@ -1662,7 +1666,11 @@ async fn forged_catalogue_cursors_are_refused_for_every_order() {
             }
         }
         // Another order's cursor is refused too.
-        let other = if order == "rating" { "popularity" } else { "rating" };
+        let other = if order == "rating" {
+            "popularity"
+        } else {
+            "rating"
+        };
         let (status, answer) = app
             .get(&format!(
                 "/api/v1/courses?order_by={other}&limit=1&cursor={real}"

@@ -70,13 +70,10 @@ async fn run(app: &TestApp, pass: &Pass) -> (Option<i32>, String) {
     if let Some(regex) = pass.include_path_regex {
         cmd.args(["--include-path-regex", regex]);
     }
-    let out = tokio::time::timeout(
-        Duration::from_secs(pass.max_time_secs + 120),
-        cmd.output(),
-    )
-    .await
-    .expect("schemathesis finishes within its budget")
-    .expect("schemathesis runs");
+    let out = tokio::time::timeout(Duration::from_secs(pass.max_time_secs + 120), cmd.output())
+        .await
+        .expect("schemathesis finishes within its budget")
+        .expect("schemathesis runs");
     let report = format!(
         "{}\n{}",
         String::from_utf8_lossy(&out.stdout),
@@ -146,10 +143,7 @@ async fn schemathesis_finds_no_server_error() {
     for pass in &passes {
         let (code, report) = run(&app, pass).await;
         if code != Some(0) {
-            failures.push(format!(
-                "=== {} (exit {code:?}) ===\n{report}",
-                pass.name
-            ));
+            failures.push(format!("=== {} (exit {code:?}) ===\n{report}", pass.name));
         }
     }
     let logged = server_errors_in_log(&app);
@@ -211,12 +205,12 @@ async fn nul_and_control_characters_are_refused_with_422_wherever_they_arrive() 
     let (status, body) = app.get("/api/v1/courses?q=rust%00").await;
     assert_eq!(status, 422, "{body}");
     assert_eq!(fields(&body), ["q"]);
-    let (status, body) = app
-        .get("/api/v1/instructor/overview?tz=UTC%00")
-        .await;
+    let (status, body) = app.get("/api/v1/instructor/overview?tz=UTC%00").await;
     assert_eq!(status, 422, "{body}");
     assert_eq!(fields(&body), ["tz"]);
-    let (status, body) = app.call("GET", "/api/v1/courses/intro%00", Some(&user), None).await;
+    let (status, body) = app
+        .call("GET", "/api/v1/courses/intro%00", Some(&user), None)
+        .await;
     assert_eq!(status, 422, "{body}");
     assert_eq!(fields(&body), ["path"]);
 

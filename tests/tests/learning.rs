@@ -1012,7 +1012,10 @@ async fn a_paid_course_needs_a_grant_and_re_enrolling_needs_one_again() {
     // Revoked (by a stranger: no; by the instructor: yes), the course is taken back, and neither
     // enrolling again nor re-activating after the drop gets in.
     let revoke = format!("/api/v1/courses/{course}/grants/{student}");
-    assert_eq!(app.call("DELETE", &revoke, Some(&stranger), None).await.0, 403);
+    assert_eq!(
+        app.call("DELETE", &revoke, Some(&stranger), None).await.0,
+        403
+    );
     let (status, body) = app.call("DELETE", &revoke, Some(&t), None).await;
     assert_eq!(status, 204, "{body}");
     assert_eq!(app.call("DELETE", &revoke, Some(&t), None).await.0, 404);

@@ -435,8 +435,12 @@ pub async fn search(services: &Services, params: &SearchParams) -> Result<Page<C
     );
     let next_cursor = (rows.len() as i64 == filters.limit)
         .then(|| {
-            rows.last()
-                .map(|r| page::encode_cursor(&services.config.jwt_secret, &(r.sort_key.clone().unwrap_or_default(), r.id, &tag)))
+            rows.last().map(|r| {
+                page::encode_cursor(
+                    &services.config.jwt_secret,
+                    &(r.sort_key.clone().unwrap_or_default(), r.id, &tag),
+                )
+            })
         })
         .flatten();
     let ranked = filters.order == Order::Relevance;
@@ -576,11 +580,15 @@ mod tests {
     #[test]
     fn relevance_is_the_default_order_only_with_a_query() {
         assert_eq!(
-            parse(&params(&[("q", "rust")]), &Secret::new(String::new())).map(|f| f.order).ok(),
+            parse(&params(&[("q", "rust")]), &Secret::new(String::new()))
+                .map(|f| f.order)
+                .ok(),
             Some(Order::Relevance)
         );
         assert_eq!(
-            parse(&params(&[]), &Secret::new(String::new())).map(|f| f.order).ok(),
+            parse(&params(&[]), &Secret::new(String::new()))
+                .map(|f| f.order)
+                .ok(),
             Some(Order::Newest)
         );
     }

@@ -70,7 +70,10 @@ async fn student(conn: &mut PgConnection, raw: &str) -> Result<Uuid> {
     if active {
         Ok(id)
     } else {
-        Err(Error::invalid("user_id", "there is no active account with this id"))
+        Err(Error::invalid(
+            "user_id",
+            "there is no active account with this id",
+        ))
     }
 }
 
