@@ -53,7 +53,6 @@ async fn run(app: &TestApp, pass: &Pass) -> (Option<i32>, String) {
     let mut cmd = tokio::process::Command::new(schemathesis());
     cmd.arg("run")
         .arg(format!("{}/api/v1/openapi.json", app.url))
-        .args(["--url", &format!("{}/api/v1", app.url)])
         .args(["--checks", &CHECKS.join(",")])
         .args(["--seed", &SEED.to_string()])
         .args(["--max-time", &pass.max_time_secs.to_string()])

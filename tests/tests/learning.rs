@@ -1036,7 +1036,7 @@ async fn a_paid_course_needs_a_grant_and_re_enrolling_needs_one_again() {
 #[tokio::test]
 async fn dropping_and_re_enrolling_eight_times_tells_the_instructor_once() {
     // No worker at first: the queued jobs show what each enroll and drop asked for.
-    let mut app = TestApp::spawn_with(lectern_tests::Options {
+    let app = TestApp::spawn_with(lectern_tests::Options {
         no_worker: true,
         ..Default::default()
     })
@@ -1063,7 +1063,7 @@ async fn dropping_and_re_enrolling_eight_times_tells_the_instructor_once() {
     // Recomputes coalesce: one waits for all 17 changes.
     assert_eq!(queued("recompute_course_stats").await, 1);
 
-    app.worker = Some(app.spawn_worker("worker.log"));
+    let _worker = app.spawn_worker("worker.log");
     let notified = eventually(
         "the instructor's notification",
         Duration::from_secs(20),
