@@ -71,4 +71,19 @@ if ! command -v redis-cli >/dev/null 2>&1 || ! redis_up; then
     redis_up || { log "Redis did not come up on 127.0.0.1:6379"; exit 1; }
   fi
 fi
-log "ready: system packages, PostgreSQL 127.0.0.1:5432, Redis 127.0.0.1:6379"
+# Tests: schemathesis fuzzes the API from its OpenAPI document (tests/tests/fuzz.rs). It lives in a
+# venv of its own, pinned, so the suite never depends on what else Python has installed.
+SCHEMATHESIS_VERSION=4.32.5
+VENV=${LECTERN_VENV:-${LECTERN_CACHE:-/var/cache/lectern}/venv}
+if ! "$VENV/bin/st" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION"; then
+  if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' 2>/dev/null; then
+    log "installing python3-venv"
+    apt_install python3 python3-venv
+  fi
+  log "installing schemathesis $SCHEMATHESIS_VERSION into $VENV"
+  $SUDO mkdir -p "$VENV"
+  $SUDO chown "$(id -u):$(id -g)" "$VENV"
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q "schemathesis==$SCHEMATHESIS_VERSION"
+fi
+log "ready: system packages, PostgreSQL 127.0.0.1:5432, Redis 127.0.0.1:6379, schemathesis in $VENV"

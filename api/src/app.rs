@@ -100,6 +100,8 @@ pub fn build(
                 .service(routes::courses::create_category)
                 .service(routes::courses::enroll)
                 .service(routes::courses::drop_course)
+                .service(routes::courses::grant)
+                .service(routes::courses::revoke_grant)
                 .service(routes::courses::my_enrollments)
                 .service(routes::courses::unsubscribe)
                 .service(routes::courses::unsubscribe_post)
@@ -118,7 +120,8 @@ pub fn build(
         }))
         .split_for_parts();
     let _ = doc.set(api);
-    app.wrap(from_fn(request_context::middleware))
+    app.wrap(from_fn(crate::input_guard::middleware))
+        .wrap(from_fn(request_context::middleware))
 }
 
 async fn openapi_json(doc: web::Data<OpenApiDoc>) -> HttpResponse {

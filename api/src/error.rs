@@ -45,6 +45,7 @@ impl ApiError {
                 CoreError::Validation(_) => "validation_failed",
                 CoreError::Unauthenticated { code, .. } | CoreError::Forbidden { code, .. } => code,
                 CoreError::RateLimited { .. } => "rate_limited",
+                CoreError::PaymentRequired { .. } => "payment_required",
                 CoreError::NotFound(_) => "not_found",
                 CoreError::Conflict { code, .. } => code,
                 CoreError::Unavailable(..) => "service_unavailable",
@@ -76,6 +77,7 @@ impl ResponseError for ApiError {
                 CoreError::Unauthenticated { .. } => StatusCode::UNAUTHORIZED,
                 CoreError::Forbidden { .. } => StatusCode::FORBIDDEN,
                 CoreError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+                CoreError::PaymentRequired { .. } => StatusCode::PAYMENT_REQUIRED,
                 CoreError::NotFound(_) => StatusCode::NOT_FOUND,
                 CoreError::Conflict { .. } => StatusCode::CONFLICT,
                 CoreError::Unavailable(..) => StatusCode::SERVICE_UNAVAILABLE,
@@ -139,11 +141,14 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 
 pub type ApiResult<T> = Result<T, ApiError>;
 
+/// The largest JSON body accepted (also the most `input_guard` reads to check one).
+pub const JSON_LIMIT: usize = 64 * 1024;
+
 /// Malformed JSON bodies become 400/413/415 with the error body, never actix's plain text.
 pub fn json_config() -> actix_web::web::JsonConfig {
     use actix_web::error::JsonPayloadError;
     actix_web::web::JsonConfig::default()
-        .limit(64 * 1024)
+        .limit(JSON_LIMIT)
         .error_handler(|err, _req| {
             let api = match &err {
                 JsonPayloadError::ContentType => {

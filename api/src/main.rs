@@ -3,6 +3,7 @@
 mod app;
 mod auth;
 mod error;
+mod input_guard;
 mod metrics;
 mod request_context;
 mod routes;

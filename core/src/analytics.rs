@@ -3,7 +3,7 @@
 //! distributions from `CASE` buckets, per-video figures from one grouped join. Days are counted
 //! in the instructor's time zone; revenue is what students paid at enrollment, per currency.
 
-use chrono::NaiveDate;
+use chrono::{Datelike, NaiveDate};
 use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -14,6 +14,11 @@ use crate::error::{Error, FieldErrors, Result};
 
 /// The longest range a dashboard covers.
 pub const MAX_RANGE_DAYS: i64 = 731;
+
+/// Dates outside these years are refused: chrono parses years PostgreSQL cannot store (or that
+/// overflow the range arithmetic), and nothing on the platform predates 1970.
+const MIN_YEAR: i32 = 1970;
+const MAX_YEAR: i32 = 9999;
 
 #[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -47,7 +52,16 @@ async fn range(conn: &mut PgConnection, p: &RangeParams) -> Result<Range> {
     let parse = |name: &str, v: &Option<String>, fields: &mut FieldErrors| {
         v.as_deref().and_then(|s| {
             NaiveDate::parse_from_str(s, "%Y-%m-%d")
-                .map_err(|_| fields.add(name, "must be a date like 2026-11-25"))
+                .ok()
+                .filter(|d| (MIN_YEAR..=MAX_YEAR).contains(&d.year()))
+                .ok_or_else(|| {
+                    fields.add(
+                        name,
+                        format!(
+                            "must be a date like 2026-11-25, in the years {MIN_YEAR} to {MAX_YEAR}"
+                        ),
+                    )
+                })
                 .ok()
         })
     };

@@ -176,6 +176,9 @@ pub struct Config {
     pub queue_prefix: String,
     pub storage: StorageConfig,
     pub mail: MailConfig,
+    /// A student who enrolls again within this time of the instructor's last notice about them
+    /// (drop and re-enroll, over and over) is not announced again.
+    pub enrollment_notice_window: Duration,
     pub jwt_secret: Secret,
     /// Bearer token for operator routes until accounts with the admin role exist.
     pub admin_token: Option<Secret>,
@@ -470,6 +473,11 @@ impl Config {
         };
 
         let media = read_media(&mut r);
+        let enrollment_notice_window = Duration::from_secs(r.parse(
+            "ENROLLMENT_NOTICE_WINDOW_SECS",
+            24 * 3600u64,
+            "a number of seconds",
+        ));
 
         let (Some(public_url), true) = (public_url, r.problems.is_empty()) else {
             return Err(ConfigError {
@@ -486,6 +494,7 @@ impl Config {
             queue_prefix,
             storage,
             mail,
+            enrollment_notice_window,
             jwt_secret: Secret::new(jwt_secret),
             admin_token: admin_token.map(Secret::new),
             auth,

@@ -14,6 +14,9 @@ pub struct EmailAddress(String);
 impl EmailAddress {
     pub fn parse(raw: &str) -> Result<Self, String> {
         let trimmed = raw.trim();
+        if let Some(c) = crate::text::forbidden_char(trimmed) {
+            return Err(crate::text::problem(c));
+        }
         if trimmed.len() > 254 {
             return Err("must be at most 254 characters".into());
         }

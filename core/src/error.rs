@@ -63,6 +63,9 @@ pub enum Error {
     /// 403: the caller is known but may not do this.
     #[error("{message}")]
     Forbidden { code: &'static str, message: String },
+    /// 402: the thing must be paid for (or granted) first.
+    #[error("{message}")]
+    PaymentRequired { message: String },
     #[error("{0} not found")]
     NotFound(&'static str),
     #[error("{message}")]

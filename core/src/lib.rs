@@ -20,6 +20,7 @@ pub mod page;
 pub mod services;
 pub mod storage;
 pub mod telemetry;
+pub mod text;
 
 pub use error::{Error, Result};
 pub use services::Services;

@@ -395,8 +395,9 @@ pub async fn list(
 ) -> Result<crate::page::Page<NotificationView>> {
     let user = caller.require_user()?;
     let limit = crate::page::limit(limit);
-    let before: Option<(chrono::DateTime<chrono::Utc>, Uuid)> =
-        cursor.map(crate::page::decode_cursor).transpose()?;
+    let before: Option<(chrono::DateTime<chrono::Utc>, Uuid)> = cursor
+        .map(|c| crate::page::decode_cursor(&services.config.jwt_secret, c))
+        .transpose()?;
     let items: Vec<NotificationView> = sqlx::query_as(
         "SELECT id, type AS kind, title, message, data, read_at IS NOT NULL AS read, created_at
            FROM notifications
@@ -413,9 +414,9 @@ pub async fn list(
     .await?;
     let next_cursor = (items.len() as i64 == limit)
         .then(|| {
-            items
-                .last()
-                .map(|n| crate::page::encode_cursor(&(n.created_at, n.id)))
+            items.last().map(|n| {
+                crate::page::encode_cursor(&services.config.jwt_secret, &(n.created_at, n.id))
+            })
         })
         .flatten();
     Ok(crate::page::Page { items, next_cursor })

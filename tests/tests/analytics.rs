@@ -385,3 +385,46 @@ async fn dashboards_match_hand_computed_figures_with_a_constant_number_of_statem
         "{course_statements} statements for one course dashboard"
     );
 }
+
+#[tokio::test]
+async fn dates_postgresql_cannot_store_are_refused_with_422() {
+    let app = TestApp::spawn_with(Options {
+        no_worker: true,
+        ..Default::default()
+    })
+    .await;
+    let pool = &app.db.pool;
+    let (teacher, token) = mint_users(pool, 1, "instructor").await.remove(0);
+    let (course, _) = published_course_with_videos(pool, teacher, "Dated", "0", 0, 60.0).await;
+    for path in [
+        "/api/v1/instructor/overview".to_owned(),
+        format!("/api/v1/instructor/courses/{course}/analytics"),
+    ] {
+        for (range, field) in [
+            ("from=-5000-01-01", "from"),
+            ("from=-5000-01-01&to=-4999-12-31", "from"),
+            ("to=99999-01-01", "to"),
+            ("from=262142-01-01&to=262142-12-31", "from"),
+            ("from=1969-12-31&to=1970-01-05", "from"),
+        ] {
+            let (status, body) = app
+                .call("GET", &format!("{path}?{range}"), Some(&token), None)
+                .await;
+            assert_eq!(status, 422, "{path}?{range}: {body}");
+            assert!(
+                body["error"]["fields"][field].is_array(),
+                "{path}?{range}: {body}"
+            );
+        }
+        // The bounds themselves are fine.
+        let (status, body) = app
+            .call(
+                "GET",
+                &format!("{path}?from=1970-01-01&to=1970-01-31"),
+                Some(&token),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{path}: {body}");
+    }
+}

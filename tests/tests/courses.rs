@@ -1368,7 +1368,7 @@ async fn enrollment_reviews_statistics_and_recommendations() {
     assert_eq!(back["enrollment"]["progress"], 50.0);
     assert_eq!(back["enrollment"]["id"], dropped["id"]);
 
-    // Paid: verified email and an Idempotency-Key; the price is recorded.
+    // Paid: verified email, a grant and an Idempotency-Key; the price is recorded.
     let (status, body) = app
         .call(
             "POST",
@@ -1379,6 +1379,25 @@ async fn enrollment_reviews_statistics_and_recommendations() {
         .await;
     assert_eq!(status, 403, "{body}");
     verify(pool, student_id).await;
+    let (status, body) = app
+        .call(
+            "POST",
+            &format!("/api/v1/courses/{paid}/enroll"),
+            Some(&s),
+            None,
+        )
+        .await;
+    assert_eq!(status, 402, "{body}");
+    assert_eq!(body["error"]["code"], "payment_required");
+    let (status, body) = app
+        .call(
+            "POST",
+            &format!("/api/v1/courses/{paid}/grants"),
+            Some(&t),
+            Some(&json!({ "user_id": student_id })),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
     let (status, body) = app
         .call(
             "POST",
@@ -1576,4 +1595,87 @@ async fn follower_mail_is_spread_to_the_configured_rate() {
         "all four arrived within {:?}",
         started.elapsed()
     );
+}
+
+#[tokio::test]
+async fn forged_catalogue_cursors_are_refused_for_every_order() {
+    let app = TestApp::spawn_with(lectern_tests::Options {
+        no_worker: true,
+        ..Default::default()
+    })
+    .await;
+    let pool = &app.db.pool;
+    let (teacher, _) = lectern_tests::fixtures::mint_users(pool, 1, "instructor")
+        .await
+        .remove(0);
+    for (i, price) in ["10.00", "20.00", "30.00"].into_iter().enumerate() {
+        seed_published(
+            pool,
+            teacher,
+            &format!("Course {i}"),
+            "",
+            "",
+            &[],
+            price,
+            &format!("rating_average = {i}, enrollment_count = {i}"),
+        )
+        .await;
+    }
+    let orders = [
+        ("price", "PriceAsc"),
+        ("-price", "PriceDesc"),
+        ("rating", "Rating"),
+        ("popularity", "Popularity"),
+        ("newest", "Newest"),
+    ];
+    let cursor_of = |body: &Value| body["next_cursor"].as_str().unwrap().to_owned();
+    for (order, tag) in orders {
+        // The cursors the API gives out still page through.
+        let (status, first) = app
+            .get(&format!("/api/v1/courses?order_by={order}&limit=1"))
+            .await;
+        assert_eq!(status, 200, "{order}: {first}");
+        let real = cursor_of(&first);
+        let (status, second) = app
+            .get(&format!(
+                "/api/v1/courses?order_by={order}&limit=1&cursor={real}"
+            ))
+            .await;
+        assert_eq!(status, 200, "{order}: {second}");
+        assert_ne!(first["items"][0]["id"], second["items"][0]["id"]);
+
+        // Positions the API never gave out: keys of the wrong type, out of range, with a NUL;
+        // unsigned (the old format), or with a real cursor's signature.
+        let (_, signature) = real.split_once('.').expect("a signed cursor");
+        for key in [
+            "not a number",
+            "1e999999",
+            "-5000-01-01 00:00:00+00",
+            "1\u{0}",
+            "",
+        ] {
+            let body = hex::encode(serde_json::to_vec(&json!([key, Uuid::now_v7(), tag])).unwrap());
+            for forged in [body.clone(), format!("{body}.{signature}")] {
+                let (status, answer) = app
+                    .get(&format!(
+                        "/api/v1/courses?order_by={order}&limit=1&cursor={forged}"
+                    ))
+                    .await;
+                assert_eq!(status, 422, "{order} {key:?}: {answer}");
+                assert_eq!(fields(&answer), ["cursor"], "{answer}");
+            }
+        }
+        // Another order's cursor is refused too.
+        let other = if order == "rating" {
+            "popularity"
+        } else {
+            "rating"
+        };
+        let (status, answer) = app
+            .get(&format!(
+                "/api/v1/courses?order_by={other}&limit=1&cursor={real}"
+            ))
+            .await;
+        assert_eq!(status, 422, "{order} cursor on {other}: {answer}");
+    }
 }

@@ -913,3 +913,184 @@ async fn concurrent_heartbeats_of_many_players_each_get_their_own_answer() {
         assert_eq!(covered, expected, "student {i}");
     }
 }
+
+/// `POST /courses/{course}/enroll` as a student, with the `Idempotency-Key` a paid course needs.
+async fn enroll_keyed(app: &TestApp, token: &str, course: Uuid) -> (u16, Value) {
+    let req = app
+        .http
+        .post(format!("{}/api/v1/courses/{course}/enroll", app.url))
+        .bearer_auth(token)
+        .header("Idempotency-Key", Uuid::new_v4().to_string());
+    let (status, body, _) = app.raw(req).await;
+    (status, body)
+}
+
+async fn grant(app: &TestApp, token: Option<&str>, course: Uuid, user: &str) -> (u16, Value) {
+    let path = format!("/api/v1/courses/{course}/grants");
+    let body = json!({ "user_id": user });
+    match token {
+        Some(t) => app.call("POST", &path, Some(t), Some(&body)).await,
+        None => app.post_as_admin(&path, &body).await,
+    }
+}
+
+#[tokio::test]
+async fn a_paid_course_needs_a_grant_and_re_enrolling_needs_one_again() {
+    let app = TestApp::spawn().await;
+    let pool = &app.db.pool;
+    let teachers = mint_users(pool, 2, "instructor").await;
+    let ((teacher, t), (_, stranger)) = (teachers[0].clone(), teachers[1].clone());
+    let students = mint_users(pool, 2, "student").await;
+    let ((student, s), (_, other)) = (students[0].clone(), students[1].clone());
+    let (course, videos) =
+        published_course_with_videos(pool, teacher, "Paid Knots", "49.00", 1, 60.0).await;
+    let enrollments = || async {
+        sqlx::query_scalar::<_, String>(
+            "SELECT status FROM enrollments WHERE user_id = $1 AND course_id = $2",
+        )
+        .bind(student)
+        .bind(course)
+        .fetch_optional(pool)
+        .await
+        .unwrap()
+    };
+
+    // A verified student with an Idempotency-Key is not enough: 402, nothing recorded, no video.
+    let (status, body) = enroll_keyed(&app, &s, course).await;
+    assert_eq!(status, 402, "{body}");
+    assert_eq!(body["error"]["code"], "payment_required");
+    assert_eq!(enrollments().await, None);
+    let (status, body) = app
+        .call(
+            "GET",
+            &format!("/api/v1/media/{}/playback", videos[0]),
+            Some(&s),
+            None,
+        )
+        .await;
+    assert!(status == 403 || status == 404, "{status}: {body}");
+
+    // Only the course's instructor (or an admin) grants: not another instructor, not the student.
+    let student_id = student.to_string();
+    let (status, body) = grant(&app, Some(&stranger), course, &student_id).await;
+    assert_eq!(status, 403, "{body}");
+    let (status, body) = grant(&app, Some(&s), course, &student_id).await;
+    assert_eq!(status, 403, "{body}");
+    let (status, body) = grant(&app, Some(&t), course, "not-an-id").await;
+    assert_eq!(status, 422, "{body}");
+    let (status, body) = grant(&app, Some(&t), course, &Uuid::now_v7().to_string()).await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(enroll_keyed(&app, &s, course).await.0, 402);
+
+    // The instructor grants (audited; granting again changes nothing); the student enrolls.
+    let (status, body) = grant(&app, Some(&t), course, &student_id).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["source"], "grant");
+    assert_eq!(grant(&app, Some(&t), course, &student_id).await.0, 200);
+    let audited: Vec<(Option<Uuid>, Value)> = sqlx::query_as(
+        "SELECT actor_id, data FROM audit_log WHERE event = 'course_access_granted' AND user_id = $1",
+    )
+    .bind(student)
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    assert_eq!(audited.len(), 1, "{audited:?}");
+    assert_eq!(audited[0].0, Some(teacher));
+    assert_eq!(audited[0].1["course_id"], course.to_string());
+    let (status, body) = enroll_keyed(&app, &s, course).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["enrollment"]["price_paid"], "49.00");
+    // The grant is the student's only: another student is still refused.
+    assert_eq!(enroll_keyed(&app, &other, course).await.0, 402);
+
+    // Drop and come back while the grant holds.
+    assert_eq!(course_op(&app, &s, course, "drop").await.0, 200);
+    let (status, body) = enroll_keyed(&app, &s, course).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["outcome"], "reactivated");
+
+    // Revoked (by a stranger: no; by the instructor: yes), the course is taken back, and neither
+    // enrolling again nor re-activating after the drop gets in.
+    let revoke = format!("/api/v1/courses/{course}/grants/{student}");
+    assert_eq!(
+        app.call("DELETE", &revoke, Some(&stranger), None).await.0,
+        403
+    );
+    let (status, body) = app.call("DELETE", &revoke, Some(&t), None).await;
+    assert_eq!(status, 204, "{body}");
+    assert_eq!(app.call("DELETE", &revoke, Some(&t), None).await.0, 404);
+    assert_eq!(enrollments().await.as_deref(), Some("dropped"));
+    let (status, body) = enroll_keyed(&app, &s, course).await;
+    assert_eq!(status, 402, "{body}");
+    assert_eq!(body["error"]["code"], "payment_required");
+    assert_eq!(enrollments().await.as_deref(), Some("dropped"));
+
+    // An admin's grant opens it again.
+    let (status, body) = grant(&app, None, course, &student_id).await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = enroll_keyed(&app, &s, course).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(enrollments().await.as_deref(), Some("active"));
+}
+
+#[tokio::test]
+async fn dropping_and_re_enrolling_eight_times_tells_the_instructor_once() {
+    // No worker at first: the queued jobs show what each enroll and drop asked for.
+    let app = TestApp::spawn_with(lectern_tests::Options {
+        no_worker: true,
+        ..Default::default()
+    })
+    .await;
+    let pool = &app.db.pool;
+    let (teacher, _) = mint_users(pool, 1, "instructor").await.remove(0);
+    let (_, s) = mint_users(pool, 1, "student").await.remove(0);
+    let (course, _) = published_course_with_videos(pool, teacher, "Flaky", "0", 1, 60.0).await;
+    for cycle in 0..8 {
+        let (status, body) = course_op(&app, &s, course, "enroll").await;
+        assert!(status == 201 || status == 200, "cycle {cycle}: {body}");
+        let (status, body) = course_op(&app, &s, course, "drop").await;
+        assert_eq!(status, 200, "cycle {cycle}: {body}");
+    }
+    assert_eq!(course_op(&app, &s, course, "enroll").await.0, 200);
+    let queued = |kind: &'static str| async move {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM jobs WHERE kind = $1")
+            .bind(kind)
+            .fetch_one(pool)
+            .await
+            .unwrap()
+    };
+    assert_eq!(queued("fan_out_notifications").await, 1);
+    // Recomputes coalesce: one waits for all 17 changes.
+    assert_eq!(queued("recompute_course_stats").await, 1);
+
+    let _worker = app.spawn_worker("worker.log");
+    let notified = eventually(
+        "the instructor's notification",
+        Duration::from_secs(20),
+        || async {
+            let n: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM notifications WHERE user_id = $1 AND type = 'new_enrollment'",
+            )
+            .bind(teacher)
+            .fetch_one(pool)
+            .await
+            .unwrap();
+            (n > 0).then_some(n)
+        },
+    )
+    .await;
+    eventually("the counters", Duration::from_secs(20), || async {
+        let (_, c) = app.get(&format!("/api/v1/courses/{course}")).await;
+        (c["enrollment_count"] == 1).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let n: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM notifications WHERE user_id = $1 AND type = 'new_enrollment'",
+    )
+    .bind(teacher)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_eq!((notified, n), (1, 1));
+}

@@ -8,12 +8,13 @@ use lectern_core::courses::categories::{self, CategoryInput, CategoryView};
 use lectern_core::courses::reviews::{self, ReplyInput, ReviewInput, ReviewView};
 use lectern_core::courses::sections::{self, SectionInput, SectionView};
 use lectern_core::courses::{self, CourseDetail, CourseInput, CourseView, Published};
+use lectern_core::learning::entitlements::{self, Entitlement, GrantInput};
 use lectern_core::learning::{self, EnrollOutcome, Enrolled, EnrollmentView};
 use lectern_core::page::Page;
 use serde::Deserialize;
 use uuid::Uuid;
 
-use crate::auth::{Caller, MaybeCaller, SignedCaller};
+use crate::auth::{Caller, Client, MaybeCaller, SignedCaller};
 use crate::error::{ApiResult, ErrorBody};
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -320,12 +321,18 @@ pub async fn create_category(
 }
 
 /// Enrolls the caller (idempotent; re-activates a dropped enrollment with its progress). A paid
-/// course needs a verified email and an `Idempotency-Key` header.
+/// course needs a grant or a purchase (else 402 `payment_required`, also when re-enrolling after
+/// a drop), a verified email and an `Idempotency-Key` header.
 #[utoipa::path(
     tag = "learning",
     params(("id" = String, Path)),
     security(("bearer" = [])),
-    responses((status = 201, body = Enrolled), (status = 200, body = Enrolled), (status = 409, body = ErrorBody))
+    responses(
+        (status = 201, body = Enrolled),
+        (status = 200, body = Enrolled),
+        (status = 402, body = ErrorBody),
+        (status = 409, body = ErrorBody)
+    )
 )]
 #[post("/courses/{id}/enroll")]
 pub async fn enroll(
@@ -356,6 +363,57 @@ pub async fn drop_course(
     Ok(web::Json(
         learning::drop_course(&services, &caller.0, &id).await?,
     ))
+}
+
+/// Gives a student a paid course (its instructor or an admin; audited). Until payments exist,
+/// this is how a paid course is opened to a student; granting again is harmless.
+#[utoipa::path(
+    tag = "learning",
+    params(("id" = Uuid, Path)),
+    request_body = GrantInput,
+    security(("bearer" = [])),
+    responses(
+        (status = 201, body = Entitlement, description = "granted"),
+        (status = 200, body = Entitlement, description = "the student already held the course"),
+        (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 422, body = ErrorBody)
+    )
+)]
+#[post("/courses/{id}/grants")]
+pub async fn grant(
+    services: web::Data<Services>,
+    caller: Caller,
+    client: Client,
+    id: web::Path<Uuid>,
+    body: web::Json<GrantInput>,
+) -> ApiResult<HttpResponse> {
+    let granted = entitlements::grant(&services, &caller.0, *id, &body, &client.0).await?;
+    Ok(if granted.created {
+        HttpResponse::Created().json(granted.entitlement)
+    } else {
+        HttpResponse::Ok().json(granted.entitlement)
+    })
+}
+
+/// Takes a granted course back (its instructor or an admin; audited): an active enrollment is
+/// dropped, and enrolling again needs a new grant.
+#[utoipa::path(
+    tag = "learning",
+    params(("id" = Uuid, Path), ("user_id" = String, Path)),
+    security(("bearer" = [])),
+    responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody))
+)]
+#[delete("/courses/{id}/grants/{user_id}")]
+pub async fn revoke_grant(
+    services: web::Data<Services>,
+    caller: Caller,
+    client: Client,
+    path: web::Path<(Uuid, String)>,
+) -> ApiResult<HttpResponse> {
+    let (id, user_id) = path.into_inner();
+    entitlements::revoke(&services, &caller.0, id, &user_id, &client.0).await?;
+    Ok(HttpResponse::NoContent().finish())
 }
 
 /// The caller's enrollments with progress.

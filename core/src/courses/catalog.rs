@@ -10,6 +10,7 @@ use uuid::Uuid;
 use super::{CategoryRef, InstructorRef, input};
 use crate::Services;
 use crate::auth::Principal;
+use crate::config::Secret;
 use crate::error::{Error, FieldErrors, Result};
 use crate::page::{self, Page};
 
@@ -189,7 +190,8 @@ fn nonempty(v: &Option<String>) -> Option<&str> {
     v.as_deref().map(str::trim).filter(|s| !s.is_empty())
 }
 
-fn parse(p: &SearchParams) -> Result<Filters> {
+/// `secret` checks the cursor's signature (see `page`).
+fn parse(p: &SearchParams, secret: &Secret) -> Result<Filters> {
     let mut fields = FieldErrors::new();
     let q = nonempty(&p.q).map(str::to_owned);
     if q.as_ref().is_some_and(|q| q.chars().count() > 200) {
@@ -267,7 +269,7 @@ fn parse(p: &SearchParams) -> Result<Filters> {
     let mut fuzzy = false;
     let after = match nonempty(&p.cursor) {
         None => None,
-        Some(c) => match page::decode_cursor::<(String, Uuid, String)>(c) {
+        Some(c) => match page::decode_cursor::<(String, Uuid, String)>(secret, c) {
             Ok((key, id, tag)) if tag.trim_end_matches('~') == format!("{order:?}") => {
                 fuzzy = tag.ends_with('~');
                 Some((key, id))
@@ -395,7 +397,7 @@ fn build(f: &Filters) -> QueryBuilder<Postgres> {
 
 /// Searches the public catalogue.
 pub async fn search(services: &Services, params: &SearchParams) -> Result<Page<CourseCard>> {
-    let filters = parse(params)?;
+    let filters = parse(params, &services.config.jwt_secret)?;
     let mut filters = filters;
     if let Some(slug) = &filters.category {
         let ids: Vec<Uuid> = sqlx::query_scalar(
@@ -433,8 +435,12 @@ pub async fn search(services: &Services, params: &SearchParams) -> Result<Page<C
     );
     let next_cursor = (rows.len() as i64 == filters.limit)
         .then(|| {
-            rows.last()
-                .map(|r| page::encode_cursor(&(r.sort_key.clone().unwrap_or_default(), r.id, &tag)))
+            rows.last().map(|r| {
+                page::encode_cursor(
+                    &services.config.jwt_secret,
+                    &(r.sort_key.clone().unwrap_or_default(), r.id, &tag),
+                )
+            })
         })
         .flatten();
     let ranked = filters.order == Order::Relevance;
@@ -454,8 +460,9 @@ pub async fn search(services: &Services, params: &SearchParams) -> Result<Page<C
 }
 
 /// The SQL of a search (its exact or its typo-tolerant pass), for `EXPLAIN` in tests.
+/// The statement does not depend on the key, so cursors here are checked against an empty one.
 pub fn search_sql(params: &SearchParams, fuzzy: bool) -> Result<String> {
-    let mut filters = parse(params)?;
+    let mut filters = parse(params, &Secret::new(String::new()))?;
     filters.fuzzy = fuzzy;
     Ok(build(&filters).sql().as_str().to_owned())
 }
@@ -543,7 +550,7 @@ mod tests {
     }
 
     fn fields_of(p: &SearchParams) -> Vec<String> {
-        match parse(p) {
+        match parse(p, &Secret::new(String::new())) {
             Err(Error::Validation(f)) => f.0.keys().cloned().collect(),
             _ => Vec::new(),
         }
@@ -573,11 +580,15 @@ mod tests {
     #[test]
     fn relevance_is_the_default_order_only_with_a_query() {
         assert_eq!(
-            parse(&params(&[("q", "rust")])).map(|f| f.order).ok(),
+            parse(&params(&[("q", "rust")]), &Secret::new(String::new()))
+                .map(|f| f.order)
+                .ok(),
             Some(Order::Relevance)
         );
         assert_eq!(
-            parse(&params(&[])).map(|f| f.order).ok(),
+            parse(&params(&[]), &Secret::new(String::new()))
+                .map(|f| f.order)
+                .ok(),
             Some(Order::Newest)
         );
     }

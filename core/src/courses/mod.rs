@@ -94,7 +94,7 @@ pub(crate) struct CourseRow {
     thumbnail_media_id: Option<Uuid>,
     status: String,
     published_at: Option<DateTime<Utc>>,
-    instructor_id: Uuid,
+    pub(crate) instructor_id: Uuid,
     instructor_name: String,
     category_id: Option<Uuid>,
     category_slug: Option<String>,
@@ -712,8 +712,9 @@ pub async fn mine(
 ) -> Result<crate::page::Page<CourseView>> {
     let user = caller.require_user()?;
     let limit = crate::page::limit(limit);
-    let after: Option<(DateTime<Utc>, Uuid)> =
-        cursor.map(crate::page::decode_cursor).transpose()?;
+    let after: Option<(DateTime<Utc>, Uuid)> = cursor
+        .map(|c| crate::page::decode_cursor(&services.config.jwt_secret, c))
+        .transpose()?;
     let rows: Vec<CourseRow> = sqlx::query_as(concat!(
         course_select!(),
         "WHERE c.instructor_id = $1 AND c.deleted_at IS NULL
@@ -728,8 +729,9 @@ pub async fn mine(
     .await?;
     let next_cursor = (rows.len() as i64 == limit)
         .then(|| {
-            rows.last()
-                .map(|r| crate::page::encode_cursor(&(r.created_at, r.id)))
+            rows.last().map(|r| {
+                crate::page::encode_cursor(&services.config.jwt_secret, &(r.created_at, r.id))
+            })
         })
         .flatten();
     Ok(crate::page::Page {

@@ -59,7 +59,9 @@ pub async fn list(
     let mut conn = services.db.acquire().await?;
     let course = load_visible(&mut conn, caller, course).await?;
     let limit = page::limit(limit);
-    let after: Option<(DateTime<Utc>, Uuid)> = cursor.map(page::decode_cursor).transpose()?;
+    let after: Option<(DateTime<Utc>, Uuid)> = cursor
+        .map(|c| page::decode_cursor(&services.config.jwt_secret, c))
+        .transpose()?;
     let items: Vec<ReviewView> = sqlx::query_as(concat!(
         review_select!(),
         "WHERE r.course_id = $1 AND r.deleted_at IS NULL
@@ -76,7 +78,7 @@ pub async fn list(
         .then(|| {
             items
                 .last()
-                .map(|r| page::encode_cursor(&(r.created_at, r.id)))
+                .map(|r| page::encode_cursor(&services.config.jwt_secret, &(r.created_at, r.id)))
         })
         .flatten();
     Ok(Page { items, next_cursor })

@@ -5,6 +5,7 @@
 //! course's counters change only through the coalesced statistics job.
 
 pub mod certificates;
+pub mod entitlements;
 pub mod progress;
 
 use chrono::{DateTime, Utc};
@@ -72,8 +73,9 @@ struct Offer {
     currency: String,
 }
 
-/// Enrolls the caller in a published course. A paid course needs a verified email and an
-/// `Idempotency-Key` (payment itself is outside Lectern; the price is recorded as paid).
+/// Enrolls the caller in a published course. A paid course needs an entitlement (a grant or a
+/// recorded payment: see `entitlements`), a verified email and an `Idempotency-Key`; the price is
+/// recorded as paid. Re-enrolling after a drop checks the entitlement again.
 pub async fn enroll(
     services: &Services,
     caller: &Principal,
@@ -102,6 +104,10 @@ pub async fn enroll(
         Some((id, status)) if status != "dropped" => (id, EnrollOutcome::AlreadyEnrolled),
         Some((id, _)) => {
             require_open(&row)?;
+            // Dropping never refunds an entitlement check: a paid course needs one again.
+            if offer.price_cents > 0 && !entitlements::holds(&mut tx, offer.id, user.id).await? {
+                return Err(entitlements::payment_required());
+            }
             sqlx::query("UPDATE enrollments SET status = 'active', dropped_at = NULL, enrolled_at = now() WHERE id = $1")
                 .bind(id)
                 .execute(&mut *tx)
@@ -123,6 +129,9 @@ pub async fn enroll(
                         message: "verify your email address before enrolling in a paid course"
                             .into(),
                     });
+                }
+                if !entitlements::holds(&mut tx, offer.id, user.id).await? {
+                    return Err(entitlements::payment_required());
                 }
                 match idempotency_key.map(str::trim) {
                     Some(k) if (1..=255).contains(&k.len()) => {}
@@ -161,14 +170,16 @@ pub async fn enroll(
     let mut queued: Vec<NewJob> = Vec::new();
     if outcome != EnrollOutcome::AlreadyEnrolled {
         queued.push(stats::queue_recompute(&mut tx, offer.id, Some(user.id)).await?);
-        let notify = Job::FanOutNotifications(FanOutNotifications {
-            event: FanOutEvent::Enrolled {
-                enrollment_id: id,
-                event_id: Uuid::now_v7(),
-            },
-            after_user_id: None,
-        });
-        queued.push(jobs::insert(&mut tx, &notify, Some(user.id), None).await?);
+        if claim_notice(&mut tx, id, services.config.enrollment_notice_window).await? {
+            let notify = Job::FanOutNotifications(FanOutNotifications {
+                event: FanOutEvent::Enrolled {
+                    enrollment_id: id,
+                    event_id: Uuid::now_v7(),
+                },
+                after_user_id: None,
+            });
+            queued.push(jobs::insert(&mut tx, &notify, Some(user.id), None).await?);
+        }
     }
     if outcome == EnrollOutcome::Created {
         let (email, full_name): (String, String) =
@@ -203,6 +214,27 @@ pub async fn enroll(
         enrollment: view_for(services, user.id, offer.id).await?,
         outcome,
     })
+}
+
+/// Whether the instructor should hear of this (re-)enrollment: not when they were told about it
+/// within `window` (a student dropping and re-enrolling over and over). Stamps the enrollment
+/// when it says yes; the caller holds the enrollment's row lock, so concurrent enrollments agree.
+async fn claim_notice(
+    conn: &mut sqlx::PgConnection,
+    enrollment_id: Uuid,
+    window: std::time::Duration,
+) -> Result<bool> {
+    let claimed = sqlx::query(
+        "UPDATE enrollments SET instructor_notified_at = now()
+          WHERE id = $1
+            AND (instructor_notified_at IS NULL
+                 OR instructor_notified_at <= now() - make_interval(secs => $2))",
+    )
+    .bind(enrollment_id)
+    .bind(window.as_secs_f64())
+    .execute(conn)
+    .await?;
+    Ok(claimed.rows_affected() == 1)
 }
 
 /// New enrollments need the course in the public catalogue (not only visible to its owner).
@@ -292,7 +324,9 @@ pub async fn mine(
 ) -> Result<Page<EnrollmentView>> {
     let user = caller.require_user()?;
     let limit = page::limit(limit);
-    let after: Option<(DateTime<Utc>, Uuid)> = cursor.map(page::decode_cursor).transpose()?;
+    let after: Option<(DateTime<Utc>, Uuid)> = cursor
+        .map(|c| page::decode_cursor(&services.config.jwt_secret, c))
+        .transpose()?;
     let items: Vec<EnrollmentView> = sqlx::query_as(concat!(
         enrollment_select!(),
         "WHERE e.user_id = $1 AND ($2::timestamptz IS NULL OR (e.enrolled_at, e.id) < ($2, $3))
@@ -308,7 +342,7 @@ pub async fn mine(
         .then(|| {
             items
                 .last()
-                .map(|e| page::encode_cursor(&(e.enrolled_at, e.id)))
+                .map(|e| page::encode_cursor(&services.config.jwt_secret, &(e.enrolled_at, e.id)))
         })
         .flatten();
     Ok(Page { items, next_cursor })
