@@ -497,6 +497,23 @@ impl TestApp {
         body
     }
 
+    /// Registers an instructor whose email is verified (only they upload videos); returns the
+    /// access token and the user id.
+    pub async fn verified_instructor(&self, email: &str) -> (String, String) {
+        let body = self.register(email, "instructor").await;
+        let id = body["user"]["id"].as_str().expect("user id").to_owned();
+        sqlx::query("UPDATE users SET email_verified_at = now() WHERE id = $1::uuid")
+            .bind(&id)
+            .execute(&self.db.pool)
+            .await
+            .expect("mark the email verified");
+        let token = body["access_token"]
+            .as_str()
+            .expect("access token")
+            .to_owned();
+        (token, id)
+    }
+
     pub async fn raw(
         &self,
         req: reqwest::RequestBuilder,

@@ -17,10 +17,6 @@ use uuid::Uuid;
 
 const JOB_WAIT: Duration = Duration::from_secs(180);
 
-fn access(body: &Value) -> String {
-    body["access_token"].as_str().unwrap().to_owned()
-}
-
 fn scratch() -> PathBuf {
     let dir =
         std::env::temp_dir().join(format!("lectern-hostile-test-{}", Uuid::new_v4().simple()));
@@ -61,10 +57,6 @@ fn make_video(dir: &Path, name: &str, w: u32, h: u32, secs: u32, format: &str) -
         String::from_utf8_lossy(&out.stderr)
     );
     std::fs::read(&path).unwrap()
-}
-
-async fn instructor(app: &TestApp, email: &str) -> String {
-    access(&app.register(email, "instructor").await)
 }
 
 /// Starts a presigned-PUT upload of `size` bytes; returns the start answer.
@@ -216,7 +208,7 @@ async fn a_playlist_put_after_complete_reads_no_other_tenant_and_no_network() {
     let first_worker = app.spawn_worker("worker-1.log");
 
     // The victim's video, processed and stored: 640 × 360.
-    let victim = instructor(&app, "victim@example.com").await;
+    let victim = app.verified_instructor("victim@example.com").await.0;
     let victim_mp4 = make_video(&dir, "victim.mp4", 640, 360, 4, "mp4");
     let (victim_id, victim_job) = upload(&app, &victim, &victim_mp4, "victim.mp4").await;
     assert_eq!(
@@ -236,7 +228,7 @@ async fn a_playlist_put_after_complete_reads_no_other_tenant_and_no_network() {
     // Two attackers upload a real MP4 (176 × 144), complete it, then PUT a playlist of the same
     // size to the same presigned URL: one naming the victim's segments by absolute path, one a
     // server on loopback. No worker runs until both are swapped.
-    let attacker = instructor(&app, "attacker@example.com").await;
+    let attacker = app.verified_instructor("attacker@example.com").await.0;
     let attacker_mp4 = make_video(&dir, "attacker.mp4", 176, 144, 2, "mp4");
     let (port, connections) = connection_counter();
     let local = playlist(
@@ -329,7 +321,7 @@ async fn a_file_that_starts_like_an_mp4_is_read_as_one_or_not_at_all() {
     let app = TestApp::spawn().await;
     app.wait_until_ready().await;
     let dir = scratch();
-    let token = instructor(&app, "sly@example.com").await;
+    let token = app.verified_instructor("sly@example.com").await.0;
     // An MPEG-TS stream whose first packet carries an `ftyp` box header: the sniff says MP4
     // (brand `jp2 `), FFmpeg's probe would pick its MPEG-TS demuxer and decode it.
     let mut bytes = make_video(&dir, "real.ts", 160, 120, 2, "mpegts");
@@ -392,7 +384,7 @@ async fn a_killed_workers_folder_is_swept_at_the_next_start_and_a_live_one_is_no
     .await;
     app.wait_until_ready().await;
     let dir = scratch();
-    let token = instructor(&app, "busy@example.com").await;
+    let token = app.verified_instructor("busy@example.com").await.0;
     // Long enough that transcoding its ladder takes a while.
     let mp4 = make_video(&dir, "long.mp4", 1280, 720, 60, "mp4");
 
@@ -518,7 +510,7 @@ async fn what_a_presigned_put_writes_after_complete_is_swept_once_its_url_is_dea
     })
     .await;
     app.wait_until_ready().await;
-    let token = instructor(&app, "late@example.com").await;
+    let token = app.verified_instructor("late@example.com").await.0;
     let pdf = b"%PDF-1.4 the verified document".to_vec();
     let body =
         json!({"file_name": "notes.pdf", "file_size": pdf.len(), "mime_type": "application/pdf"});

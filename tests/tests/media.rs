@@ -212,17 +212,6 @@ impl Drop for Events {
 }
 
 /// A verified instructor (only those upload videos).
-async fn instructor(app: &TestApp, email: &str) -> (String, String) {
-    let body = app.register(email, "instructor").await;
-    let id = body["user"]["id"].as_str().unwrap().to_owned();
-    sqlx::query("UPDATE users SET email_verified_at = now() WHERE id = $1::uuid")
-        .bind(&id)
-        .execute(&app.db.pool)
-        .await
-        .unwrap();
-    (access(&body), id)
-}
-
 /// Starts an upload and PUTs the bytes to the presigned URL; returns the start answer.
 async fn presigned_upload(
     app: &TestApp,
@@ -372,7 +361,7 @@ fn stored_objects(app: &TestApp, id: &str) -> usize {
 async fn a_video_becomes_an_hls_ladder_that_plays_through_signed_urls() {
     let app = TestApp::spawn().await;
     app.wait_until_ready().await;
-    let (token, teacher_id) = instructor(&app, "teacher@example.com").await;
+    let (token, teacher_id) = app.verified_instructor("teacher@example.com").await;
     let dir = scratch();
     // 854x480: the ladder is the source rung and 360p below it.
     let source = make_video(&dir, "lecture.mp4", 854, 480, 4, true, &[]);
@@ -587,7 +576,7 @@ async fn a_video_becomes_an_hls_ladder_that_plays_through_signed_urls() {
 async fn portrait_and_rotated_phone_videos_come_out_upright_even_without_audio() {
     let app = TestApp::spawn().await;
     app.wait_until_ready().await;
-    let (token, _) = instructor(&app, "phone@example.com").await;
+    let (token, _) = app.verified_instructor("phone@example.com").await;
     let dir = scratch();
     // Landscape pixels with a 90° display rotation (as phones record), and true portrait pixels
     // without an audio track.
@@ -656,7 +645,7 @@ async fn portrait_and_rotated_phone_videos_come_out_upright_even_without_audio()
 async fn images_get_thumbnails_through_the_direct_upload() {
     let app = TestApp::spawn().await;
     app.wait_until_ready().await;
-    let (token, _) = instructor(&app, "photos@example.com").await;
+    let (token, _) = app.verified_instructor("photos@example.com").await;
     let mut png = Vec::new();
     image::DynamicImage::ImageRgb8(image::RgbImage::from_fn(900, 600, |x, y| {
         image::Rgb([(x % 256) as u8, (y % 256) as u8, 128])
@@ -731,7 +720,7 @@ async fn a_50_mb_multipart_upload_goes_straight_to_storage() {
     })
     .await;
     app.wait_until_ready().await;
-    let (token, _) = instructor(&app, "big@example.com").await;
+    let (token, _) = app.verified_instructor("big@example.com").await;
     let mut file = b"%PDF-1.7\n".to_vec();
     file.extend((0..50 * 1024 * 1024u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8));
     let body = json!({"file_name": "handbook.pdf", "file_size": file.len(), "mime_type": "application/pdf"});
@@ -805,8 +794,8 @@ async fn bad_input_gets_a_clear_answer_and_the_worker_keeps_going() {
     })
     .await;
     app.wait_until_ready().await;
-    let (token, _) = instructor(&app, "careless@example.com").await;
-    let (other_token, _) = instructor(&app, "other@example.com").await;
+    let (token, _) = app.verified_instructor("careless@example.com").await;
+    let (other_token, _) = app.verified_instructor("other@example.com").await;
     let dir = scratch();
     let start = |body: Value| {
         let app = &app;
@@ -1027,7 +1016,7 @@ async fn abandoned_uploads_are_swept_with_their_objects() {
     })
     .await;
     app.wait_until_ready().await;
-    let (token, _) = instructor(&app, "forgetful@example.com").await;
+    let (token, _) = app.verified_instructor("forgetful@example.com").await;
     let bytes = b"%PDF-1.4 never completed".to_vec();
     let started = presigned_upload(
         &app,

@@ -122,17 +122,6 @@ fn patch_mp4_duration(mp4: &mut [u8], secs: u64) {
     assert!(patched >= 3, "mvhd, tkhd and mdhd found and patched");
 }
 
-async fn verified_instructor(app: &TestApp, email: &str) -> (String, String) {
-    let body = app.register(email, "instructor").await;
-    let id = body["user"]["id"].as_str().unwrap().to_owned();
-    sqlx::query("UPDATE users SET email_verified_at = now() WHERE id = $1::uuid")
-        .bind(&id)
-        .execute(&app.db.pool)
-        .await
-        .unwrap();
-    (body["access_token"].as_str().unwrap().to_owned(), id)
-}
-
 async fn start_upload(app: &TestApp, token: &str, body: Value) -> (u16, Value) {
     app.call("POST", "/api/v1/media/uploads", Some(token), Some(&body))
         .await
@@ -236,7 +225,7 @@ async fn a_video_whose_header_understates_its_duration_stops_at_the_limit() {
     })
     .await;
     app.wait_until_ready().await;
-    let (token, _) = verified_instructor(&app, "liar@example.com").await;
+    let (token, _) = app.verified_instructor("liar@example.com").await;
     let dir = scratch();
     // 30 s of frames, no edit list (which would cut the samples to the header's length).
     let path = dir.join("long.mp4");
@@ -280,7 +269,7 @@ async fn a_video_whose_header_understates_its_duration_stops_at_the_limit() {
 async fn a_16k_picture_is_refused_before_a_frame_is_decoded() {
     let app = TestApp::spawn().await;
     app.wait_until_ready().await;
-    let (token, _) = verified_instructor(&app, "huge@example.com").await;
+    let (token, _) = app.verified_instructor("huge@example.com").await;
     let dir = scratch();
     // 16000 × 16000: about the largest picture FFmpeg itself can allocate (16384² is past its
     // own image-size check), far beyond the default 4096 × 4096.
@@ -326,7 +315,7 @@ async fn part_urls_carry_exactly_their_part_and_completion_checks_the_total() {
     })
     .await;
     app.wait_until_ready().await;
-    let (token, _) = verified_instructor(&app, "parts@example.com").await;
+    let (token, _) = app.verified_instructor("parts@example.com").await;
     let mut file = b"%PDF-1.7\n".to_vec();
     file.resize(6 * MIB, b'x');
     let (status, started) = start_upload(
@@ -429,7 +418,7 @@ async fn upload_quotas_refuse_the_next_upload_until_one_is_deleted() {
     })
     .await;
     app.wait_until_ready().await;
-    let (token, _) = verified_instructor(&app, "hoarder@example.com").await;
+    let (token, _) = app.verified_instructor("hoarder@example.com").await;
     let declare = |size: usize| json!({"file_name": "a.pdf", "file_size": size, "mime_type": "application/pdf"});
     let refused = |status: u16, body: &Value, what: &str| {
         assert_eq!(status, 409, "{what}: {body}");
@@ -555,7 +544,7 @@ async fn a_job_cut_by_the_watchdog_leaves_its_media_failed_and_the_checklist_say
     })
     .await;
     app.wait_until_ready().await;
-    let (token, _) = verified_instructor(&app, "slow@example.com").await;
+    let (token, _) = app.verified_instructor("slow@example.com").await;
     let (status, course) = app
         .call(
             "POST",

@@ -230,7 +230,12 @@ mod tests {
     use super::*;
 
     fn config(secret: &str, previous: &str) -> Config {
-        let vars = [("JWT_SECRET", secret), ("JWT_PREVIOUS_SECRETS", previous)];
+        let vars = [
+            ("JWT_SECRET", secret),
+            ("JWT_PREVIOUS_SECRETS", previous),
+            ("S3_ACCESS_KEY_ID", "unit-test-key"),
+            ("S3_SECRET_ACCESS_KEY", "unit-test-secret-0123456789"),
+        ];
         Config::from_source(|name| {
             vars.iter()
                 .find(|(k, _)| *k == name)

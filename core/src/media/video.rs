@@ -131,7 +131,7 @@ impl VideoLimits {
     pub const NONE: VideoLimits = VideoLimits {
         max_width: u32::MAX,
         max_height: u32::MAX,
-        max_pixels: i64::MAX as u64,
+        max_pixels: i32::MAX as u64,
         max_frame_rate: f64::INFINITY,
         max_duration_secs: f64::INFINITY,
     };
@@ -147,12 +147,13 @@ impl VideoLimits {
         }
     }
 
-    /// The decoder option that makes libavcodec refuse larger pictures before allocating them.
+    /// The decoder option that makes libavcodec refuse larger pictures before allocating them
+    /// (an `int` in FFmpeg: a larger value is refused as out of range).
     fn decoder_options(&self) -> Dictionary<'static> {
         let mut options = Dictionary::new();
         options.set(
             "max_pixels",
-            &self.max_pixels.min(i64::MAX as u64).to_string(),
+            &self.max_pixels.min(i32::MAX as u64).to_string(),
         );
         options
     }
