@@ -406,6 +406,25 @@ impl TestApp {
         }
     }
 
+    /// Files the test S3 server holds under `prefix` (a key prefix such as `media/{id}/v`).
+    pub fn stored_files(&self, prefix: &str) -> usize {
+        fn count(dir: &Path) -> usize {
+            std::fs::read_dir(dir).map_or(0, |entries| {
+                entries
+                    .flatten()
+                    .map(|e| {
+                        if e.path().is_dir() {
+                            count(&e.path())
+                        } else {
+                            1
+                        }
+                    })
+                    .sum()
+            })
+        }
+        count(&self.s3.dir.join(BUCKET).join(prefix))
+    }
+
     /// What the API and worker processes left in their temporary folder.
     pub fn scratch_left(&self) -> Vec<String> {
         std::fs::read_dir(self.dir.join("tmp"))

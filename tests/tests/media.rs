@@ -332,31 +332,6 @@ async fn bytes(app: &TestApp, url: &str) -> (u16, Vec<u8>) {
     (res.status().as_u16(), res.bytes().await.unwrap().to_vec())
 }
 
-/// Objects stored under `media/{id}/` in the test S3 server's folder.
-fn stored_objects(app: &TestApp, id: &str) -> usize {
-    fn count(dir: &Path) -> usize {
-        std::fs::read_dir(dir).map_or(0, |entries| {
-            entries
-                .flatten()
-                .map(|e| {
-                    if e.path().is_dir() {
-                        count(&e.path())
-                    } else {
-                        1
-                    }
-                })
-                .sum()
-        })
-    }
-    count(
-        &app.s3
-            .dir
-            .join(lectern_tests::BUCKET)
-            .join("media")
-            .join(id),
-    )
-}
-
 #[tokio::test]
 async fn a_video_becomes_an_hls_ladder_that_plays_through_signed_urls() {
     let app = TestApp::spawn().await;
@@ -553,7 +528,7 @@ async fn a_video_becomes_an_hls_ladder_that_plays_through_signed_urls() {
     assert_eq!(text(&app, &forged).await.0, 404);
 
     // Deleting removes the row now and every object through a job.
-    assert!(stored_objects(&app, &id) > 5);
+    assert!(app.stored_files(&format!("media/{id}")) > 5);
     let (status, deleted) = app
         .call("DELETE", &format!("/api/v1/media/{id}"), Some(&token), None)
         .await;
@@ -564,7 +539,7 @@ async fn a_video_becomes_an_hls_ladder_that_plays_through_signed_urls() {
         JOB_WAIT,
     )
     .await;
-    assert_eq!(stored_objects(&app, &id), 0);
+    assert_eq!(app.stored_files(&format!("media/{id}")), 0);
     let (status, _) = app
         .call("GET", &format!("/api/v1/media/{id}"), Some(&token), None)
         .await;
@@ -887,7 +862,7 @@ async fn bad_input_gets_a_clear_answer_and_the_worker_keeps_going() {
         assert_eq!(status, 422, "{name}: {err}");
         assert!(err["error"]["fields"]["file"].is_array(), "{err}");
         assert_eq!(
-            stored_objects(&app, id),
+            app.stored_files(&format!("media/{id}")),
             0,
             "{name}: the refused object is removed"
         );
@@ -957,7 +932,7 @@ async fn bad_input_gets_a_clear_answer_and_the_worker_keeps_going() {
         assert!(media["error"].as_str().unwrap().contains(reason), "{media}");
         assert_eq!(media["renditions"], json!([]));
         assert_eq!(
-            stored_objects(&app, id),
+            app.stored_files(&format!("media/{id}")),
             1,
             "{name}: only the source, nothing half-written"
         );
@@ -989,7 +964,7 @@ async fn bad_input_gets_a_clear_answer_and_the_worker_keeps_going() {
         .await;
     assert_eq!(media["state"], "failed", "{media}");
     assert_eq!(
-        stored_objects(&app, id),
+        app.stored_files(&format!("media/{id}")),
         1,
         "only the source stays (for the owner to delete or an operator to inspect); no output is half-written"
     );
@@ -1028,13 +1003,13 @@ async fn abandoned_uploads_are_swept_with_their_objects() {
     )
     .await;
     let id = started["media"]["id"].as_str().unwrap().to_owned();
-    assert_eq!(stored_objects(&app, &id), 1);
+    assert_eq!(app.stored_files(&format!("media/{id}")), 1);
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         let (status, _) = app
             .call("GET", &format!("/api/v1/media/{id}"), Some(&token), None)
             .await;
-        if status == 404 && stored_objects(&app, &id) == 0 {
+        if status == 404 && app.stored_files(&format!("media/{id}")) == 0 {
             break;
         }
         assert!(

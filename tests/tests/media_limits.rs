@@ -175,32 +175,6 @@ async fn media(app: &TestApp, token: &str, id: &str) -> Value {
     body
 }
 
-/// Files stored under `media/{id}/{sub}` in the test S3 server's folder.
-fn stored_under(app: &TestApp, id: &str, sub: &str) -> usize {
-    fn count(dir: &Path) -> usize {
-        std::fs::read_dir(dir).map_or(0, |entries| {
-            entries
-                .flatten()
-                .map(|e| {
-                    if e.path().is_dir() {
-                        count(&e.path())
-                    } else {
-                        1
-                    }
-                })
-                .sum()
-        })
-    }
-    count(
-        &app.s3
-            .dir
-            .join(lectern_tests::BUCKET)
-            .join("media")
-            .join(id)
-            .join(sub),
-    )
-}
-
 /// Uploads a video, completes it, and waits for its job to fail for good; returns the job.
 async fn upload_until_failed(
     app: &TestApp,
@@ -262,7 +236,11 @@ async fn a_video_whose_header_understates_its_duration_stops_at_the_limit() {
     assert!(error.contains("duration"), "{error}");
     assert!(error.contains("longest accepted is 10 s"), "{error}");
     assert_eq!(seen["renditions"], json!([]));
-    assert_eq!(stored_under(&app, &id, "v"), 0, "no rendition stored");
+    assert_eq!(
+        app.stored_files(&format!("media/{id}/v")),
+        0,
+        "no rendition stored"
+    );
 }
 
 #[tokio::test]
@@ -297,7 +275,11 @@ async fn a_16k_picture_is_refused_before_a_frame_is_decoded() {
     let error = seen["error"].as_str().unwrap();
     assert!(error.contains("16000 × 16000"), "{error}");
     assert!(error.contains("largest accepted is 4096 × 4096"), "{error}");
-    assert_eq!(stored_under(&app, &id, "v"), 0, "no rendition stored");
+    assert_eq!(
+        app.stored_files(&format!("media/{id}/v")),
+        0,
+        "no rendition stored"
+    );
 }
 
 #[tokio::test]
@@ -395,7 +377,11 @@ async fn part_urls_carry_exactly_their_part_and_completion_checks_the_total() {
     );
     let seen = media(&app, &token, &id).await;
     assert_eq!(seen["state"], "failed", "{seen}");
-    assert_eq!(stored_under(&app, &id, ""), 0, "nothing assembled or left");
+    assert_eq!(
+        app.stored_files(&format!("media/{id}")),
+        0,
+        "nothing assembled or left"
+    );
     let left = services
         .storage
         .list_parts(&format!("media/{id}/source"), &upload_id)

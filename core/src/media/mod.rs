@@ -547,6 +547,51 @@ async fn lock_quota(conn: &mut PgConnection, owner: Uuid) -> Result<()> {
     Ok(())
 }
 
+/// A media row about to be inserted as `pending`.
+struct PendingMedia<'a> {
+    id: Uuid,
+    owner: Uuid,
+    course_id: Option<Uuid>,
+    section_id: Option<Uuid>,
+    kind: Kind,
+    title: &'a str,
+    file_name: &'a str,
+    mime: &'a str,
+    size: u64,
+    key: &'a str,
+    multipart_upload_id: Option<&'a str>,
+    upload_expires_at: Option<DateTime<Utc>>,
+}
+
+/// Inserts a pending media row under the owner's quota lock, checking the quotas again inside the
+/// transaction so two uploads started at once cannot both slip past them.
+async fn insert_pending(services: &Services, m: &PendingMedia<'_>) -> Result<()> {
+    let mut tx = services.db.begin().await?;
+    lock_quota(&mut tx, m.owner).await?;
+    check_quota(&mut tx, services, m.owner, m.size).await?;
+    sqlx::query(
+        "INSERT INTO media (id, owner_id, course_id, section_id, kind, state, title, file_name,
+                            mime_type, size_bytes, object_key, multipart_upload_id, upload_expires_at)
+         VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $8, $9, $10, $11, $12)",
+    )
+    .bind(m.id)
+    .bind(m.owner)
+    .bind(m.course_id)
+    .bind(m.section_id)
+    .bind(m.kind.as_str())
+    .bind(m.title)
+    .bind(m.file_name)
+    .bind(m.mime)
+    .bind(i64::try_from(m.size).map_err(Error::internal)?)
+    .bind(m.key)
+    .bind(m.multipart_upload_id)
+    .bind(m.upload_expires_at)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
 fn complete_url(id: Uuid) -> String {
     format!("/api/v1/media/uploads/{id}/complete")
 }
@@ -630,32 +675,23 @@ pub async fn start_upload(
             None,
         )
     };
-    let inserted = async {
-        let mut tx = services.db.begin().await?;
-        lock_quota(&mut tx, owner).await?;
-        check_quota(&mut tx, services, owner, size).await?;
-        sqlx::query(
-            "INSERT INTO media (id, owner_id, course_id, section_id, kind, state, title, file_name,
-                                mime_type, size_bytes, object_key, multipart_upload_id, upload_expires_at)
-             VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $8, $9, $10, $11, $12)",
-        )
-        .bind(id)
-        .bind(owner)
-        .bind(course_id)
-        .bind(section_id)
-        .bind(kind.as_str())
-        .bind(&title)
-        .bind(&file_name)
-        .bind(&mime)
-        .bind(i64::try_from(size).map_err(Error::internal)?)
-        .bind(&key)
-        .bind(upload_id.as_deref())
-        .bind(expires_at)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok::<_, Error>(())
-    }
+    let inserted = insert_pending(
+        services,
+        &PendingMedia {
+            id,
+            owner,
+            course_id,
+            section_id,
+            kind,
+            title: &title,
+            file_name: &file_name,
+            mime: &mime,
+            size,
+            key: &key,
+            multipart_upload_id: upload_id.as_deref(),
+            upload_expires_at: Some(expires_at),
+        },
+    )
     .await;
     if let Err(e) = inserted {
         if let Some(upload_id) = &upload_id {
@@ -1073,30 +1109,23 @@ pub async fn direct_upload(
     }
     check_quota(&mut *services.db.acquire().await?, services, owner, size).await?;
     services.storage.put_file(&key, &upload.path, &mime).await?;
-    let inserted = async {
-        let mut tx = services.db.begin().await?;
-        lock_quota(&mut tx, owner).await?;
-        check_quota(&mut tx, services, owner, size).await?;
-        sqlx::query(
-            "INSERT INTO media (id, owner_id, course_id, section_id, kind, state, title, file_name,
-                                mime_type, size_bytes, object_key)
-             VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $8, $9, $10)",
-        )
-        .bind(id)
-        .bind(owner)
-        .bind(course_id)
-        .bind(section_id)
-        .bind(kind.as_str())
-        .bind(&title)
-        .bind(&file_name)
-        .bind(&mime)
-        .bind(i64::try_from(size).map_err(Error::internal)?)
-        .bind(&key)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok::<_, Error>(())
-    }
+    let inserted = insert_pending(
+        services,
+        &PendingMedia {
+            id,
+            owner,
+            course_id,
+            section_id,
+            kind,
+            title: &title,
+            file_name: &file_name,
+            mime: &mime,
+            size,
+            key: &key,
+            multipart_upload_id: None,
+            upload_expires_at: None,
+        },
+    )
     .await;
     if let Err(e) = inserted {
         let _ = services.storage.delete(&key).await;
