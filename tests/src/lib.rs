@@ -276,6 +276,28 @@ pub fn run_with_stdin(
     (out.status, text)
 }
 
+/// A fresh scratch folder under the temporary directory, named after the test file.
+pub fn scratch_dir(label: &str) -> PathBuf {
+    let dir =
+        std::env::temp_dir().join(format!("lectern-{label}-test-{}", Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).expect("scratch folder");
+    dir
+}
+
+/// Runs the `ffmpeg` command line (real media for the tests); panics with its output on failure.
+pub fn ffmpeg(args: &[&str]) {
+    let out = Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-y"])
+        .args(args)
+        .output()
+        .expect("the ffmpeg command line (installed by scripts/bootstrap.sh)");
+    assert!(
+        out.status.success(),
+        "ffmpeg {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// The token in a mailed link (`...?token=abc`).
 pub fn token_from_link(text: &str) -> String {
     let at = text.find("token=").expect("a link with token=") + "token=".len();

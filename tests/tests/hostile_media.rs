@@ -17,13 +17,6 @@ use uuid::Uuid;
 
 const JOB_WAIT: Duration = Duration::from_secs(180);
 
-fn scratch() -> PathBuf {
-    let dir =
-        std::env::temp_dir().join(format!("lectern-hostile-test-{}", Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 /// A test pattern video, `secs` long, `w`x`h`, H.264 in `format` (`mp4`, `mpegts`).
 fn make_video(dir: &Path, name: &str, w: u32, h: u32, secs: u32, format: &str) -> Vec<u8> {
     let path = dir.join(name);
@@ -204,7 +197,7 @@ async fn a_playlist_put_after_complete_reads_no_other_tenant_and_no_network() {
     })
     .await;
     app.wait_until_ready().await;
-    let dir = scratch();
+    let dir = lectern_tests::scratch_dir("hostile");
     let first_worker = app.spawn_worker("worker-1.log");
 
     // The victim's video, processed and stored: 640 × 360.
@@ -320,7 +313,7 @@ async fn a_playlist_put_after_complete_reads_no_other_tenant_and_no_network() {
 async fn a_file_that_starts_like_an_mp4_is_read_as_one_or_not_at_all() {
     let app = TestApp::spawn().await;
     app.wait_until_ready().await;
-    let dir = scratch();
+    let dir = lectern_tests::scratch_dir("hostile");
     let token = app.verified_instructor("sly@example.com").await.0;
     // An MPEG-TS stream whose first packet carries an `ftyp` box header: the sniff says MP4
     // (brand `jp2 `), FFmpeg's probe would pick its MPEG-TS demuxer and decode it.
@@ -383,7 +376,7 @@ async fn a_killed_workers_folder_is_swept_at_the_next_start_and_a_live_one_is_no
     })
     .await;
     app.wait_until_ready().await;
-    let dir = scratch();
+    let dir = lectern_tests::scratch_dir("hostile");
     let token = app.verified_instructor("busy@example.com").await.0;
     // Long enough that transcoding its ladder takes a while.
     let mp4 = make_video(&dir, "long.mp4", 1280, 720, 60, "mp4");
@@ -463,7 +456,7 @@ async fn the_embedded_s3_endpoint_refuses_the_published_key_pair() {
     }
 
     // With a pair of its own, the endpoint serves that pair and no other.
-    let s3_dir = scratch();
+    let s3_dir = lectern_tests::scratch_dir("hostile");
     let secret = Uuid::new_v4().simple().to_string();
     let app = TestApp::spawn_with(Options {
         no_worker: true,

@@ -3,7 +3,7 @@
 //! through signed URLs and checked with `ffprobe`/`ffmpeg`.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -15,26 +15,6 @@ const JOB_WAIT: Duration = Duration::from_secs(180);
 
 fn access(body: &Value) -> String {
     body["access_token"].as_str().unwrap().to_owned()
-}
-
-fn scratch() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("lectern-media-test-{}", Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// Runs the `ffmpeg` command line; panics with its output on failure.
-fn ffmpeg(args: &[&str]) {
-    let out = Command::new("ffmpeg")
-        .args(["-hide_banner", "-loglevel", "error", "-y"])
-        .args(args)
-        .output()
-        .expect("the ffmpeg command line (installed by scripts/bootstrap.sh)");
-    assert!(
-        out.status.success(),
-        "ffmpeg {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// A test pattern video with a tone, `secs` long, `w`x`h`, H.264 + AAC in MP4.
@@ -73,7 +53,7 @@ fn make_video(
     args.extend(extra);
     let p = path.to_string_lossy().into_owned();
     args.push(&p);
-    ffmpeg(&args);
+    lectern_tests::ffmpeg(&args);
     std::fs::read(&path).unwrap()
 }
 
@@ -337,7 +317,7 @@ async fn a_video_becomes_an_hls_ladder_that_plays_through_signed_urls() {
     let app = TestApp::spawn().await;
     app.wait_until_ready().await;
     let (token, teacher_id) = app.verified_instructor("teacher@example.com").await;
-    let dir = scratch();
+    let dir = lectern_tests::scratch_dir("media");
     // 854x480: the ladder is the source rung and 360p below it.
     let source = make_video(&dir, "lecture.mp4", 854, 480, 4, true, &[]);
     let events = Events::open(&app, &token).await;
@@ -552,7 +532,7 @@ async fn portrait_and_rotated_phone_videos_come_out_upright_even_without_audio()
     let app = TestApp::spawn().await;
     app.wait_until_ready().await;
     let (token, _) = app.verified_instructor("phone@example.com").await;
-    let dir = scratch();
+    let dir = lectern_tests::scratch_dir("media");
     // Landscape pixels with a 90° display rotation (as phones record), and true portrait pixels
     // without an audio track.
     let mut rotated = make_video(&dir, "rotated.mp4", 320, 240, 2, true, &[]);
@@ -771,7 +751,7 @@ async fn bad_input_gets_a_clear_answer_and_the_worker_keeps_going() {
     app.wait_until_ready().await;
     let (token, _) = app.verified_instructor("careless@example.com").await;
     let (other_token, _) = app.verified_instructor("other@example.com").await;
-    let dir = scratch();
+    let dir = lectern_tests::scratch_dir("media");
     let start = |body: Value| {
         let app = &app;
         let token = token.clone();
@@ -891,7 +871,7 @@ async fn bad_input_gets_a_clear_answer_and_the_worker_keeps_going() {
     );
     let cut_after_index = faststart[..faststart.len() / 3].to_vec();
     let long = make_video(&dir, "long.mp4", 64, 64, 5, false, &[]);
-    ffmpeg(&[
+    lectern_tests::ffmpeg(&[
         "-f",
         "lavfi",
         "-i",

@@ -4,35 +4,14 @@
 //! leaving their media `failed` with the reason. Real files are made with the `ffmpeg` CLI.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use lectern_tests::{Options, TestApp};
 use serde_json::{Value, json};
-use uuid::Uuid;
 
 const JOB_WAIT: Duration = Duration::from_secs(180);
-
-fn scratch() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("lectern-limits-test-{}", Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// Runs the `ffmpeg` command line; panics with its output on failure.
-fn ffmpeg(args: &[&str]) {
-    let out = Command::new("ffmpeg")
-        .args(["-hide_banner", "-loglevel", "error", "-y"])
-        .args(args)
-        .output()
-        .expect("the ffmpeg command line (installed by scripts/bootstrap.sh)");
-    assert!(
-        out.status.success(),
-        "ffmpeg {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// The container duration `ffprobe` reads from a file's header.
 fn header_duration(path: &Path) -> f64 {
@@ -200,10 +179,10 @@ async fn a_video_whose_header_understates_its_duration_stops_at_the_limit() {
     .await;
     app.wait_until_ready().await;
     let (token, _) = app.verified_instructor("liar@example.com").await;
-    let dir = scratch();
+    let dir = lectern_tests::scratch_dir("limits");
     // 30 s of frames, no edit list (which would cut the samples to the header's length).
     let path = dir.join("long.mp4");
-    ffmpeg(&[
+    lectern_tests::ffmpeg(&[
         "-f",
         "lavfi",
         "-i",
@@ -248,11 +227,11 @@ async fn a_16k_picture_is_refused_before_a_frame_is_decoded() {
     let app = TestApp::spawn().await;
     app.wait_until_ready().await;
     let (token, _) = app.verified_instructor("huge@example.com").await;
-    let dir = scratch();
+    let dir = lectern_tests::scratch_dir("limits");
     // 16000 × 16000: about the largest picture FFmpeg itself can allocate (16384² is past its
     // own image-size check), far beyond the default 4096 × 4096.
     let path = dir.join("huge.mp4");
-    ffmpeg(&[
+    lectern_tests::ffmpeg(&[
         "-f",
         "lavfi",
         "-i",
@@ -541,10 +520,10 @@ async fn a_job_cut_by_the_watchdog_leaves_its_media_failed_and_the_checklist_say
         .await;
     assert_eq!(status, 201, "{course}");
     let course_id = course["id"].as_str().unwrap().to_owned();
-    let dir = scratch();
+    let dir = lectern_tests::scratch_dir("limits");
     // Far more than a second of transcoding, on any machine.
     let path = dir.join("slow.mp4");
-    ffmpeg(&[
+    lectern_tests::ffmpeg(&[
         "-f",
         "lavfi",
         "-i",
