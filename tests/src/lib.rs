@@ -341,6 +341,18 @@ impl TestApp {
         Self::spawn_with(Options::default()).await
     }
 
+    /// [`TestApp::spawn`] with these environment variables set for both processes.
+    pub async fn spawn_with_env(env: &[(&str, &str)]) -> TestApp {
+        Self::spawn_with(Options {
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            ..Default::default()
+        })
+        .await
+    }
+
     pub async fn spawn_with(options: Options) -> TestApp {
         let db = TestDb::create().await;
         let s3 = TestS3::start().await;

@@ -1261,13 +1261,10 @@ async fn request_reset(app: &TestApp, email: &str, cookie: Option<&str>) -> u16 
 
 #[tokio::test]
 async fn strangers_reset_requests_never_use_up_the_owners() {
-    let app = TestApp::spawn_with(Options {
-        env: vec![
-            ("RESET_LIMIT_PER_ADDRESS".into(), "4".into()),
-            ("RESET_LIMIT_PER_IP".into(), "8".into()),
-        ],
-        ..Default::default()
-    })
+    let app = TestApp::spawn_with_env(&[
+        ("RESET_LIMIT_PER_ADDRESS", "4"),
+        ("RESET_LIMIT_PER_IP", "8"),
+    ])
     .await;
     let (_, device) = register_with_device(&app, "owner@example.com").await;
     assert_eq!(app.smtp.wait_for(1, Duration::from_secs(20)).len(), 1);

@@ -494,13 +494,10 @@ async fn the_embedded_s3_endpoint_refuses_the_published_key_pair() {
 
 #[tokio::test]
 async fn what_a_presigned_put_writes_after_complete_is_swept_once_its_url_is_dead() {
-    let app = TestApp::spawn_with(Options {
-        env: vec![
-            ("MEDIA_URL_TTL_SECS".into(), "4".into()),
-            ("MEDIA_SWEEP_INTERVAL_SECS".into(), "1".into()),
-        ],
-        ..Default::default()
-    })
+    let app = TestApp::spawn_with_env(&[
+        ("MEDIA_URL_TTL_SECS", "4"),
+        ("MEDIA_SWEEP_INTERVAL_SECS", "1"),
+    ])
     .await;
     app.wait_until_ready().await;
     let token = app.verified_instructor("late@example.com").await.0;

@@ -962,13 +962,10 @@ async fn bad_input_gets_a_clear_answer_and_the_worker_keeps_going() {
 
 #[tokio::test]
 async fn abandoned_uploads_are_swept_with_their_objects() {
-    let app = TestApp::spawn_with(Options {
-        env: vec![
-            ("MEDIA_UPLOAD_EXPIRY_SECS".into(), "2".into()),
-            ("MEDIA_SWEEP_INTERVAL_SECS".into(), "1".into()),
-        ],
-        ..Default::default()
-    })
+    let app = TestApp::spawn_with_env(&[
+        ("MEDIA_UPLOAD_EXPIRY_SECS", "2"),
+        ("MEDIA_SWEEP_INTERVAL_SECS", "1"),
+    ])
     .await;
     app.wait_until_ready().await;
     let (token, _) = app.verified_instructor("forgetful@example.com").await;

@@ -373,14 +373,11 @@ async fn part_urls_carry_exactly_their_part_and_completion_checks_the_total() {
 
 #[tokio::test]
 async fn upload_quotas_refuse_the_next_upload_until_one_is_deleted() {
-    let app = TestApp::spawn_with(Options {
-        env: vec![
-            ("MEDIA_QUOTA_PENDING_UPLOADS".into(), "2".into()),
-            ("MEDIA_QUOTA_PENDING_BYTES".into(), "1000".into()),
-            ("MEDIA_QUOTA_STORED_BYTES".into(), "1200".into()),
-        ],
-        ..Default::default()
-    })
+    let app = TestApp::spawn_with_env(&[
+        ("MEDIA_QUOTA_PENDING_UPLOADS", "2"),
+        ("MEDIA_QUOTA_PENDING_BYTES", "1000"),
+        ("MEDIA_QUOTA_STORED_BYTES", "1200"),
+    ])
     .await;
     app.wait_until_ready().await;
     let (token, _) = app.verified_instructor("hoarder@example.com").await;
@@ -500,13 +497,10 @@ async fn only_verified_instructors_upload_videos() {
 
 #[tokio::test]
 async fn a_job_cut_by_the_watchdog_leaves_its_media_failed_and_the_checklist_says_so() {
-    let app = TestApp::spawn_with(Options {
-        env: vec![
-            ("JOB_TIMEOUTS".into(), "transcode_video=1".into()),
-            ("JOB_RETRY_BASE_MS".into(), "100".into()),
-        ],
-        ..Default::default()
-    })
+    let app = TestApp::spawn_with_env(&[
+        ("JOB_TIMEOUTS", "transcode_video=1"),
+        ("JOB_RETRY_BASE_MS", "100"),
+    ])
     .await;
     app.wait_until_ready().await;
     let (token, _) = app.verified_instructor("slow@example.com").await;
