@@ -113,7 +113,12 @@ pub fn build(
                 .service(routes::notifications::mark_read)
                 .service(routes::notifications::unread_count)
                 .service(routes::analytics::overview)
-                .service(routes::analytics::course),
+                .service(routes::analytics::course)
+                .service(routes::storefront::update_media)
+                .service(routes::storefront::preview)
+                .service(routes::storefront::course_thumbnail)
+                .service(routes::storefront::public_profile)
+                .service(routes::storefront::my_certificates),
         )
         .default_service(web::to(|| async {
             Err::<HttpResponse, _>(ApiError::NoRoute)

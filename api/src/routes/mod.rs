@@ -8,6 +8,7 @@ pub mod jobs;
 pub mod media;
 pub mod notifications;
 pub mod ops;
+pub mod storefront;
 pub mod users;
 
 use utoipa::OpenApi;

@@ -7,6 +7,7 @@
 
 pub mod password;
 pub mod privacy;
+pub mod profile;
 pub mod rate_limit;
 pub mod tokens;
 

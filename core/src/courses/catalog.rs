@@ -28,6 +28,9 @@ pub struct CourseCard {
     pub language: String,
     pub tags: Vec<String>,
     pub thumbnail_media_id: Option<Uuid>,
+    /// The thumbnail as a stable URL a plain `<img>` loads without a login (see
+    /// `GET /courses/{id}/thumbnail`); `null` without a thumbnail.
+    pub thumbnail_url: Option<String>,
     pub instructor: InstructorRef,
     pub category: Option<CategoryRef>,
     pub rating_average: f64,
@@ -83,6 +86,7 @@ impl From<CardRow> for CourseCard {
             language: r.language,
             tags: r.tags,
             thumbnail_media_id: r.thumbnail_media_id,
+            thumbnail_url: None,
             instructor: InstructorRef {
                 id: r.instructor_id,
                 full_name: r.instructor_name,
@@ -94,6 +98,15 @@ impl From<CardRow> for CourseCard {
             published_at: r.published_at,
             score: r.score,
         }
+    }
+}
+
+impl CourseCard {
+    /// Fills in the URLs of the card's images.
+    pub(crate) fn with_image_urls(mut self, services: &Services) -> Self {
+        self.thumbnail_url =
+            super::images::thumbnail_url(services, self.id, self.thumbnail_media_id);
+        self
     }
 }
 
@@ -448,7 +461,7 @@ pub async fn search(services: &Services, params: &SearchParams) -> Result<Page<C
         items: rows
             .into_iter()
             .map(|r| {
-                let mut card = CourseCard::from(r);
+                let mut card = CourseCard::from(r).with_image_urls(services);
                 if !ranked {
                     card.score = None;
                 }
@@ -524,7 +537,10 @@ pub async fn recommendations(
     .bind(limit)
     .fetch_all(&services.db)
     .await?;
-    Ok(rows.into_iter().map(CourseCard::from).collect())
+    Ok(rows
+        .into_iter()
+        .map(|r| CourseCard::from(r).with_image_urls(services))
+        .collect())
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 
 pub mod catalog;
 pub mod categories;
+pub mod images;
 pub mod input;
 pub mod reviews;
 pub mod sections;
@@ -188,6 +189,11 @@ impl CourseRow {
 pub struct CourseDetail {
     #[serde(flatten)]
     pub course: CourseView,
+    /// The thumbnail (at most 300 × 300) as a stable URL a plain `<img>` loads without a login
+    /// (see `GET /courses/{id}/thumbnail`); `null` without a thumbnail.
+    pub thumbnail_url: Option<String>,
+    /// The same image larger (at most 1280 on its long side), for the course page.
+    pub preview_image_url: Option<String>,
     pub sections: Vec<sections::SectionView>,
 }
 
@@ -412,6 +418,8 @@ pub async fn get(
     let owner_view = caller.is_some_and(|p| p.is_admin() || p.user_id() == Some(row.instructor_id));
     let sections = sections::list_with_media(&mut conn, row.id, owner_view).await?;
     Ok(CourseDetail {
+        thumbnail_url: images::thumbnail_url(services, row.id, row.thumbnail_media_id),
+        preview_image_url: images::preview_image_url(services, row.id, row.thumbnail_media_id),
         course: row.into(),
         sections,
     })

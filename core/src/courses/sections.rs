@@ -21,6 +21,9 @@ pub struct MediaItem {
     pub title: String,
     pub state: String,
     pub duration_secs: Option<f64>,
+    /// A free preview: anyone may play it through `GET /media/{id}/preview` while the course is
+    /// published.
+    pub is_preview: bool,
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -59,7 +62,7 @@ pub(crate) async fn list_with_media(
     .fetch_all(&mut *conn)
     .await?;
     let media: Vec<MediaItem> = sqlx::query_as(
-        "SELECT id, section_id, kind, title, state, duration_secs FROM media
+        "SELECT id, section_id, kind, title, state, duration_secs, is_preview FROM media
           WHERE course_id = $1 AND section_id IS NOT NULL AND deleted_at IS NULL AND ($2 OR state = 'ready')
           ORDER BY created_at, id",
     )
@@ -171,7 +174,7 @@ async fn view(conn: &mut PgConnection, id: Uuid) -> Result<SectionView> {
     .fetch_one(&mut *conn)
     .await?;
     let media: Vec<MediaItem> = sqlx::query_as(
-        "SELECT id, section_id, kind, title, state, duration_secs FROM media
+        "SELECT id, section_id, kind, title, state, duration_secs, is_preview FROM media
           WHERE section_id = $1 AND deleted_at IS NULL ORDER BY created_at, id",
     )
     .bind(id)

@@ -394,14 +394,7 @@ pub async fn verify(services: &Services, id_or_code: &str) -> Result<Certificate
     .await?;
     let row = row.ok_or(Error::NotFound("certificate"))?;
     let pdf_url = match &row.pdf_key {
-        Some(key) => Some(
-            services
-                .storage
-                .presign_get(key, PDF_LINK_TTL)
-                .await
-                .map_err(|e| Error::Unavailable(crate::error::Dependency::Storage, Box::new(e)))?
-                .url,
-        ),
+        Some(key) => Some(pdf_link(services, key).await?),
         None => None,
     };
     Ok(CertificateView {
@@ -416,6 +409,137 @@ pub async fn verify(services: &Services, id_or_code: &str) -> Result<Certificate
         pdf_url,
         pdf_bytes: row.pdf_bytes,
     })
+}
+
+/// A short-lived signed link to a certificate's stored PDF.
+async fn pdf_link(services: &Services, key: &str) -> Result<String> {
+    Ok(services
+        .storage
+        .presign_get(key, PDF_LINK_TTL)
+        .await
+        .map_err(|e| Error::Unavailable(crate::error::Dependency::Storage, Box::new(e)))?
+        .url)
+}
+
+/// Where a student finds their certificate: its public verification page and its PDF.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct CertificateRef {
+    pub id: Uuid,
+    /// The verification code printed on the certificate.
+    pub code: String,
+    /// The public verification page (no login needed).
+    pub verify_url: String,
+    /// A short-lived signed link to the PDF.
+    pub pdf_url: String,
+}
+
+impl CertificateRef {
+    async fn new(services: &Services, id: Uuid, code: String, pdf_key: &str) -> Result<Self> {
+        Ok(CertificateRef {
+            verify_url: verify_url(services, id),
+            pdf_url: pdf_link(services, pdf_key).await?,
+            id,
+            code,
+        })
+    }
+}
+
+/// The certificate columns a query joins onto its rows (`cert.id AS certificate_id,
+/// cert.verification_code AS certificate_code, cert.pdf_key AS certificate_pdf_key` from
+/// `LEFT JOIN certificates cert ON cert.enrollment_id = e.id AND cert.issued_at IS NOT NULL`), so
+/// a list of enrollments carries its certificates without a query per row.
+#[derive(Debug, Clone, Default, sqlx::FromRow)]
+pub struct IssuedColumns {
+    certificate_id: Option<Uuid>,
+    certificate_code: Option<String>,
+    certificate_pdf_key: Option<String>,
+}
+
+impl IssuedColumns {
+    /// The certificate, once issued (rendered and stored).
+    pub(crate) async fn reference(&self, services: &Services) -> Result<Option<CertificateRef>> {
+        match (
+            self.certificate_id,
+            &self.certificate_code,
+            &self.certificate_pdf_key,
+        ) {
+            (Some(id), Some(code), Some(key)) => Ok(Some(
+                CertificateRef::new(services, id, code.clone(), key).await?,
+            )),
+            _ => Ok(None),
+        }
+    }
+}
+
+/// One of the caller's certificates, with its course.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct MyCertificate {
+    #[serde(flatten)]
+    pub certificate: CertificateRef,
+    pub course_id: Uuid,
+    pub course_title: String,
+    pub course_slug: String,
+    pub issued_at: DateTime<Utc>,
+}
+
+#[derive(sqlx::FromRow)]
+struct MyCertificateRow {
+    id: Uuid,
+    verification_code: String,
+    pdf_key: String,
+    issued_at: DateTime<Utc>,
+    course_id: Uuid,
+    course_title: String,
+    course_slug: String,
+}
+
+/// `GET /me/certificates`: the caller's issued certificates, most recent first.
+pub async fn mine(
+    services: &Services,
+    caller: &Principal,
+    limit: Option<i64>,
+    cursor: Option<&str>,
+) -> Result<crate::page::Page<MyCertificate>> {
+    use crate::page;
+    let user = caller.require_user()?;
+    let limit = page::limit(limit);
+    let after: Option<(DateTime<Utc>, Uuid)> = cursor
+        .map(|c| page::decode_cursor(&services.config.jwt_secret, c))
+        .transpose()?;
+    let rows: Vec<MyCertificateRow> = sqlx::query_as(
+        "SELECT cert.id, cert.verification_code, cert.pdf_key, cert.issued_at,
+                c.id AS course_id, c.title AS course_title, c.slug AS course_slug
+           FROM enrollments e
+           JOIN certificates cert ON cert.enrollment_id = e.id
+           JOIN courses c ON c.id = e.course_id
+          WHERE e.user_id = $1 AND cert.issued_at IS NOT NULL AND cert.pdf_key IS NOT NULL
+            AND ($2::timestamptz IS NULL OR (cert.issued_at, cert.id) < ($2, $3))
+          ORDER BY cert.issued_at DESC, cert.id DESC LIMIT $4",
+    )
+    .bind(user.id)
+    .bind(after.map(|a| a.0))
+    .bind(after.map(|a| a.1))
+    .bind(limit)
+    .fetch_all(&services.db)
+    .await?;
+    let next_cursor = (rows.len() as i64 == limit)
+        .then(|| {
+            rows.last()
+                .map(|r| page::encode_cursor(&services.config.jwt_secret, &(r.issued_at, r.id)))
+        })
+        .flatten();
+    let mut items = Vec::with_capacity(rows.len());
+    for r in rows {
+        items.push(MyCertificate {
+            certificate: CertificateRef::new(services, r.id, r.verification_code, &r.pdf_key)
+                .await?,
+            course_id: r.course_id,
+            course_title: r.course_title,
+            course_slug: r.course_slug,
+            issued_at: r.issued_at,
+        });
+    }
+    Ok(crate::page::Page { items, next_cursor })
 }
 
 /// Re-renders a certificate (after a name change, say): its student or an admin.

@@ -36,14 +36,31 @@ pub struct EnrollmentView {
     pub enrolled_at: DateTime<Utc>,
     pub dropped_at: Option<DateTime<Utc>>,
     pub completed_at: Option<DateTime<Utc>>,
+    /// The certificate of the completed course, once issued; `null` before.
+    #[sqlx(skip)]
+    pub certificate: Option<certificates::CertificateRef>,
+    #[serde(skip)]
+    #[sqlx(flatten)]
+    issued: certificates::IssuedColumns,
+}
+
+impl EnrollmentView {
+    /// Fills in `certificate` from the joined certificate columns.
+    async fn with_certificate(mut self, services: &Services) -> Result<Self> {
+        self.certificate = self.issued.reference(services).await?;
+        Ok(self)
+    }
 }
 
 macro_rules! enrollment_select {
     () => {
         "SELECT e.id, e.course_id, c.slug AS course_slug, c.title AS course_title, e.status,
                 e.price_paid::text AS price_paid, e.currency, e.progress::float8 AS progress, e.enrolled_at,
-                e.dropped_at, e.completed_at
-           FROM enrollments e JOIN courses c ON c.id = e.course_id "
+                e.dropped_at, e.completed_at, cert.id AS certificate_id,
+                cert.verification_code AS certificate_code, cert.pdf_key AS certificate_pdf_key
+           FROM enrollments e JOIN courses c ON c.id = e.course_id
+           LEFT JOIN certificates cert ON cert.enrollment_id = e.id AND cert.issued_at IS NOT NULL
+                                      AND cert.pdf_key IS NOT NULL "
     };
 }
 
@@ -250,14 +267,15 @@ fn require_open(row: &courses::CourseRow) -> Result<()> {
 }
 
 async fn view_for(services: &Services, user_id: Uuid, course_id: Uuid) -> Result<EnrollmentView> {
-    Ok(sqlx::query_as(concat!(
+    let view: EnrollmentView = sqlx::query_as(concat!(
         enrollment_select!(),
         "WHERE e.user_id = $1 AND e.course_id = $2"
     ))
     .bind(user_id)
     .bind(course_id)
     .fetch_one(&services.db)
-    .await?)
+    .await?;
+    view.with_certificate(services).await
 }
 
 /// Drops the caller's enrollment; progress is kept for a later re-enrollment. Dropping twice is
@@ -345,7 +363,14 @@ pub async fn mine(
                 .map(|e| page::encode_cursor(&services.config.jwt_secret, &(e.enrolled_at, e.id)))
         })
         .flatten();
-    Ok(Page { items, next_cursor })
+    let mut with_certificates = Vec::with_capacity(items.len());
+    for item in items {
+        with_certificates.push(item.with_certificate(services).await?);
+    }
+    Ok(Page {
+        items: with_certificates,
+        next_cursor,
+    })
 }
 
 /// The caller's enrollment in a course (by id or slug), whatever its status.
@@ -376,5 +401,8 @@ pub(crate) async fn view_by_course(
             .await?
         }
     };
-    Ok(view)
+    match view {
+        Some(view) => Ok(Some(view.with_certificate(services).await?)),
+        None => Ok(None),
+    }
 }

@@ -500,6 +500,8 @@ pub struct VideoProgressItem {
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct CourseProgress {
     pub enrollment: super::EnrollmentView,
+    /// The course's certificate once issued (the same as `enrollment.certificate`).
+    pub certificate: Option<certificates::CertificateRef>,
     pub videos: Vec<VideoProgressItem>,
 }
 
@@ -528,5 +530,9 @@ pub async fn course_progress(
     .bind(user.id)
     .fetch_all(&services.db)
     .await?;
-    Ok(CourseProgress { enrollment, videos })
+    Ok(CourseProgress {
+        certificate: enrollment.certificate.clone(),
+        enrollment,
+        videos,
+    })
 }

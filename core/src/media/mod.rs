@@ -11,6 +11,7 @@
 //! image's (`thumbnail.*`, `preview.*`). Everything of a media lives under `media/{id}/`.
 
 pub mod image;
+pub mod public;
 pub mod sniff;
 pub mod video;
 pub mod workdir;
@@ -139,6 +140,9 @@ pub struct MediaView {
     pub kind: Kind,
     /// pending (waiting for the upload), processing, ready or failed.
     pub state: String,
+    /// A free preview: anyone may play it through `GET /media/{id}/preview` while it is in a
+    /// section of a published course (set with `PATCH /media/{id}`).
+    pub is_preview: bool,
     pub title: String,
     pub file_name: String,
     pub mime_type: String,
@@ -177,6 +181,7 @@ struct MediaRow {
     section_id: Option<Uuid>,
     kind: String,
     state: String,
+    is_preview: bool,
     title: String,
     file_name: String,
     mime_type: String,
@@ -205,7 +210,7 @@ struct MediaRow {
 }
 
 const COLUMNS: &str =
-    "id, owner_id, course_id, section_id, kind, state, title, file_name, mime_type,
+    "id, owner_id, course_id, section_id, kind, state, is_preview, title, file_name, mime_type,
     size_bytes, duration_secs, width, height, rotation, frame_rate, video_codec, audio_codec,
     bit_rate, has_audio, renditions, poster, storyboard, image, error, upload_expires_at,
     object_key, multipart_upload_id, job_id, created_at, updated_at, processed_at";
@@ -223,6 +228,7 @@ impl MediaRow {
             course_id: self.course_id,
             section_id: self.section_id,
             state: self.state,
+            is_preview: self.is_preview,
             title: self.title,
             file_name: self.file_name,
             mime_type: self.mime_type,
@@ -1796,6 +1802,12 @@ pub async fn playback(services: &Services, caller: &Principal, id: Uuid) -> Resu
             message: format!("the media is {}, not ready to play", row.state),
         });
     }
+    signed_playback(services, &row).await
+}
+
+/// The signed URLs of a ready media, for a caller already allowed to play it.
+async fn signed_playback(services: &Services, row: &MediaRow) -> Result<Playback> {
+    let id = row.id;
     let ttl = services.config.media.url_ttl;
     let expires_at = Utc::now() + chrono::Duration::from_std(ttl).unwrap_or_default();
     let mut out = Playback {
