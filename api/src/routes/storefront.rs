@@ -28,12 +28,12 @@ use crate::routes::courses::PageParams;
     security(("bearer" = [])),
     responses(
         (status = 200, body = MediaView),
-        (status = 400, body = ErrorBody, description = "malformed JSON or path"),
+        (status = 400, body = ErrorBody, description = "malformed JSON or path, or `is_preview` missing"),
         (status = 401, body = ErrorBody),
         (status = 404, body = ErrorBody, description = "absent, or not the caller's"),
         (status = 413, body = ErrorBody),
         (status = 415, body = ErrorBody, description = "not application/json"),
-        (status = 422, body = ErrorBody, description = "not a video, not in a section, or `is_preview` missing"),
+        (status = 422, body = ErrorBody, description = "not a video, or not in a section"),
         (status = 503, body = ErrorBody)
     )
 )]

@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 #[serde(deny_unknown_fields)]
 pub struct MediaPatch {
     /// `true` makes a video in a section of the caller's course a free preview; `false` ends it.
-    pub is_preview: Option<bool>,
+    pub is_preview: bool,
 }
 
 /// `PATCH /media/{id}`: the instructor of the course the media is in (or its owner, or an admin)
@@ -29,9 +29,7 @@ pub async fn update(
     id: Uuid,
     patch: &MediaPatch,
 ) -> Result<MediaView> {
-    let is_preview = patch
-        .is_preview
-        .ok_or_else(|| Error::invalid("is_preview", "is required (true or false)"))?;
+    let is_preview = patch.is_preview;
     let mut tx = services.db.begin().await?;
     let row = load(&mut tx, id, true)
         .await?
