@@ -699,3 +699,91 @@ async fn students_find_their_own_certificates_and_nobody_elses() {
     assert_eq!(status, 422, "{body}");
     assert_eq!(app.get("/api/v1/me/certificates").await.0, 401);
 }
+
+#[tokio::test]
+async fn the_openapi_document_describes_the_storefront_routes() {
+    let app = TestApp::spawn_with(lectern_tests::Options {
+        no_worker: true,
+        ..Default::default()
+    })
+    .await;
+    let (status, doc) = app.get("/api/v1/openapi.json").await;
+    assert_eq!(status, 200);
+    let op = |path: &str, method: &str| doc["paths"][path][method].clone();
+    let statuses = |op: &Value| {
+        let mut s: Vec<String> = op["responses"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect();
+        s.sort();
+        s
+    };
+    for (path, method, want) in [
+        (
+            "/api/v1/media/{id}",
+            "patch",
+            &["200", "400", "401", "404", "413", "415", "422", "503"][..],
+        ),
+        (
+            "/api/v1/media/{id}/preview",
+            "get",
+            &["200", "400", "404", "422", "503"][..],
+        ),
+        (
+            "/api/v1/courses/{id}/thumbnail",
+            "get",
+            &["302", "400", "401", "404", "422", "503"][..],
+        ),
+        (
+            "/api/v1/users/{id}",
+            "get",
+            &["200", "400", "404", "422", "503"][..],
+        ),
+        (
+            "/api/v1/me/certificates",
+            "get",
+            &["200", "400", "401", "422", "503"][..],
+        ),
+    ] {
+        let operation = op(path, method);
+        assert!(operation.is_object(), "{method} {path} missing");
+        assert_eq!(statuses(&operation), want, "{method} {path}");
+        for (status, response) in operation["responses"].as_object().unwrap() {
+            if status.starts_with('4') || status.starts_with('5') {
+                assert_eq!(
+                    response["content"]["application/json"]["schema"]["$ref"],
+                    "#/components/schemas/ErrorBody",
+                    "{method} {path} {status}"
+                );
+            }
+        }
+    }
+    // Visitors need no token; the thumbnail takes one optionally (a draft's instructor).
+    assert!(op("/api/v1/media/{id}/preview", "get")["security"].is_null());
+    assert!(op("/api/v1/users/{id}", "get")["security"].is_null());
+    let thumbnail_security = op("/api/v1/courses/{id}/thumbnail", "get")["security"].clone();
+    assert!(
+        thumbnail_security
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s.as_object().is_some_and(serde_json::Map::is_empty)),
+        "{thumbnail_security}"
+    );
+    let schemas = &doc["components"]["schemas"];
+    for (schema, field) in [
+        ("CourseCard", "thumbnail_url"),
+        ("CourseDetail", "preview_image_url"),
+        ("MediaItem", "is_preview"),
+        ("MediaView", "is_preview"),
+        ("EnrollmentView", "certificate"),
+        ("CourseProgress", "certificate"),
+        ("PublicProfile", "follower_count"),
+        ("CertificateRef", "pdf_url"),
+    ] {
+        let text = schemas[schema].to_string();
+        assert!(text.contains(&format!("\"{field}\"")), "{schema}: {text}");
+    }
+}
