@@ -444,6 +444,46 @@ async fn a_visitor_sees_the_thumbnail_and_plays_a_free_preview_down_to_a_segment
         app.get(&format!("/api/v1/media/{video}/preview")).await.0,
         404
     );
+
+    // Marked again: a deleted course, then a deleted section, end the preview.
+    assert_eq!(set_preview(&app, Some(&teacher), &video, true).await.0, 200);
+    assert_eq!(
+        app.get(&format!("/api/v1/media/{video}/preview")).await.0,
+        200
+    );
+    let deleted = |on: bool| {
+        sqlx::query(
+            "UPDATE courses SET deleted_at = CASE WHEN $2 THEN now() END WHERE id = $1::uuid",
+        )
+        .bind(course_id.clone())
+        .bind(on)
+        .execute(pool)
+    };
+    deleted(true).await.unwrap();
+    assert_eq!(
+        app.get(&format!("/api/v1/media/{video}/preview")).await.0,
+        404
+    );
+    deleted(false).await.unwrap();
+    assert_eq!(
+        app.get(&format!("/api/v1/media/{video}/preview")).await.0,
+        200
+    );
+    let (status, body) = app
+        .call(
+            "DELETE",
+            &format!("/api/v1/sections/{section}"),
+            Some(&teacher),
+            None,
+        )
+        .await;
+    assert_eq!(status, 204, "{body}");
+    assert_eq!(
+        app.get(&format!("/api/v1/media/{video}/preview")).await.0,
+        404
+    );
+    let (status, body) = set_preview(&app, Some(&teacher), &video, true).await;
+    assert_eq!(status, 422, "no longer in a section: {body}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
