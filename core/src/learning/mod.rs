@@ -187,7 +187,6 @@ pub async fn enroll(
                 .bind(user.id)
                 .fetch_one(&mut *tx)
                 .await?;
-        let base = services.config.public_url.as_str().trim_end_matches('/');
         let mut vars = serde_json::Map::new();
         vars.insert("full_name".into(), full_name.into());
         vars.insert("course_title".into(), offer.title.clone().into());
@@ -197,7 +196,7 @@ pub async fn enroll(
         );
         vars.insert(
             "link".into(),
-            format!("{base}/courses/{}", offer.slug).into(),
+            crate::links::course(&services.config, &offer.slug).into(),
         );
         let mail = Job::SendEmail(SendEmail {
             to: email,
