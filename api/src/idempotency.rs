@@ -8,12 +8,12 @@
 //! reading up to `MEDIA_DIRECT_MAX_BYTES` before the handler streams it, so clients that need a
 //! safe retry start an upload with `POST /media/uploads` instead.
 
+use actix_web::HttpResponse;
 use actix_web::body::{BoxBody, MessageBody, to_bytes};
 use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
 use actix_web::http::{Method, StatusCode, header};
 use actix_web::middleware::Next;
 use actix_web::web::{Bytes, BytesMut, Data};
-use actix_web::HttpResponse;
 use futures::StreamExt;
 use lectern_core::Services;
 use lectern_core::idempotency::{self, Claim, Key, Reservation, StoredResponse};
@@ -92,14 +92,25 @@ pub async fn middleware<B: MessageBody + 'static>(
                 "must be sent once",
             )));
         }
-        _ => return next.call(req).await.map(ServiceResponse::map_into_boxed_body),
+        _ => {
+            return next
+                .call(req)
+                .await
+                .map(ServiceResponse::map_into_boxed_body);
+        }
     };
     let Some(services) = req.app_data::<Data<Services>>().cloned() else {
-        return next.call(req).await.map(ServiceResponse::map_into_boxed_body);
+        return next
+            .call(req)
+            .await
+            .map(ServiceResponse::map_into_boxed_body);
     };
     // The key belongs to the caller; without a valid credential the handler answers 401.
     let Some(caller) = crate::auth::caller_of(req.request()).await else {
-        return next.call(req).await.map(ServiceResponse::map_into_boxed_body);
+        return next
+            .call(req)
+            .await
+            .map(ServiceResponse::map_into_boxed_body);
     };
     let key = Key::parse(&raw).map_err(error)?;
 
@@ -283,6 +294,9 @@ mod tests {
         assert!(!covers(&Method::POST, "/api/v1/courses//enroll"));
         assert!(!covers(&Method::POST, "/api/v1/courses/x/enroll/y"));
         assert!(!covers(&Method::POST, "/api/v1/media/uploads/x/complete"));
-        assert!(fits("/api/v1/courses/{id}/sections", "/api/v1/courses/{course_id}/sections"));
+        assert!(fits(
+            "/api/v1/courses/{id}/sections",
+            "/api/v1/courses/{course_id}/sections"
+        ));
     }
 }

@@ -64,9 +64,7 @@ impl Key {
             None => raw.to_owned(),
         };
         if value.is_empty() || value.len() > MAX_KEY_LEN {
-            return Err(invalid(&format!(
-                "must be 1 to {MAX_KEY_LEN} characters"
-            )));
+            return Err(invalid(&format!("must be 1 to {MAX_KEY_LEN} characters")));
         }
         if !value.bytes().all(|b| (0x20..=0x7e).contains(&b)) {
             return Err(invalid("must be printable ASCII"));
@@ -261,7 +259,10 @@ mod tests {
 
     #[test]
     fn keys_are_sf_strings_or_bare_and_bounded() {
-        assert_eq!(Key::parse(b"abc-123").map(|k| k.0).ok(), Some("abc-123".into()));
+        assert_eq!(
+            Key::parse(b"abc-123").map(|k| k.0).ok(),
+            Some("abc-123".into())
+        );
         assert_eq!(
             Key::parse(br#""8e03978e-40d5-43e8""#).map(|k| k.0).ok(),
             Some("8e03978e-40d5-43e8".into())
@@ -280,7 +281,11 @@ mod tests {
             b"tab\there",
             &[b'k'; 256],
         ] {
-            assert!(Key::parse(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+            assert!(
+                Key::parse(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 

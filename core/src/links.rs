@@ -105,10 +105,7 @@ mod tests {
             "https://app.example/learn/reset-password?token=abc"
         );
         assert_eq!(course(&c, "rust"), "https://app.example/learn/courses/rust");
-        assert_eq!(
-            notifications(&c),
-            "https://app.example/learn/notifications"
-        );
+        assert_eq!(notifications(&c), "https://app.example/learn/notifications");
         assert_eq!(
             certificate(&c, id),
             format!("https://app.example/learn/certificates/{id}")

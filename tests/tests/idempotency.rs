@@ -52,7 +52,11 @@ async fn a_retry_replays_the_first_response_and_another_body_is_refused() {
     assert_eq!(s1, 201, "{first}");
     assert!(!replayed(&h1));
     let (s2, second, h2) = post(&app, "/api/v1/courses", &t, Some("k-1"), Some(&body)).await;
-    assert_eq!((s2, &second), (201, &first), "the same status and body, ids included");
+    assert_eq!(
+        (s2, &second),
+        (201, &first),
+        "the same status and body, ids included"
+    );
     assert!(replayed(&h2), "{h2:?}");
     assert_eq!(
         h2.get("content-type").unwrap(),
@@ -98,7 +102,11 @@ async fn a_retry_replays_the_first_response_and_another_body_is_refused() {
     assert_eq!((s1, s2, replayed(&h)), (201, 201, true), "{a} {b}");
     assert_eq!(a, b);
     assert_eq!(
-        count(&app, "SELECT count(*) FROM sections WHERE title = 'Bowline'").await,
+        count(
+            &app,
+            "SELECT count(*) FROM sections WHERE title = 'Bowline'"
+        )
+        .await,
         1
     );
 
@@ -147,7 +155,10 @@ async fn keys_belong_to_their_caller_expire_and_are_not_kept_for_errors() {
         .await
         .unwrap();
     assert_eq!(swept, 2);
-    assert_eq!(count(&app, "SELECT count(*) FROM idempotency_keys").await, 0);
+    assert_eq!(
+        count(&app, "SELECT count(*) FROM idempotency_keys").await,
+        0
+    );
 
     // An error is not kept: the same key with a corrected body runs.
     let (status, bad, _) = post(
@@ -172,7 +183,12 @@ async fn keys_belong_to_their_caller_expire_and_are_not_kept_for_errors() {
 
     // Keys too long, empty, not ASCII, badly quoted or sent twice: 422, nothing stored or run.
     let before = count(&app, "SELECT count(*) FROM courses").await;
-    for key in ["k".repeat(256), String::new(), "\"open".into(), "caf\u{e9}".into()] {
+    for key in [
+        "k".repeat(256),
+        String::new(),
+        "\"open".into(),
+        "caf\u{e9}".into(),
+    ] {
         let req = app
             .http
             .post(format!("{}/api/v1/courses", app.url))
@@ -194,14 +210,37 @@ async fn keys_belong_to_their_caller_expire_and_are_not_kept_for_errors() {
         .header("Idempotency-Key", "two")
         .json(&body);
     assert_eq!(app.raw(req).await.0, 422);
-    assert!(post(&app, "/api/v1/courses", &ann, Some(&"k".repeat(255)), Some(&body)).await.0 == 201);
-    assert_eq!(count(&app, "SELECT count(*) FROM courses").await, before + 1);
+    assert!(
+        post(
+            &app,
+            "/api/v1/courses",
+            &ann,
+            Some(&"k".repeat(255)),
+            Some(&body)
+        )
+        .await
+        .0 == 201
+    );
+    assert_eq!(
+        count(&app, "SELECT count(*) FROM courses").await,
+        before + 1
+    );
 
     // No credential: the route's own 401, and no key is stored for anyone.
     let keys = count(&app, "SELECT count(*) FROM idempotency_keys").await;
-    let (status, _, _) = post(&app, "/api/v1/courses", "not-a-token", Some("anon"), Some(&body)).await;
+    let (status, _, _) = post(
+        &app,
+        "/api/v1/courses",
+        "not-a-token",
+        Some("anon"),
+        Some(&body),
+    )
+    .await;
     assert_eq!(status, 401);
-    assert_eq!(count(&app, "SELECT count(*) FROM idempotency_keys").await, keys);
+    assert_eq!(
+        count(&app, "SELECT count(*) FROM idempotency_keys").await,
+        keys
+    );
 }
 
 #[tokio::test]
@@ -218,7 +257,10 @@ async fn concurrent_requests_with_one_key_act_once() {
     assert_eq!((a.0, b.0), (201, 201), "{} {}", a.1, b.1);
     assert_eq!(a.1["id"], b.1["id"]);
     assert_eq!(
-        [replayed(&a.2), replayed(&b.2)].iter().filter(|r| **r).count(),
+        [replayed(&a.2), replayed(&b.2)]
+            .iter()
+            .filter(|r| **r)
+            .count(),
         1,
         "one ran, the other replayed it"
     );
@@ -226,9 +268,14 @@ async fn concurrent_requests_with_one_key_act_once() {
 
     // Uploads: eight at once with one key start one upload, all answered with its URL.
     let upload = json!({"file_name": "talk.mp4", "file_size": 1_000_000, "mime_type": "video/mp4"});
-    let requests = (0..8).map(|_| post(&app, "/api/v1/media/uploads", &t, Some("up"), Some(&upload)));
+    let requests =
+        (0..8).map(|_| post(&app, "/api/v1/media/uploads", &t, Some("up"), Some(&upload)));
     let answers = futures::future::join_all(requests).await;
-    assert!(answers.iter().all(|a| a.0 == 201), "{:?}", answers.iter().map(|a| &a.1).collect::<Vec<_>>());
+    assert!(
+        answers.iter().all(|a| a.0 == 201),
+        "{:?}",
+        answers.iter().map(|a| &a.1).collect::<Vec<_>>()
+    );
     assert!(answers.iter().all(|a| a.1 == answers[0].1));
     assert_eq!(answers.iter().filter(|a| !replayed(&a.2)).count(), 1);
     assert_eq!(count(&app, "SELECT count(*) FROM media").await, 1);
@@ -283,7 +330,11 @@ async fn enrollments_reviews_and_exports_replay_too() {
     let (s2, again, h) = post(&app, "/api/v1/me/export", &s, Some("exp-1"), None).await;
     assert_eq!((s2, &again, replayed(&h)), (202, &first, true));
     assert_eq!(
-        count(&app, "SELECT count(*) FROM jobs WHERE kind = 'export_user_data'").await,
+        count(
+            &app,
+            "SELECT count(*) FROM jobs WHERE kind = 'export_user_data'"
+        )
+        .await,
         1
     );
 }
@@ -314,7 +365,10 @@ async fn the_openapi_document_lists_the_header_on_creating_posts() {
     ] {
         assert_eq!(params(path), ["Idempotency-Key"], "{path}");
         let responses = &doc["paths"][path]["post"]["responses"];
-        assert!(responses["409"].is_object() && responses["422"].is_object(), "{path}");
+        assert!(
+            responses["409"].is_object() && responses["422"].is_object(),
+            "{path}"
+        );
     }
     assert!(params("/api/v1/media/uploads/{id}/complete").is_empty());
 }

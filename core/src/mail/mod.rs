@@ -399,23 +399,23 @@ mod tests {
         vars.insert("full_name".into(), "Ada".into());
         vars.insert("link".into(), "https://lectern.example/courses".into());
         vars.insert("role".into(), "student".into());
-        let student =
-            render(
-                EmailTemplate::Welcome,
-                "https://lectern.example",
-                "https://api.lectern.example",
-                &vars,
-            ).expect("renders");
+        let student = render(
+            EmailTemplate::Welcome,
+            "https://lectern.example",
+            "https://api.lectern.example",
+            &vars,
+        )
+        .expect("renders");
         assert_eq!(student.subject, "Welcome to Lectern, Ada");
         assert!(student.text.contains("catalogue"));
         vars.insert("role".into(), "instructor".into());
-        let teacher =
-            render(
-                EmailTemplate::Welcome,
-                "https://lectern.example",
-                "https://api.lectern.example",
-                &vars,
-            ).expect("renders");
+        let teacher = render(
+            EmailTemplate::Welcome,
+            "https://lectern.example",
+            "https://api.lectern.example",
+            &vars,
+        )
+        .expect("renders");
         assert!(teacher.html.contains("Create a course"));
         assert!(!teacher.text.contains("catalogue"));
     }
