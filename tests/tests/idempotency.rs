@@ -372,3 +372,52 @@ async fn the_openapi_document_lists_the_header_on_creating_posts() {
     }
     assert!(params("/api/v1/media/uploads/{id}/complete").is_empty());
 }
+
+#[tokio::test]
+async fn a_key_held_past_the_wait_answers_409_and_a_dead_claim_is_taken_over() {
+    let app = TestApp::spawn().await;
+    let (t, user) = app.verified_instructor("slow@example.com").await;
+    let body = json!({"title": "Slow"});
+    let bytes = serde_json::to_vec(&body).unwrap();
+    // A request with this key and body is running (its row holds the key, no response yet).
+    let print = lectern_core::idempotency::fingerprint("POST", "/api/v1/courses", &bytes);
+    sqlx::query(
+        "INSERT INTO idempotency_keys (owner, idem_key, fingerprint, method, path, claim, locked_until)
+         VALUES ('user:' || $1, 'slow', $2, 'POST', '/api/v1/courses', gen_random_uuid(), now() + interval '1 minute')",
+    )
+    .bind(&user)
+    .bind(&print)
+    .execute(&app.db.pool)
+    .await
+    .unwrap();
+    let started = std::time::Instant::now();
+    let (status, busy, _) = post(&app, "/api/v1/courses", &t, Some("slow"), Some(&body)).await;
+    assert_eq!(status, 409, "{busy}");
+    assert_eq!(busy["error"]["code"], "idempotency_key_in_flight");
+    assert!(
+        started.elapsed() >= lectern_core::idempotency::WAIT,
+        "it waited first"
+    );
+    // Another body with the key in use is still a reuse.
+    let (status, _, _) = post(
+        &app,
+        "/api/v1/courses",
+        &t,
+        Some("slow"),
+        Some(&json!({"title": "Other"})),
+    )
+    .await;
+    assert_eq!(status, 422);
+    assert_eq!(count(&app, "SELECT count(*) FROM courses").await, 0);
+
+    // Its process died: once the lease ends, a retry takes the key over and runs.
+    sqlx::query("UPDATE idempotency_keys SET locked_until = now() - interval '1 second'")
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+    let (status, created, h) = post(&app, "/api/v1/courses", &t, Some("slow"), Some(&body)).await;
+    assert_eq!((status, replayed(&h)), (201, false), "{created}");
+    let (status, again, h) = post(&app, "/api/v1/courses", &t, Some("slow"), Some(&body)).await;
+    assert_eq!((status, &again, replayed(&h)), (201, &created, true));
+    assert_eq!(count(&app, "SELECT count(*) FROM courses").await, 1);
+}

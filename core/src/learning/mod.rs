@@ -75,7 +75,9 @@ struct Offer {
 
 /// Enrolls the caller in a published course. A paid course needs an entitlement (a grant or a
 /// recorded payment: see `entitlements`), a verified email and an `Idempotency-Key`; the price is
-/// recorded as paid. Re-enrolling after a drop checks the entitlement again.
+/// recorded as paid. Re-enrolling after a drop checks the entitlement again. The key is stored,
+/// and a retry with it replayed, by the API's idempotency layer (`crate::idempotency`) before
+/// this runs; here it is only required.
 pub async fn enroll(
     services: &Services,
     caller: &Principal,
