@@ -29,7 +29,7 @@ pub fn build(
         InitError = (),
     >,
 > {
-    let (app, api) = App::new()
+    let (app, mut api) = App::new()
         .into_utoipa_app()
         .openapi(ApiDoc::openapi())
         .app_data(services)
@@ -124,8 +124,10 @@ pub fn build(
             Err::<HttpResponse, _>(ApiError::NoRoute)
         }))
         .split_for_parts();
+    crate::idempotency::document(&mut api);
     let _ = doc.set(api);
-    app.wrap(from_fn(crate::input_guard::middleware))
+    app.wrap(from_fn(crate::idempotency::middleware))
+        .wrap(from_fn(crate::input_guard::middleware))
         .wrap(from_fn(request_context::middleware))
 }
 

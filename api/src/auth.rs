@@ -58,6 +58,13 @@ async fn principal(
     ))
 }
 
+/// The caller a request's credential names, or `None` when it has none or a bad one (the
+/// handler's own extractor then answers 401). For middleware that acts per caller.
+pub async fn caller_of(req: &HttpRequest) -> Option<Principal> {
+    let services = req.app_data::<web::Data<Services>>().cloned();
+    principal(services, bearer(req)?).await.ok()
+}
+
 impl FromRequest for Caller {
     type Error = ApiError;
     type Future = LocalBoxFuture<'static, Result<Self, Self::Error>>;

@@ -3,6 +3,7 @@
 mod app;
 mod auth;
 mod error;
+mod idempotency;
 mod input_guard;
 mod metrics;
 mod request_context;

@@ -169,6 +169,9 @@ pub struct Config {
     pub host: IpAddr,
     pub port: u16,
     pub public_url: Url,
+    /// Where people open the links in mail (the web frontend): `FRONTEND_URL`, by default
+    /// `PUBLIC_URL`. Every link shape lives in [`crate::links`].
+    pub frontend_url: Url,
     pub database_url: Secret,
     pub database_max_connections: u32,
     pub redis_url: Secret,
@@ -367,6 +370,22 @@ impl Config {
         let port = r.parse("PORT", 8080u16, "a port number (0-65535)");
         let public_url_raw = r.string("PUBLIC_URL", &format!("http://localhost:{port}"));
         let public_url = r.url("PUBLIC_URL", &public_url_raw, &["http", "https"]);
+        let frontend_url = match r.raw("FRONTEND_URL") {
+            None => public_url.clone(),
+            Some(raw) => r
+                .url("FRONTEND_URL", &raw, &["http", "https"])
+                .and_then(|url| {
+                    if url.query().is_some() || url.fragment().is_some() {
+                        r.problem(
+                            "FRONTEND_URL",
+                            "must be a base URL without a query or fragment",
+                        );
+                        None
+                    } else {
+                        Some(url)
+                    }
+                }),
+        };
 
         let database_url = r.string("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/lectern");
         r.url("DATABASE_URL", &database_url, &["postgres", "postgresql"]);
@@ -479,7 +498,9 @@ impl Config {
             "a number of seconds",
         ));
 
-        let (Some(public_url), true) = (public_url, r.problems.is_empty()) else {
+        let (Some(public_url), Some(frontend_url), true) =
+            (public_url, frontend_url, r.problems.is_empty())
+        else {
             return Err(ConfigError {
                 problems: r.problems,
             });
@@ -488,6 +509,7 @@ impl Config {
             host,
             port,
             public_url,
+            frontend_url,
             database_url: Secret::new(database_url),
             database_max_connections,
             redis_url: Secret::new(redis_url),
@@ -882,6 +904,7 @@ mod tests {
         let config = load(&[("JWT_SECRET", SECRET)]).expect("defaults are valid");
         assert_eq!(config.port, 8080);
         assert_eq!(config.public_url.as_str(), "http://localhost:8080/");
+        assert_eq!(config.frontend_url, config.public_url);
         assert!(config.storage.local.is_some());
         assert!(matches!(config.mail.transport, MailTransport::Folder(_)));
         assert_eq!(config.worker_concurrency.media, 2);
@@ -940,6 +963,21 @@ mod tests {
         );
         let text = err.to_string();
         assert!(text.contains("PORT: expected a port number"), "{text}");
+    }
+
+    #[test]
+    fn the_frontend_url_is_a_plain_http_base() {
+        let config = load(&[
+            ("JWT_SECRET", SECRET),
+            ("FRONTEND_URL", "https://app.example/learn/"),
+        ])
+        .expect("valid");
+        assert_eq!(config.frontend_url.as_str(), "https://app.example/learn/");
+        assert_eq!(config.public_url.as_str(), "http://localhost:8080/");
+        for bad in ["ftp://app.example", "not a url", "https://app.example/?x=1"] {
+            let err = load(&[("JWT_SECRET", SECRET), ("FRONTEND_URL", bad)]).expect_err(bad);
+            assert!(err.problems.contains_key("FRONTEND_URL"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -96,8 +96,13 @@ pub async fn deliver(services: &Services, job: &SendEmail) -> Result<(), JobErro
             .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
             .into()
     });
-    let rendered = mail::render(job.template, services.config.public_url.as_str(), &vars)
-        .map_err(|e| JobError::Permanent(e.to_string()))?;
+    let rendered = mail::render(
+        job.template,
+        services.config.frontend_url.as_str(),
+        services.config.public_url.as_str(),
+        &vars,
+    )
+    .map_err(|e| JobError::Permanent(e.to_string()))?;
     services
         .mailer
         .send(

@@ -70,6 +70,10 @@ pub enum Error {
     NotFound(&'static str),
     #[error("{message}")]
     Conflict { code: &'static str, message: String },
+    /// 422 about the request as a whole rather than a field (an `Idempotency-Key` reused with
+    /// another body).
+    #[error("{message}")]
+    Unprocessable { code: &'static str, message: String },
     #[error("too many attempts; try again in {} s", retry_after.as_secs().max(1))]
     RateLimited { retry_after: std::time::Duration },
     #[error("{0} is unavailable")]

@@ -118,8 +118,7 @@ async fn course_published(
     // Unpublished or deleted since: there is nothing to announce any more.
     let Some(course) = course else { return Ok(()) };
     let event_key = format!("course_published:{course_id}");
-    let base = services.config.public_url.as_str().trim_end_matches('/');
-    let link = format!("{base}/courses/{}", course.slug);
+    let link = crate::links::course(&services.config, &course.slug);
     let title = format!("New course by {}", course.instructor_name);
     let message = format!("{} is now available", course.title);
     let data = serde_json::json!({ "course_id": course_id, "slug": course.slug });
@@ -279,8 +278,7 @@ pub async fn send_digests(services: &Services) -> Result<(), JobError> {
 }
 
 async fn run_digests(services: &Services) -> Result<()> {
-    let base = services.config.public_url.as_str().trim_end_matches('/');
-    let link = format!("{base}/notifications");
+    let link = crate::links::notifications(&services.config);
     let mut after: Option<Uuid> = None;
     let mut sent = 0usize;
     loop {

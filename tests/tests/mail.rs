@@ -201,3 +201,235 @@ async fn the_digest_summarises_unread_notifications_and_an_unsubscribe_stops_que
         "one new digest, for Ada only"
     );
 }
+
+/// The frontend of the link-following test: not the API's address, so a link built on
+/// `PUBLIC_URL` would not start with it.
+const FRONTEND: &str = "http://frontend.test:5173/app";
+
+/// The first link in `text` that starts with `FRONTEND{path}`.
+fn frontend_link(text: &str, path: &str) -> String {
+    let prefix = format!("{FRONTEND}{path}");
+    let at = text
+        .find(&prefix)
+        .unwrap_or_else(|| panic!("no {prefix} link in:\n{text}"));
+    text[at..]
+        .split(|c: char| c.is_whitespace() || c == '"' || c == '<')
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+/// Waits for the `n`th mail (1-based) to `to` and returns it.
+async fn mail_to(app: &TestApp, to: &str, n: usize) -> lectern_tests::smtp::ParsedMail {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mine: Vec<_> = app
+            .smtp
+            .messages()
+            .into_iter()
+            .filter(|m| m.recipients == [to])
+            .collect();
+        if mine.len() >= n {
+            return mine[n - 1].parsed();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "mail {n} to {to} never came:\n{}",
+            app.worker_log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn login(app: &TestApp, password: &str) -> (u16, serde_json::Value) {
+    app.call(
+        "POST",
+        "/api/v1/auth/login",
+        None,
+        Some(&json!({"email": "lin@example.com", "password": password})),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn every_mailed_link_opens_the_frontend_and_its_token_completes_the_action() {
+    let app = TestApp::spawn_with_env(&[("FRONTEND_URL", FRONTEND)]).await;
+    app.wait_until_ready().await;
+    let student = app.register("lin@example.com", "student").await;
+    let s = student["access_token"].as_str().unwrap().to_owned();
+
+    // Verification: FRONTEND_URL/verify-email?token=…, and the page's POST verifies the account.
+    let verify = mail_to(&app, "lin@example.com", 1).await;
+    let link = frontend_link(&verify.text, "/verify-email?token=");
+    // The HTML part escapes slashes (&#x2f;); a browser decodes them in the href.
+    let html = verify.html.replace("&#x2f;", "/");
+    assert!(html.contains(&format!("href=\"{link}\"")), "{html}");
+    let token = token_from_link(&link);
+    assert_eq!(token.len(), 64, "{link}");
+    let (status, user) = app
+        .call(
+            "POST",
+            "/api/v1/auth/verify-email",
+            None,
+            Some(&json!({ "token": token })),
+        )
+        .await;
+    assert_eq!(
+        (status, user["email_verified"].as_bool()),
+        (200, Some(true)),
+        "{user}"
+    );
+
+    // The welcome sends a student to the catalogue; every mail's footer names the frontend.
+    let welcome = mail_to(&app, "lin@example.com", 2).await;
+    assert_eq!(
+        frontend_link(&welcome.text, "/courses"),
+        format!("{FRONTEND}/courses")
+    );
+    assert!(!welcome.text.contains(&app.url), "{}", welcome.text);
+
+    // Reset: FRONTEND_URL/reset-password?token=…; the new password signs in, the old does not.
+    let (status, _) = app
+        .call(
+            "POST",
+            "/api/v1/auth/password-reset",
+            None,
+            Some(&json!({ "email": "lin@example.com" })),
+        )
+        .await;
+    assert_eq!(status, 202);
+    let reset = mail_to(&app, "lin@example.com", 3).await;
+    let link = frontend_link(&reset.text, "/reset-password?token=");
+    let (status, body) = app
+        .call(
+            "POST",
+            "/api/v1/auth/password-reset/confirm",
+            None,
+            Some(&json!({ "token": token_from_link(&link), "password": "a brand new secret" })),
+        )
+        .await;
+    assert_eq!(status, 204, "{body}");
+    assert_eq!(login(&app, "a brand new secret").await.0, 200);
+    assert_eq!(login(&app, "correct horse battery").await.0, 401);
+    let (_, session) = login(&app, "a brand new secret").await;
+    let s_new = session["access_token"].as_str().unwrap().to_owned();
+    assert_ne!(s, s_new);
+
+    // Enrollment: the welcome links FRONTEND_URL/courses/{slug}, which names the course.
+    let (_, teacher) = app.verified_instructor("ted@example.com").await;
+    let course = Uuid::now_v7();
+    let slug = format!("knots-{}", course.simple());
+    sqlx::query(
+        "INSERT INTO courses (id, instructor_id, title, slug, price, status, published_at)
+         VALUES ($1, $2::uuid, 'Knots', $3, 0, 'published', now())",
+    )
+    .bind(course)
+    .bind(&teacher)
+    .bind(&slug)
+    .execute(&app.db.pool)
+    .await
+    .unwrap();
+    let (status, enrolled) = app
+        .call(
+            "POST",
+            &format!("/api/v1/courses/{course}/enroll"),
+            Some(&s_new),
+            None,
+        )
+        .await;
+    assert_eq!(status, 201, "{enrolled}");
+    let enrollment = mail_to(&app, "lin@example.com", 4).await;
+    let link = frontend_link(&enrollment.text, "/courses/");
+    assert_eq!(link, format!("{FRONTEND}/courses/{slug}"));
+    let (status, page) = app
+        .get(&format!(
+            "/api/v1/courses/{}",
+            link.rsplit('/').next().unwrap()
+        ))
+        .await;
+    assert_eq!(
+        (status, page["id"].as_str()),
+        (200, Some(course.to_string().as_str()))
+    );
+
+    // The certificate: FRONTEND_URL/certificates/{id}, the id the public verification answers.
+    let enrollment_id: Uuid = sqlx::query_scalar(
+        "UPDATE enrollments SET status = 'completed', completed_at = now()
+          WHERE course_id = $1 RETURNING id",
+    )
+    .bind(course)
+    .fetch_one(&app.db.pool)
+    .await
+    .unwrap();
+    lectern_core::learning::certificates::run(
+        &app.services(),
+        &lectern_core::jobs::IssueCertificate { enrollment_id },
+    )
+    .await
+    .expect("certificate issued");
+    let certificate = mail_to(&app, "lin@example.com", 5).await;
+    assert!(
+        certificate.subject.contains("certificate"),
+        "{}",
+        certificate.subject
+    );
+    let link = frontend_link(&certificate.text, "/certificates/");
+    let id = link.rsplit('/').next().unwrap();
+    let (status, cert) = app.get(&format!("/api/v1/certificates/{id}")).await;
+    assert_eq!(status, 200, "{cert}");
+    assert_eq!(cert["course_title"], "Knots");
+    assert_eq!(cert["verify_url"], link.as_str());
+}
+
+#[tokio::test]
+async fn the_digest_links_the_frontend_and_unsubscribes_through_the_api_in_one_click() {
+    let app = TestApp::spawn_with_env(&[("FRONTEND_URL", FRONTEND)]).await;
+    let users = mint_users(&app.db.pool, 1, "student").await;
+    let ada = users[0].0;
+    notify(&app, ada, "Ada news", 5, false).await;
+    make_digest_day(&app).await;
+    let to = format!("user-{ada}@example.com");
+    let digest = mail_to(&app, &to, 1).await;
+    assert_eq!(
+        frontend_link(&digest.text, "/notifications"),
+        format!("{FRONTEND}/notifications")
+    );
+    // The unsubscribe link stays on the API (PUBLIC_URL), and says it takes a one-click POST.
+    let header = digest.list_unsubscribe.expect("List-Unsubscribe");
+    let url = header
+        .trim_start_matches('<')
+        .trim_end_matches('>')
+        .to_owned();
+    assert!(
+        url.starts_with(&format!("{}/api/v1/unsubscribe?token=", app.url)),
+        "{url}"
+    );
+    let raw = app
+        .smtp
+        .messages()
+        .into_iter()
+        .find(|m| m.recipients == [to.as_str()])
+        .unwrap()
+        .data_str();
+    assert!(
+        raw.lines()
+            .any(|l| l.trim() == "List-Unsubscribe-Post: List-Unsubscribe=One-Click"),
+        "{raw}"
+    );
+    // What a mail client does with it (RFC 8058): POST the URL with that body.
+    let res = app
+        .http
+        .post(&url)
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .body("List-Unsubscribe=One-Click")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    let wants_mail: bool = sqlx::query_scalar("SELECT notify_email FROM users WHERE id = $1")
+        .bind(ada)
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+    assert!(!wants_mail);
+}

@@ -181,6 +181,7 @@ async fn the_local_default_writes_eml_files() {
     let rendered = mail::render(
         EmailTemplate::TestMessage,
         "http://localhost:8080",
+        "http://localhost:8080",
         &Default::default(),
     )
     .unwrap();

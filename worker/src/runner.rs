@@ -357,6 +357,7 @@ pub async fn relay_loop(services: Services, mut stop: tokio::sync::watch::Receiv
                 last_sweep = std::time::Instant::now();
                 lectern_core::media::sweep_abandoned(&services).await?;
                 lectern_core::media::sweep_upload_keys(&services).await?;
+                lectern_core::idempotency::sweep_expired(&services).await?;
                 lectern_core::media::workdir::sweep().await;
             }
             if last_vacuum.elapsed() >= Duration::from_secs(60) {

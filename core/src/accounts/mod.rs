@@ -350,19 +350,26 @@ pub async fn send_account_link(services: &Services, job: &SendAccountLink) -> Re
         tracing::info!(token_id = %job.token_id, "the link's token is used, voided or expired; no mail");
         return Ok(());
     };
-    let (template, path, ttl) = match purpose.as_str() {
-        "verify_email" => (EmailTemplate::VerifyEmail, "verify-email", VERIFY_TTL),
-        "password_reset" => (EmailTemplate::PasswordReset, "reset-password", RESET_TTL),
+    let (template, link, ttl) = match purpose.as_str() {
+        "verify_email" => (
+            EmailTemplate::VerifyEmail,
+            crate::links::verify_email(&services.config, &token),
+            VERIFY_TTL,
+        ),
+        "password_reset" => (
+            EmailTemplate::PasswordReset,
+            crate::links::reset_password(&services.config, &token),
+            RESET_TTL,
+        ),
         other => {
             return Err(JobError::Permanent(format!(
                 "a one-time token with an unknown purpose {other:?}"
             )));
         }
     };
-    let base = services.config.public_url.as_str().trim_end_matches('/');
     let mut vars = serde_json::Map::new();
     vars.insert("full_name".into(), full_name.into());
-    vars.insert("link".into(), format!("{base}/{path}?token={token}").into());
+    vars.insert("link".into(), link.into());
     vars.insert("expires_in_hours".into(), (ttl.as_secs() / 3600).into());
     crate::email::deliver(services, &SendEmail { to, template, vars }).await
 }
@@ -934,7 +941,6 @@ async fn queue_welcome(
     conn: &mut PgConnection,
     user: &UserView,
 ) -> Result<NewJob> {
-    let base = services.config.public_url.as_str().trim_end_matches('/');
     let instructor = matches!(user.role, Role::Instructor);
     let mut vars = serde_json::Map::new();
     vars.insert("full_name".into(), user.full_name.clone().into());
@@ -945,9 +951,9 @@ async fn queue_welcome(
     vars.insert(
         "link".into(),
         if instructor {
-            format!("{base}/instructor/courses/new")
+            crate::links::new_course(&services.config)
         } else {
-            format!("{base}/courses")
+            crate::links::catalogue(&services.config)
         }
         .into(),
     );
@@ -1348,10 +1354,9 @@ pub async fn audit_log(
 
 /// The one-click unsubscribe link of a user's non-essential mail (`List-Unsubscribe`).
 pub fn unsubscribe_url(services: &Services, user_id: Uuid) -> String {
-    let base = services.config.public_url.as_str().trim_end_matches('/');
-    format!(
-        "{base}/api/v1/unsubscribe?token={}",
-        tokens::signed_id(&services.config, "unsubscribe", user_id)
+    crate::links::unsubscribe(
+        &services.config,
+        &tokens::signed_id(&services.config, "unsubscribe", user_id),
     )
 }
 

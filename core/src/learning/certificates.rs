@@ -73,8 +73,7 @@ fn new_code() -> String {
 }
 
 fn verify_url(services: &Services, id: Uuid) -> String {
-    let base = services.config.public_url.as_str().trim_end_matches('/');
-    format!("{base}/api/v1/certificates/{id}")
+    crate::links::certificate(&services.config, id)
 }
 
 fn storage_error(e: crate::storage::StorageError) -> JobError {

@@ -92,7 +92,9 @@ struct Offer {
 
 /// Enrolls the caller in a published course. A paid course needs an entitlement (a grant or a
 /// recorded payment: see `entitlements`), a verified email and an `Idempotency-Key`; the price is
-/// recorded as paid. Re-enrolling after a drop checks the entitlement again.
+/// recorded as paid. Re-enrolling after a drop checks the entitlement again. The key is stored,
+/// and a retry with it replayed, by the API's idempotency layer (`crate::idempotency`) before
+/// this runs; here it is only required.
 pub async fn enroll(
     services: &Services,
     caller: &Principal,
@@ -204,7 +206,6 @@ pub async fn enroll(
                 .bind(user.id)
                 .fetch_one(&mut *tx)
                 .await?;
-        let base = services.config.public_url.as_str().trim_end_matches('/');
         let mut vars = serde_json::Map::new();
         vars.insert("full_name".into(), full_name.into());
         vars.insert("course_title".into(), offer.title.clone().into());
@@ -214,7 +215,7 @@ pub async fn enroll(
         );
         vars.insert(
             "link".into(),
-            format!("{base}/courses/{}", offer.slug).into(),
+            crate::links::course(&services.config, &offer.slug).into(),
         );
         let mail = Job::SendEmail(SendEmail {
             to: email,

@@ -158,14 +158,20 @@ impl MailError {
     }
 }
 
-/// Renders a template with the shared variables (`product_name`, `public_url`) and the job's own.
+/// Renders a template with the shared variables (`product_name`, `frontend_url` where people go,
+/// `public_url` the API's own address) and the job's own.
 pub fn render(
     template: EmailTemplate,
+    frontend_url: &str,
     public_url: &str,
     vars: &serde_json::Map<String, serde_json::Value>,
 ) -> Result<Rendered, MailError> {
     let mut ctx = vars.clone();
     ctx.insert("product_name".into(), "Lectern".into());
+    ctx.insert(
+        "frontend_url".into(),
+        frontend_url.trim_end_matches('/').into(),
+    );
     ctx.insert("public_url".into(), public_url.trim_end_matches('/').into());
     let name = template.name();
     let render_one = |suffix: &str| -> Result<String, MailError> {
@@ -245,7 +251,10 @@ impl Mailer {
             .subject(rendered.subject.clone())
             .message_id(None);
         if let Some(url) = list_unsubscribe {
-            builder = builder.header(ListUnsubscribe(format!("<{url}>")));
+            // RFC 8058: mail clients unsubscribe with one POST to this URL, served by the API.
+            builder = builder
+                .header(ListUnsubscribe(format!("<{url}>")))
+                .header(ListUnsubscribePost);
         }
         let message = builder
             .multipart(MultiPart::alternative_plain_html(
@@ -300,6 +309,27 @@ impl lettre::message::header::Header for ListUnsubscribe {
     }
 }
 
+/// `List-Unsubscribe-Post: List-Unsubscribe=One-Click` (RFC 8058): the link takes a POST.
+#[derive(Debug, Clone)]
+struct ListUnsubscribePost;
+
+impl lettre::message::header::Header for ListUnsubscribePost {
+    fn name() -> lettre::message::header::HeaderName {
+        lettre::message::header::HeaderName::new_from_ascii_str("List-Unsubscribe-Post")
+    }
+
+    fn parse(_: &str) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        Ok(ListUnsubscribePost)
+    }
+
+    fn display(&self) -> lettre::message::header::HeaderValue {
+        lettre::message::header::HeaderValue::new(
+            Self::name(),
+            "List-Unsubscribe=One-Click".to_owned(),
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -312,6 +342,7 @@ mod tests {
         let r = render(
             EmailTemplate::TestMessage,
             "https://lectern.example/",
+            "https://api.lectern.example/",
             &vars,
         )
         .expect("renders");
@@ -346,6 +377,7 @@ mod tests {
         let r = render(
             EmailTemplate::NotificationDigest,
             "https://lectern.example",
+            "https://api.lectern.example",
             &vars,
         )
         .expect("renders");
@@ -367,13 +399,23 @@ mod tests {
         vars.insert("full_name".into(), "Ada".into());
         vars.insert("link".into(), "https://lectern.example/courses".into());
         vars.insert("role".into(), "student".into());
-        let student =
-            render(EmailTemplate::Welcome, "https://lectern.example", &vars).expect("renders");
+        let student = render(
+            EmailTemplate::Welcome,
+            "https://lectern.example",
+            "https://api.lectern.example",
+            &vars,
+        )
+        .expect("renders");
         assert_eq!(student.subject, "Welcome to Lectern, Ada");
         assert!(student.text.contains("catalogue"));
         vars.insert("role".into(), "instructor".into());
-        let teacher =
-            render(EmailTemplate::Welcome, "https://lectern.example", &vars).expect("renders");
+        let teacher = render(
+            EmailTemplate::Welcome,
+            "https://lectern.example",
+            "https://api.lectern.example",
+            &vars,
+        )
+        .expect("renders");
         assert!(teacher.html.contains("Create a course"));
         assert!(!teacher.text.contains("catalogue"));
     }

@@ -1779,10 +1779,7 @@ async fn pictures(services: &Services, base: &str, ttl: Duration) -> Result<Pict
 }
 
 fn api_url(services: &Services, path: &str) -> String {
-    format!(
-        "{}/api/v1{path}",
-        services.config.public_url.as_str().trim_end_matches('/')
-    )
+    crate::links::api_path(&services.config, path)
 }
 
 /// Short-lived signed URLs to play or show a ready media; only for those who may view it.
