@@ -29,6 +29,7 @@ pub fn build(
         InitError = (),
     >,
 > {
+    let cors = crate::cors::layer(&services.config.cors_allowed_origins);
     let (app, api) = App::new()
         .into_utoipa_app()
         .openapi(ApiDoc::openapi())
@@ -121,6 +122,8 @@ pub fn build(
         .split_for_parts();
     let _ = doc.set(api);
     app.wrap(from_fn(crate::input_guard::middleware))
+        .wrap(cors)
+        .wrap(from_fn(crate::cors::preflight))
         .wrap(from_fn(request_context::middleware))
 }
 

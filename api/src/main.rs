@@ -2,6 +2,7 @@
 
 mod app;
 mod auth;
+mod cors;
 mod error;
 mod input_guard;
 mod metrics;
@@ -128,6 +129,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                 local.dir.clone(),
                 config.storage.access_key_id.clone(),
                 config.storage.secret_access_key.expose().to_owned(),
+                config.cors_allowed_origins.clone(),
                 async {
                     let _ = local_s3_stopped.await;
                 },
