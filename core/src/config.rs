@@ -505,7 +505,8 @@ impl Config {
         }
 
         let storage = read_storage(&mut r);
-        let cors_allowed_origins = read_cors(&mut r, frontend_url.as_ref(), storage.local.is_some());
+        let cors_allowed_origins =
+            read_cors(&mut r, frontend_url.as_ref(), storage.local.is_some());
         let mail = read_mail(&mut r);
 
         let jwt_secret = r.required("JWT_SECRET").unwrap_or_default();
@@ -1170,15 +1171,22 @@ mod tests {
         assert!(!cors.allows("https://app.example.com:8443"));
         assert!(cors.allows("http://10.0.0.5:1234"));
         assert!(cors.allows("http://[::1]:8080"));
-        assert!(!cors.allows("http://localhost:5173"), "the list replaces the default");
+        assert!(
+            !cors.allows("http://localhost:5173"),
+            "the list replaces the default"
+        );
         let rules: Vec<String> = cors.patterns().iter().map(OriginPattern::as_rule).collect();
         assert_eq!(
             rules,
-            ["https://app.example.com", "http://10.0.0.5:*", "http://[::1]:8080"]
+            [
+                "https://app.example.com",
+                "http://10.0.0.5:*",
+                "http://[::1]:8080"
+            ]
         );
 
-        let none = load(&[("JWT_SECRET", SECRET), ("CORS_ALLOWED_ORIGINS", "none")])
-            .expect("valid");
+        let none =
+            load(&[("JWT_SECRET", SECRET), ("CORS_ALLOWED_ORIGINS", "none")]).expect("valid");
         assert!(none.cors_allowed_origins.is_empty());
 
         for bad in [
@@ -1192,9 +1200,12 @@ mod tests {
             "https://app.example.com:8443:*",
             "https://ok.example.com, https://*.example.com",
         ] {
-            let err = load(&[("JWT_SECRET", SECRET), ("CORS_ALLOWED_ORIGINS", bad)])
-                .expect_err(bad);
-            assert!(err.problems.contains_key("CORS_ALLOWED_ORIGINS"), "{bad}: {err}");
+            let err =
+                load(&[("JWT_SECRET", SECRET), ("CORS_ALLOWED_ORIGINS", bad)]).expect_err(bad);
+            assert!(
+                err.problems.contains_key("CORS_ALLOWED_ORIGINS"),
+                "{bad}: {err}"
+            );
         }
         let err = load(&[("JWT_SECRET", SECRET), ("FRONTEND_URL", "mailto:x@y.z")])
             .expect_err("not a web URL");

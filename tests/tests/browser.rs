@@ -100,9 +100,10 @@ fn make_media(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
         "-c:a", "aac", "-shortest", "-movflags", "+faststart",
         single.to_str().unwrap(),
     ]);
-    // Noise at a fixed high bit rate makes four seconds weigh about 7 MB.
+    // Noise at a fixed high bit rate makes four seconds weigh about 7 MB; 400 lines make a
+    // ladder of two renditions (400p and 360p).
     ffmpeg(&[
-        "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=25",
+        "-f", "lavfi", "-i", "testsrc2=size=640x400:rate=25",
         "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100",
         "-t", "4", "-vf", "noise=alls=40:allf=t",
         "-c:v", "libx264", "-preset", "ultrafast", "-b:v", "14M", "-minrate", "14M",
@@ -131,7 +132,10 @@ fn assert_played_to_the_end(played: &Value, what: &str) {
         (3.5..5.0).contains(&duration) && current >= duration - 0.25,
         "{what}: stopped at {current} of {duration} s: {played}"
     );
-    assert!(played["levels"].as_u64().unwrap_or(0) >= 1, "{what}: {played}");
+    assert!(
+        played["levels"].as_u64().unwrap_or(0) >= 1,
+        "{what}: {played}"
+    );
     assert!(
         played["fragments"].as_u64().unwrap_or(0) >= 1,
         "{what}: {played}"
@@ -199,7 +203,11 @@ async fn a_page_on_another_origin_uploads_and_plays_hls_with_a_real_browser() {
     let read = |p: &Path| std::fs::read(p).expect("read");
     let mut files = HashMap::new();
     for (path, content_type, body) in [
-        ("/page.html", "text/html; charset=utf-8", read(&browser_dir().join("page.html"))),
+        (
+            "/page.html",
+            "text/html; charset=utf-8",
+            read(&browser_dir().join("page.html")),
+        ),
         (
             "/hls.min.js",
             "text/javascript",
@@ -230,6 +238,7 @@ async fn a_page_on_another_origin_uploads_and_plays_hls_with_a_real_browser() {
         .expect("node runs (installed by scripts/bootstrap.sh)");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let report = format!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    eprintln!("--- browser run ---\n{report}");
     let result: Value = stdout
         .lines()
         .find_map(|l| l.strip_prefix("RESULT "))
@@ -248,9 +257,25 @@ async fn a_page_on_another_origin_uploads_and_plays_hls_with_a_real_browser() {
     assert_eq!(multi["parts"], 2, "{multi}");
     let etags = multi["etags"].as_array().expect("etags");
     assert_eq!(etags.len(), 2, "every part's ETag was readable: {multi}");
-    assert!(etags.iter().all(|e| e.as_str().is_some_and(|e| e.len() > 2)));
+    assert!(
+        etags
+            .iter()
+            .all(|e| e.as_str().is_some_and(|e| e.len() > 2))
+    );
     assert_played_to_the_end(step(&result, "playedSingle"), "the single-PUT video");
-    assert_played_to_the_end(step(&result, "playedMulti"), "the multipart video");
+    let ladder = step(&result, "playedMulti")
+        .as_array()
+        .expect("one run per rendition");
+    assert_eq!(ladder.len(), 2, "a ladder of two renditions: {ladder:?}");
+    for (level, played) in ladder.iter().enumerate() {
+        assert_played_to_the_end(played, &format!("rendition {level} of the multipart video"));
+        assert_eq!(played["levels"], 2, "{played}");
+        assert_eq!(
+            played["fragmentLevels"],
+            serde_json::json!([level]),
+            "every segment from the pinned rendition: {played}"
+        );
+    }
 
     // The storefront steps (anonymous preview, catalogue thumbnail) run with
     // LECTERN_BROWSER_STOREFRONT=1; their results are checked when present.

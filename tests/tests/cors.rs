@@ -63,13 +63,24 @@ async fn the_api_grants_allowed_origins_and_still_answers_the_others() {
     let url = format!("{}/api/v1/courses", app.url);
 
     for origin in [ALLOWED, ALLOWED_DEV] {
-        let (status, headers, _) =
-            request(&app, Method::GET, &url, &[("Origin", origin)]).await;
+        let (status, headers, _) = request(&app, Method::GET, &url, &[("Origin", origin)]).await;
         assert_eq!(status, 200);
-        assert_eq!(header(&headers, "access-control-allow-origin"), Some(origin));
+        assert_eq!(
+            header(&headers, "access-control-allow-origin"),
+            Some(origin)
+        );
         let exposed = list(&headers, "access-control-expose-headers");
-        for name in ["location", "retry-after", "etag", "idempotent-replayed", "www-authenticate"] {
-            assert!(exposed.contains(&name.to_owned()), "{name} not in {exposed:?}");
+        for name in [
+            "location",
+            "retry-after",
+            "etag",
+            "idempotent-replayed",
+            "www-authenticate",
+        ] {
+            assert!(
+                exposed.contains(&name.to_owned()),
+                "{name} not in {exposed:?}"
+            );
         }
         assert!(list(&headers, "vary").contains(&"origin".to_owned()));
         // Bearer tokens, not cookies: no credentials cross-origin.
@@ -78,11 +89,19 @@ async fn the_api_grants_allowed_origins_and_still_answers_the_others() {
 
     // Another origin, or a look-alike of an allowed one: no grant, same answer.
     let (_, _, expected) = request(&app, Method::GET, &url, &[]).await;
-    for origin in [OTHER, "https://app.example.com.evil.net", "http://app.example.com", "null"] {
-        let (status, headers, body) =
-            request(&app, Method::GET, &url, &[("Origin", origin)]).await;
+    for origin in [
+        OTHER,
+        "https://app.example.com.evil.net",
+        "http://app.example.com",
+        "null",
+    ] {
+        let (status, headers, body) = request(&app, Method::GET, &url, &[("Origin", origin)]).await;
         assert_eq!(status, 200, "{origin}: {body}");
-        assert_eq!(header(&headers, "access-control-allow-origin"), None, "{origin}");
+        assert_eq!(
+            header(&headers, "access-control-allow-origin"),
+            None,
+            "{origin}"
+        );
         let (a, b): (serde_json::Value, serde_json::Value) = (
             serde_json::from_str(&body).unwrap(),
             serde_json::from_str(&expected).unwrap(),
@@ -94,13 +113,18 @@ async fn the_api_grants_allowed_origins_and_still_answers_the_others() {
     let me = format!("{}/api/v1/me", app.url);
     let (status, headers, body) = request(&app, Method::GET, &me, &[("Origin", ALLOWED)]).await;
     assert_eq!(status, 401, "{body}");
-    assert_eq!(header(&headers, "access-control-allow-origin"), Some(ALLOWED));
+    assert_eq!(
+        header(&headers, "access-control-allow-origin"),
+        Some(ALLOWED)
+    );
     assert!(body.contains("\"error\""), "{body}");
     let missing = format!("{}/api/v1/no-such-route", app.url);
-    let (status, headers, _) =
-        request(&app, Method::GET, &missing, &[("Origin", ALLOWED)]).await;
+    let (status, headers, _) = request(&app, Method::GET, &missing, &[("Origin", ALLOWED)]).await;
     assert_eq!(status, 404);
-    assert_eq!(header(&headers, "access-control-allow-origin"), Some(ALLOWED));
+    assert_eq!(
+        header(&headers, "access-control-allow-origin"),
+        Some(ALLOWED)
+    );
 }
 
 #[tokio::test]
@@ -122,7 +146,10 @@ async fn preflights_grant_the_methods_and_headers_clients_send() {
     )
     .await;
     assert!(status.is_success(), "{status}");
-    assert_eq!(header(&headers, "access-control-allow-origin"), Some(ALLOWED));
+    assert_eq!(
+        header(&headers, "access-control-allow-origin"),
+        Some(ALLOWED)
+    );
     let methods = list(&headers, "access-control-allow-methods");
     for m in ["get", "post", "put", "patch", "delete"] {
         assert!(methods.contains(&m.to_owned()), "{m} not in {methods:?}");
@@ -194,17 +221,24 @@ async fn hls_playlists_are_readable_from_an_allowed_origin() {
         .await
         .expect("put playlist");
     let (status, playback) = app
-        .call("GET", &format!("/api/v1/media/{id}/playback"), Some(&token), None)
+        .call(
+            "GET",
+            &format!("/api/v1/media/{id}/playback"),
+            Some(&token),
+            None,
+        )
         .await;
     assert_eq!(status, 200, "{playback}");
     let master = playback["hls_url"].as_str().expect("hls_url").to_owned();
     assert!(master.contains("/hls/master.m3u8?token="), "{master}");
 
     // hls.js sends no custom header, so no preflight: the GET itself must carry the grant.
-    let (status, headers, body) =
-        request(&app, Method::GET, &master, &[("Origin", ALLOWED)]).await;
+    let (status, headers, body) = request(&app, Method::GET, &master, &[("Origin", ALLOWED)]).await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(header(&headers, "access-control-allow-origin"), Some(ALLOWED));
+    assert_eq!(
+        header(&headers, "access-control-allow-origin"),
+        Some(ALLOWED)
+    );
     assert!(body.contains("180p/index.m3u8?token="), "{body}");
     // A player configured with custom headers preflights: granted as well.
     let (status, headers, _) = request(
@@ -231,7 +265,10 @@ async fn hls_playlists_are_readable_from_an_allowed_origin() {
     let vtt = master.replace("/hls/master.m3u8", "/storyboard.vtt");
     let (status, headers, _) = request(&app, Method::GET, &vtt, &[("Origin", ALLOWED)]).await;
     assert_eq!(status, 404);
-    assert_eq!(header(&headers, "access-control-allow-origin"), Some(ALLOWED));
+    assert_eq!(
+        header(&headers, "access-control-allow-origin"),
+        Some(ALLOWED)
+    );
 }
 
 /// An embedded S3 endpoint of the test's own, granting `origins`, and a client for it.
@@ -312,7 +349,11 @@ async fn the_embedded_s3_endpoint_grants_presigned_puts_and_gets_to_allowed_orig
     let mut headers = vec![("Origin", OTHER)];
     headers.extend(preflight);
     let (_, h, _) = send(Method::OPTIONS, &put.url, &headers, None).await;
-    assert_eq!(header(&h, "access-control-allow-origin"), None, "another origin");
+    assert_eq!(
+        header(&h, "access-control-allow-origin"),
+        None,
+        "another origin"
+    );
     for (method, requested) in [("DELETE", "content-type"), ("PUT", "x-not-allowed")] {
         let (_, h, _) = send(
             Method::OPTIONS,
@@ -394,13 +435,22 @@ async fn the_embedded_s3_endpoint_grants_presigned_puts_and_gets_to_allowed_orig
     let (status, h, _) = send(
         Method::OPTIONS,
         &part.url,
-        &[("Origin", ALLOWED), ("Access-Control-Request-Method", "PUT")],
+        &[
+            ("Origin", ALLOWED),
+            ("Access-Control-Request-Method", "PUT"),
+        ],
         None,
     )
     .await;
     assert!(status.is_success());
     assert_eq!(header(&h, "access-control-allow-origin"), Some(ALLOWED));
-    let (status, h, text) = send(Method::PUT, &part.url, &[("Origin", ALLOWED)], Some(part_body)).await;
+    let (status, h, text) = send(
+        Method::PUT,
+        &part.url,
+        &[("Origin", ALLOWED)],
+        Some(part_body),
+    )
+    .await;
     assert_eq!(status, 200, "{text}");
     assert_eq!(header(&h, "access-control-allow-origin"), Some(ALLOWED));
     assert!(list(&h, "access-control-expose-headers").contains(&"etag".to_owned()));
@@ -425,7 +475,10 @@ async fn a_bucket_lectern_creates_gets_the_cors_rule_and_an_existing_one_keeps_i
     let rules = created.cors_rules().await.expect("rules");
     assert_eq!(rules.len(), 1, "{rules:?}");
     let (allowed, methods) = &rules[0];
-    assert_eq!(allowed, &vec![ALLOWED.to_owned(), "http://localhost:*".to_owned()]);
+    assert_eq!(
+        allowed,
+        &vec![ALLOWED.to_owned(), "http://localhost:*".to_owned()]
+    );
     for m in ["GET", "HEAD", "PUT"] {
         assert!(methods.contains(&m.to_owned()), "{methods:?}");
     }
@@ -452,5 +505,8 @@ async fn the_api_sets_the_rule_on_the_bucket_it_creates() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    assert_eq!(origins, vec![ALLOWED.to_owned(), "http://localhost:*".to_owned()]);
+    assert_eq!(
+        origins,
+        vec![ALLOWED.to_owned(), "http://localhost:*".to_owned()]
+    );
 }
