@@ -408,6 +408,26 @@ async fn the_embedded_s3_endpoint_grants_presigned_puts_and_gets_to_allowed_orig
         .presign_get("media/x/source", ttl)
         .await
         .expect("presign get");
+    // A player asking for a byte range preflights its GET.
+    for (origin, granted) in [(ALLOWED_DEV, true), (OTHER, false)] {
+        let (status, h, _) = send(
+            Method::OPTIONS,
+            &get.url,
+            &[
+                ("Origin", origin),
+                ("Access-Control-Request-Method", "GET"),
+                ("Access-Control-Request-Headers", "range"),
+            ],
+            None,
+        )
+        .await;
+        assert!(status.is_success(), "{status}");
+        assert_eq!(
+            header(&h, "access-control-allow-origin"),
+            granted.then_some(origin),
+            "{origin}"
+        );
+    }
     let (status, h, text) = send(Method::GET, &get.url, &[("Origin", ALLOWED_DEV)], None).await;
     assert_eq!(status, 200);
     assert_eq!(text.as_bytes(), body.as_slice());
