@@ -86,4 +86,25 @@ if ! "$VENV/bin/st" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION"; the
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q "schemathesis==$SCHEMATHESIS_VERSION"
 fi
-log "ready: system packages, PostgreSQL 127.0.0.1:5432, Redis 127.0.0.1:6379, schemathesis in $VENV"
+# Tests: the browser proof (tests/tests/browser.rs) drives Debian's chromium with playwright-core and
+# plays videos with hls.js, both from npm at the versions of tests/browser/package-lock.json, in a
+# cache folder of their own. No browser is ever downloaded: playwright-core launches chromium.
+browser_missing=()
+command -v chromium >/dev/null 2>&1 || browser_missing+=(chromium)
+command -v node >/dev/null 2>&1 || browser_missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || browser_missing+=(npm)
+if [ ${#browser_missing[@]} -gt 0 ]; then
+  log "installing ${browser_missing[*]} (browser test)"
+  apt_install "${browser_missing[@]}"
+fi
+BROWSER_TEST="$(cd "$(dirname "$0")/.." && pwd)/tests/browser"
+NODE_DIR=${LECTERN_NODE_DIR:-${LECTERN_CACHE:-/var/cache/lectern}/node}
+if ! cmp -s "$BROWSER_TEST/package-lock.json" "$NODE_DIR/package-lock.json" \
+  || [ ! -d "$NODE_DIR/node_modules/playwright-core" ] || [ ! -d "$NODE_DIR/node_modules/hls.js" ]; then
+  log "installing the browser test's npm packages (playwright-core, hls.js) into $NODE_DIR"
+  $SUDO mkdir -p "$NODE_DIR"
+  $SUDO chown "$(id -u):$(id -g)" "$NODE_DIR"
+  cp "$BROWSER_TEST/package.json" "$BROWSER_TEST/package-lock.json" "$NODE_DIR/"
+  PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --prefix "$NODE_DIR" --no-audit --no-fund --loglevel=error
+fi
+log "ready: system packages, PostgreSQL 127.0.0.1:5432, Redis 127.0.0.1:6379, schemathesis in $VENV, chromium and the browser test packages in $NODE_DIR"

@@ -29,6 +29,7 @@ pub fn build(
         InitError = (),
     >,
 > {
+    let cors = crate::cors::layer(&services.config.cors_allowed_origins);
     let (app, mut api) = App::new()
         .into_utoipa_app()
         .openapi(ApiDoc::openapi())
@@ -128,6 +129,8 @@ pub fn build(
     let _ = doc.set(api);
     app.wrap(from_fn(crate::idempotency::middleware))
         .wrap(from_fn(crate::input_guard::middleware))
+        .wrap(cors)
+        .wrap(from_fn(crate::cors::preflight))
         .wrap(from_fn(request_context::middleware))
 }
 

@@ -2,6 +2,7 @@
 
 mod app;
 mod auth;
+mod cors;
 mod error;
 mod idempotency;
 mod input_guard;
@@ -129,6 +130,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                 local.dir.clone(),
                 config.storage.access_key_id.clone(),
                 config.storage.secret_access_key.expose().to_owned(),
+                config.cors_allowed_origins.clone(),
                 async {
                     let _ = local_s3_stopped.await;
                 },

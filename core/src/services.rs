@@ -41,7 +41,7 @@ impl Services {
         let db = crate::db::lazy_pool(&config)?;
         let redis = jobs::redis_connection(config.redis_url.expose())?;
         let jobs = JobQueue::new(db.clone(), redis.clone(), &config.queue_prefix);
-        let storage = Storage::new(&config.storage);
+        let storage = Storage::new(&config.storage).with_cors(&config.cors_allowed_origins);
         let mailer = Mailer::new(&config.mail)?;
         let heartbeats = Batcher::start(db.clone());
         Ok(Services {

@@ -122,6 +122,10 @@ impl TestS3 {
             dir.clone(),
             S3_KEY.into(),
             S3_SECRET.into(),
+            // Like a bucket with a CORS rule for local development: loopback pages on any port.
+            lectern_core::config::AllowedOrigins::new(
+                lectern_core::config::AllowedOrigins::loopback(),
+            ),
             async {
                 let _ = stopped.await;
             },

@@ -10,9 +10,9 @@ use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, CorsConfiguration, CorsRule};
 
-use crate::config::StorageConfig;
+use crate::config::{AllowedOrigins, StorageConfig};
 use crate::error::{Dependency, Error};
 
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +74,26 @@ pub struct ObjectInfo {
     pub etag: Option<String>,
 }
 
+/// The bucket CORS rule for browser clients on `origins`: presigned `PUT`s of uploads and parts
+/// (with the headers their signatures bind), `GET`/`HEAD` of playback, part `ETag`s readable.
+/// `None` when no origin is allowed.
+pub fn bucket_cors_rule(origins: &AllowedOrigins) -> Option<CorsConfiguration> {
+    if origins.is_empty() {
+        return None;
+    }
+    let rule = CorsRule::builder()
+        .set_allowed_origins(Some(
+            origins.patterns().iter().map(|p| p.as_rule()).collect(),
+        ))
+        .set_allowed_methods(Some(vec!["GET".into(), "HEAD".into(), "PUT".into()]))
+        .set_allowed_headers(Some(local::bucket_rule_headers()))
+        .set_expose_headers(Some(local::bucket_rule_exposed()))
+        .max_age_seconds(3600)
+        .build()
+        .ok()?;
+    CorsConfiguration::builder().cors_rules(rule).build().ok()
+}
+
 /// A presigned request a client performs itself, so no media byte passes through the API.
 #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct PresignedRequest {
@@ -101,6 +121,8 @@ impl From<aws_sdk_s3::presigning::PresignedRequest> for PresignedRequest {
 pub struct Storage {
     client: Client,
     bucket: String,
+    /// Browser origins the bucket's CORS rule allows, when Lectern creates the bucket.
+    cors: AllowedOrigins,
 }
 
 impl Storage {
@@ -128,7 +150,14 @@ impl Storage {
         Storage {
             client: Client::from_conf(builder.build()),
             bucket: config.bucket.clone(),
+            cors: AllowedOrigins::default(),
         }
+    }
+
+    /// The browser origins for the CORS rule of a bucket Lectern creates (`CORS_ALLOWED_ORIGINS`).
+    pub fn with_cors(mut self, origins: &AllowedOrigins) -> Self {
+        self.cors = origins.clone();
+        self
     }
 
     pub fn bucket(&self) -> &str {
@@ -136,7 +165,9 @@ impl Storage {
     }
 
     /// Creates the bucket when it does not exist (local default and tests; production buckets
-    /// are usually made by the operator, in which case this is a cheap HEAD).
+    /// are usually made by the operator, in which case this is a cheap HEAD). A bucket Lectern
+    /// creates gets the CORS rule browsers need (see [`bucket_cors_rule`]); an existing bucket's
+    /// rule is the operator's and is left alone.
     pub async fn ensure_bucket(&self) -> Result<(), StorageError> {
         if self.ready().await.is_ok() {
             return Ok(());
@@ -148,7 +179,10 @@ impl Storage {
             .send()
             .await
         {
-            Ok(_) => Ok(()),
+            Ok(_) => {
+                self.set_cors_rule().await;
+                Ok(())
+            }
             Err(e) => {
                 let code = e.code().map(str::to_owned);
                 match code.as_deref() {
@@ -156,6 +190,47 @@ impl Storage {
                     _ => Err(classify(&self.bucket, e)),
                 }
             }
+        }
+    }
+
+    /// Sets the bucket's CORS rule. A provider that refuses it (some S3-compatible services have
+    /// no bucket CORS API) leaves the rule to the operator: logged, not fatal.
+    async fn set_cors_rule(&self) {
+        let Some(rule) = bucket_cors_rule(&self.cors) else {
+            return;
+        };
+        if let Err(e) = self
+            .client
+            .put_bucket_cors()
+            .bucket(&self.bucket)
+            .cors_configuration(rule)
+            .send()
+            .await
+        {
+            tracing::warn!(
+                error = %classify(&self.bucket, e),
+                "could not set the bucket's CORS rule; set it by hand (README, CORS)"
+            );
+        }
+    }
+
+    /// The bucket's CORS rules, as (allowed origins, allowed methods) per rule; empty when the
+    /// bucket has none.
+    pub async fn cors_rules(&self) -> Result<Vec<(Vec<String>, Vec<String>)>, StorageError> {
+        match self
+            .client
+            .get_bucket_cors()
+            .bucket(&self.bucket)
+            .send()
+            .await
+        {
+            Ok(out) => Ok(out
+                .cors_rules()
+                .iter()
+                .map(|r| (r.allowed_origins().to_vec(), r.allowed_methods().to_vec()))
+                .collect()),
+            Err(e) if e.code() == Some("NoSuchCORSConfiguration") => Ok(Vec::new()),
+            Err(e) => Err(classify(&self.bucket, e)),
         }
     }
 
