@@ -33,6 +33,7 @@ struct ProfileRow {
 
 /// The public profile of an active instructor (the accounts that can be followed); any other
 /// account, suspended or deleted, is 404, as if it did not exist.
+#[tracing::instrument(skip_all, fields(user_id = %id))]
 pub async fn public_profile(services: &Services, id: Uuid) -> Result<PublicProfile> {
     let row: Option<ProfileRow> = sqlx::query_as(
         "SELECT u.full_name, u.bio,

@@ -72,6 +72,7 @@ struct ImageOf {
 /// `GET /courses/{id}/thumbnail`: the course's thumbnail image, processed and ready, for anyone
 /// when the course is published, else only for its instructor and admins. 404 otherwise (no such
 /// course, no thumbnail, not processed yet, or not visible to the caller).
+#[tracing::instrument(skip_all, fields(course_id = %course_id))]
 pub async fn image(
     services: &Services,
     caller: Option<&Principal>,

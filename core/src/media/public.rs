@@ -23,6 +23,7 @@ pub struct MediaPatch {
 /// `PATCH /media/{id}`: the instructor of the course the media is in (or its owner, or an admin)
 /// marks a video as a free preview, or unmarks it. Anyone else gets 404, as for every media that
 /// is not theirs. Only a video in a live section of a course can be a preview (422 otherwise).
+#[tracing::instrument(skip_all, fields(media_id = %id))]
 pub async fn update(
     services: &Services,
     caller: &Principal,
