@@ -4,8 +4,8 @@
 // PUT and another with a multipart upload, completes both, waits until they are ready and plays
 // the HLS ladders with hls.js to the end through the signed URLs (every rendition of the second).
 //
-// With LECTERN_BROWSER_STOREFRONT=1 it also runs the storefront steps: an anonymous visitor plays
-// a free preview lesson and sees a catalogue thumbnail through a plain <img>.
+// Then the storefront steps: an anonymous visitor plays a free preview lesson and sees a catalogue
+// thumbnail through a plain <img>.
 //
 // Environment: LECTERN_API_URL, LECTERN_PAGE_URL, LECTERN_TOKEN (an instructor's access token),
 // LECTERN_COURSE_ID and LECTERN_SECTION_ID (a published course of that instructor and one of its
@@ -28,7 +28,6 @@ const cfg = {
   sectionId: env.LECTERN_SECTION_ID,
 };
 const pageUrl = env.LECTERN_PAGE_URL;
-const storefront = env.LECTERN_BROWSER_STOREFRONT === "1";
 for (const [name, value] of Object.entries({ LECTERN_API_URL: cfg.api, LECTERN_TOKEN: cfg.token, LECTERN_PAGE_URL: pageUrl })) {
   if (!value) {
     console.error(`${name} is not set`);
@@ -109,12 +108,8 @@ try {
 
   const videos = await uploads();
   await playBoth(videos);
-  if (storefront) {
-    await visitorPreview(videos[1]);
-    await visitorThumbnail();
-  } else {
-    console.log("skip storefront steps (set LECTERN_BROWSER_STOREFRONT=1)");
-  }
+  await visitorPreview(videos[1]);
+  await visitorThumbnail();
 } catch (e) {
   failed = true;
   result.error = String(e.message || e);

@@ -20,16 +20,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const MIB: u64 = 1024 * 1024;
 
-/// The storefront steps (an anonymous visitor plays a free preview lesson and sees a catalogue
-/// thumbnail through a plain `<img>`) need the storefront routes (`PATCH /media/{id}`,
-/// `GET /media/{id}/preview`, `thumbnail_url` on cards): on once they are merged.
-/// `LECTERN_BROWSER_STOREFRONT=1` turns them on regardless.
-const STOREFRONT_STEPS: bool = false;
-
-fn storefront_steps() -> bool {
-    STOREFRONT_STEPS || std::env::var("LECTERN_BROWSER_STOREFRONT").as_deref() == Ok("1")
-}
-
 /// Where `scripts/bootstrap.sh` installed the npm packages of `tests/browser/package.json`.
 fn node_dir() -> PathBuf {
     std::env::var_os("LECTERN_NODE_DIR")
@@ -241,10 +231,6 @@ async fn a_page_on_another_origin_uploads_and_plays_hls_with_a_real_browser() {
         .env("LECTERN_SECTION_ID", section.to_string())
         .env("LECTERN_NODE_DIR", &node)
         .env("CHROMIUM", &chromium)
-        .env(
-            "LECTERN_BROWSER_STOREFRONT",
-            if storefront_steps() { "1" } else { "0" },
-        )
         .kill_on_drop(true);
     let out = tokio::time::timeout(Duration::from_secs(150), cmd.output())
         .await
@@ -291,11 +277,10 @@ async fn a_page_on_another_origin_uploads_and_plays_hls_with_a_real_browser() {
         );
     }
 
-    if storefront_steps() {
-        assert_played_to_the_end(step(&result, "preview"), "the preview lesson");
-        let thumb = step(&result, "thumbnail");
-        assert!(thumb["naturalWidth"].as_u64().unwrap_or(0) > 0, "{thumb}");
-    }
+    // The storefront: an anonymous visitor plays the free preview lesson and sees the thumbnail.
+    assert_played_to_the_end(step(&result, "preview"), "the preview lesson");
+    let thumb = step(&result, "thumbnail");
+    assert!(thumb["naturalWidth"].as_u64().unwrap_or(0) > 0, "{thumb}");
     drop(app);
     let _ = std::fs::remove_dir_all(&scratch);
 }

@@ -14,22 +14,15 @@ use uuid::Uuid;
 use crate::Services;
 use crate::auth::Principal;
 use crate::error::{Error, Result};
+use crate::links;
 use crate::media::public::{self, ImageFormat, ImageVariant};
-
-fn api_base(services: &Services) -> String {
-    format!(
-        "{}/api/v1",
-        services.config.public_url.as_str().trim_end_matches('/')
-    )
-}
 
 /// The stable URL of a course's thumbnail (at most 300 × 300), when it has one.
 pub fn thumbnail_url(services: &Services, course_id: Uuid, image: Option<Uuid>) -> Option<String> {
     image.map(|v| {
-        format!(
-            "{}/courses/{course_id}/thumbnail?v={}",
-            api_base(services),
-            v.simple()
+        links::api_path(
+            &services.config,
+            &format!("/courses/{course_id}/thumbnail?v={}", v.simple()),
         )
     })
 }
@@ -42,10 +35,9 @@ pub fn preview_image_url(
     image: Option<Uuid>,
 ) -> Option<String> {
     image.map(|v| {
-        format!(
-            "{}/courses/{course_id}/thumbnail?variant=preview&v={}",
-            api_base(services),
-            v.simple()
+        links::api_path(
+            &services.config,
+            &format!("/courses/{course_id}/thumbnail?variant=preview&v={}", v.simple()),
         )
     })
 }
