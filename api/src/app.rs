@@ -119,7 +119,7 @@ pub fn build(
             Err::<HttpResponse, _>(ApiError::NoRoute)
         }))
         .split_for_parts();
-    let _ = doc.set(api);
+    let _ = doc.set(crate::openapi::finish(api));
     app.wrap(from_fn(crate::input_guard::middleware))
         .wrap(from_fn(request_context::middleware))
 }

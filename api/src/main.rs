@@ -5,6 +5,7 @@ mod auth;
 mod error;
 mod input_guard;
 mod metrics;
+mod openapi;
 mod request_context;
 mod routes;
 mod ws;

@@ -18,6 +18,16 @@ pub struct Page<T> {
     pub next_cursor: Option<String>,
 }
 
+impl<T> Page<T> {
+    /// The one page of a short list that is always answered whole (`next_cursor` is `null`).
+    pub fn whole(items: Vec<T>) -> Self {
+        Page {
+            items,
+            next_cursor: None,
+        }
+    }
+}
+
 /// `limit` clamped to 1..=100 (default 20).
 pub fn limit(requested: Option<i64>) -> i64 {
     requested.unwrap_or(20).clamp(1, 100)

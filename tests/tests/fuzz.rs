@@ -1,9 +1,10 @@
 //! Hostile input, end to end: strings with NUL or stray control characters are refused with a 422
 //! wherever they arrive, and schemathesis fuzzes every operation of `/api/v1/openapi.json` with a
-//! fixed seed and time budget, expecting no server error at all.
+//! fixed seed and time budget, expecting no server error and no answer the document does not
+//! describe (status, content type, body schema).
 //!
-//! The fuzz run is built to grow: `CHECKS` lists the schemathesis checks every pass applies (the
-//! conformance checks join it later), and `passes` the identities the API is exercised with.
+//! `CHECKS` lists the schemathesis checks every pass applies, and `passes` the identities the API
+//! is exercised with.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 use std::path::PathBuf;
@@ -12,14 +13,23 @@ use std::time::Duration;
 use lectern_tests::{ADMIN_TOKEN, Options, TestApp};
 use serde_json::{Value, json};
 
-/// The schemathesis checks every pass runs.
-const CHECKS: &[&str] = &["not_a_server_error"];
+/// The schemathesis checks every pass runs: no 5xx, and every answer is one the document lists,
+/// with its content type and its schema.
+const CHECKS: &[&str] = &[
+    "not_a_server_error",
+    "status_code_conformance",
+    "content_type_conformance",
+    "response_schema_conformance",
+];
 
 /// Fixed, so a failure reproduces with the same requests.
 const SEED: u64 = 1313;
 
-/// Operations a pass must not call: they end (or lock) the very session the pass runs with.
-const SESSION_ENDING: &str = "^(POST /api/v1/auth/logout|DELETE /api/v1/auth/sessions/.*|DELETE /api/v1/me|POST /api/v1/auth/password-reset/confirm)$";
+/// Operations a pass must not call: they end (or lock) the very session the pass runs with:
+/// logout, revoking a session (the pass's own is listed by `GET /auth/sessions`), deleting the
+/// account, a password reset (ends every session) or change (ends the others, and wrong current
+/// passwords lock password checks).
+const SESSION_ENDING: &str = "^(POST /api/v1/auth/logout|DELETE /api/v1/auth/sessions/.*|DELETE /api/v1/me|POST /api/v1/auth/password-reset/confirm|POST /api/v1/auth/password)$";
 
 /// The schemathesis CLI from the project's venv (`scripts/bootstrap.sh` installs it).
 fn schemathesis() -> PathBuf {
