@@ -86,4 +86,11 @@ if ! "$VENV/bin/st" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION"; the
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q "schemathesis==$SCHEMATHESIS_VERSION"
 fi
-log "ready: system packages, PostgreSQL 127.0.0.1:5432, Redis 127.0.0.1:6379, schemathesis in $VENV"
+# Tests: a Python client generated from the OpenAPI document runs a user story
+# (tests/tests/generated_client.rs); the generator, pinned, in the same venv.
+OPENAPI_PYTHON_CLIENT_VERSION=0.29.1
+if ! "$VENV/bin/openapi-python-client" --version 2>/dev/null | grep -q "$OPENAPI_PYTHON_CLIENT_VERSION"; then
+  log "installing openapi-python-client $OPENAPI_PYTHON_CLIENT_VERSION into $VENV"
+  "$VENV/bin/pip" install -q "openapi-python-client==$OPENAPI_PYTHON_CLIENT_VERSION"
+fi
+log "ready: system packages, PostgreSQL 127.0.0.1:5432, Redis 127.0.0.1:6379, schemathesis and openapi-python-client in $VENV"

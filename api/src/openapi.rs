@@ -167,9 +167,59 @@ fn finish_operation(op: &mut Operation, path: &str) {
     }
 }
 
-/// Adds the answers every route can give by construction (see the module's table) and makes
-/// operation ids unique (a duplicate gets its tag in front).
+/// Replaces, inside each component schema, an inline copy of another component schema with a
+/// `$ref` to it. utoipa inlines the type parameter of a generic (`Page<CourseCard>` holds a copy
+/// of `CourseCard`), which would give generated clients one more type per list.
+fn share_component_schemas(doc: &mut OpenApi) {
+    use serde_json::Value;
+    let Some(components) = doc.components.as_mut() else {
+        return;
+    };
+    let named: Vec<(String, Value)> = components
+        .schemas
+        .iter()
+        .filter_map(|(name, schema)| Some((name.clone(), serde_json::to_value(schema).ok()?)))
+        .filter(|(_, v)| v.get("properties").is_some() || v.get("enum").is_some())
+        .collect();
+    fn walk(value: &mut Value, root: bool, own: &str, named: &[(String, Value)]) -> bool {
+        if !root
+            && let Some((name, _)) = named.iter().find(|(n, v)| n != own && v == value)
+        {
+            *value = serde_json::json!({ "$ref": format!("#/components/schemas/{name}") });
+            return true;
+        }
+        let mut changed = false;
+        match value {
+            Value::Object(map) => {
+                for (_, v) in map.iter_mut() {
+                    changed |= walk(v, false, own, named);
+                }
+            }
+            Value::Array(items) => {
+                for v in items.iter_mut() {
+                    changed |= walk(v, false, own, named);
+                }
+            }
+            _ => {}
+        }
+        changed
+    }
+    for (name, schema) in components.schemas.iter_mut() {
+        let Ok(mut value) = serde_json::to_value(&*schema) else {
+            continue;
+        };
+        if walk(&mut value, true, name, &named)
+            && let Ok(shared) = serde_json::from_value(value)
+        {
+            *schema = shared;
+        }
+    }
+}
+
+/// Adds the answers every route can give by construction (see the module's table), makes
+/// operation ids unique (a duplicate gets its tag in front), and shares component schemas.
 pub fn finish(mut doc: OpenApi) -> OpenApi {
+    share_component_schemas(&mut doc);
     let mut seen: BTreeMap<String, usize> = BTreeMap::new();
     for (path, item) in doc.paths.paths.iter_mut() {
         for op in [

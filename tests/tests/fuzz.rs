@@ -7,7 +7,6 @@
 //! is exercised with.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use lectern_tests::{ADMIN_TOKEN, Options, TestApp};
@@ -31,25 +30,6 @@ const SEED: u64 = 1313;
 /// passwords lock password checks).
 const SESSION_ENDING: &str = "^(POST /api/v1/auth/logout|DELETE /api/v1/auth/sessions/.*|DELETE /api/v1/me|POST /api/v1/auth/password-reset/confirm|POST /api/v1/auth/password)$";
 
-/// The schemathesis CLI from the project's venv (`scripts/bootstrap.sh` installs it).
-fn schemathesis() -> PathBuf {
-    let venv = std::env::var_os("LECTERN_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let cache = std::env::var_os("LECTERN_CACHE")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from("/var/cache/lectern"));
-            cache.join("venv")
-        });
-    let st = venv.join("bin/st");
-    assert!(
-        st.exists(),
-        "{} is missing: run scripts/bootstrap.sh (it installs schemathesis)",
-        st.display()
-    );
-    st
-}
-
 /// One schemathesis run: who calls, which operations, for how long.
 struct Pass {
     name: &'static str,
@@ -60,7 +40,7 @@ struct Pass {
 
 /// Runs one pass; returns its exit status and its report (stdout and stderr).
 async fn run(app: &TestApp, pass: &Pass) -> (Option<i32>, String) {
-    let mut cmd = tokio::process::Command::new(schemathesis());
+    let mut cmd = tokio::process::Command::new(lectern_tests::venv_bin("st"));
     cmd.arg("run")
         .arg(format!("{}/api/v1/openapi.json", app.url))
         .args(["--checks", &CHECKS.join(",")])
@@ -141,7 +121,7 @@ async fn schemathesis_finds_no_server_error() {
     let passes = [
         Pass {
             name: "a verified instructor, every operation",
-            token: user,
+            token: user.clone(),
             include_path_regex: None,
             max_time_secs: 100,
         },
@@ -161,6 +141,9 @@ async fn schemathesis_finds_no_server_error() {
         }
     }
     let logged = server_errors_in_log(&app, log_start);
+    // The pass's session outlived the run: nothing it called signed it out.
+    let (status, me) = app.call("GET", "/api/v1/me", Some(&user), None).await;
+    assert_eq!(status, 200, "the fuzzing session ended mid-run: {me}");
     assert!(
         failures.is_empty() && logged.is_empty(),
         "schemathesis found problems:\n{}\n--- 5xx in the API log ---\n{}",

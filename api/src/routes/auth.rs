@@ -15,8 +15,8 @@ use lectern_core::page::Page;
 #[utoipa::path(
     tag = "auth",
     request_body = Registration,
-    security((), ("bearer" = [])),
     responses(
+        (status = 401, body = ErrorBody, description = "a bearer token was sent but is not valid (the token is optional here)"),
         (status = 201, body = AuthResponse, description = "the account, signed in; a verification mail is queued"),
         (status = 409, body = ErrorBody, description = "email_taken"),
         (status = 429, body = ErrorBody, description = "rate_limited: too many registrations from this address; see Retry-After")
@@ -109,7 +109,7 @@ pub struct LogoutRequest {
 /// Ends this session (or all of them with `{"all": true}`); their access tokens stop working at once.
 #[utoipa::path(
     tag = "auth",
-    request_body(content = LogoutRequest, description = "optional"),
+    request_body(content = Option<LogoutRequest>, description = "optional"),
     security(("bearer" = [])),
     responses((status = 204, description = "signed out"))
 )]

@@ -113,8 +113,8 @@ pub async fn mine(
     tag = "courses",
     operation_id = "get_course",
     params(("id" = String, Path, description = "course id or slug")),
-    security((), ("bearer" = [])),
     responses(
+        (status = 401, body = ErrorBody, description = "a bearer token was sent but is not valid (the token is optional here)"),
         (status = 200, body = CourseDetail),
         (status = 404, body = ErrorBody, description = "no such course, or a draft of someone else's")
     )
@@ -249,8 +249,8 @@ pub async fn duplicate(
 #[utoipa::path(
     tag = "courses",
     params(("id" = String, Path, description = "course id or slug")),
-    security((), ("bearer" = [])),
     responses(
+        (status = 401, body = ErrorBody, description = "a bearer token was sent but is not valid (the token is optional here)"),
         (status = 200, body = Page<SectionView>, description = "every section"),
         (status = 404, body = ErrorBody, description = "no such course, or a draft of someone else's")
     )
@@ -338,8 +338,8 @@ pub async fn delete_section(
 #[utoipa::path(
     tag = "courses",
     params(("id" = String, Path, description = "course id or slug"), PageParams),
-    security((), ("bearer" = [])),
     responses(
+        (status = 401, body = ErrorBody, description = "a bearer token was sent but is not valid (the token is optional here)"),
         (status = 200, body = Page<ReviewView>, description = "a page of reviews"),
         (status = 404, body = ErrorBody, description = "no such course, or a draft of someone else's")
     )

@@ -45,7 +45,7 @@ pub async fn start_upload(
 #[utoipa::path(
     tag = "media",
     params(("id" = Uuid, Path, description = "the media id `POST /media/uploads` gave")),
-    request_body(content = CompleteUpload, description = "`{parts: [{part_number, etag}]}` for multipart uploads; optional otherwise"),
+    request_body(content = Option<CompleteUpload>, description = "`{parts: [{part_number, etag}]}` for multipart uploads; optional otherwise"),
     security(("bearer" = [])),
     responses(
         (status = 202, body = UploadCompleted, description = "video or image: processing started; `job` is the processing job (follow it at `GET /jobs/{id}` or on `/ws`)"),
