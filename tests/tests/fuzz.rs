@@ -97,7 +97,7 @@ async fn verified_instructor(app: &TestApp) -> String {
 }
 
 #[tokio::test]
-async fn schemathesis_finds_no_server_error() {
+async fn schemathesis_finds_no_server_error_and_no_undocumented_answer() {
     let app = TestApp::spawn_with(Options {
         // The API alone: jobs the requests queue wait in the table.
         no_worker: true,
