@@ -182,9 +182,7 @@ fn share_component_schemas(doc: &mut OpenApi) {
         .filter(|(_, v)| v.get("properties").is_some() || v.get("enum").is_some())
         .collect();
     fn walk(value: &mut Value, root: bool, own: &str, named: &[(String, Value)]) -> bool {
-        if !root
-            && let Some((name, _)) = named.iter().find(|(n, v)| n != own && v == value)
-        {
+        if !root && let Some((name, _)) = named.iter().find(|(n, v)| n != own && v == value) {
             *value = serde_json::json!({ "$ref": format!("#/components/schemas/{name}") });
             return true;
         }

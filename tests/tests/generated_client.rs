@@ -11,7 +11,9 @@ use std::time::Duration;
 use lectern_tests::{TestApp, venv_bin};
 use serde_json::Value;
 
-const METHODS: &[&str] = &["get", "put", "post", "delete", "patch", "head", "options", "trace"];
+const METHODS: &[&str] = &[
+    "get", "put", "post", "delete", "patch", "head", "options", "trace",
+];
 
 async fn document(app: &TestApp) -> Value {
     let (status, doc) = app.get("/api/v1/openapi.json").await;
@@ -50,29 +52,48 @@ async fn the_document_lists_every_answer_with_its_schema() {
     for (method, path, op) in &ops {
         let name = format!("{method} {path}");
         let id = op["operationId"].as_str().unwrap_or_default();
-        assert!(ids.insert(id.to_owned()), "{name}: operationId {id} is not unique");
+        assert!(
+            ids.insert(id.to_owned()),
+            "{name}: operationId {id} is not unique"
+        );
         let responses = op["responses"].as_object().unwrap();
         // What the framework answers on every route.
         for status in ["422", "500", "503"] {
-            assert!(responses.contains_key(status), "{name} does not list {status}");
+            assert!(
+                responses.contains_key(status),
+                "{name} does not list {status}"
+            );
         }
         assert!(
             responses["503"]["headers"]["Retry-After"].is_object(),
             "{name}: 503 without Retry-After"
         );
         if path.contains('{') {
-            assert!(responses.contains_key("404"), "{name} has a path id but no 404");
-            assert!(responses.contains_key("400"), "{name} has a path id but no 400");
+            assert!(
+                responses.contains_key("404"),
+                "{name} has a path id but no 404"
+            );
+            assert!(
+                responses.contains_key("400"),
+                "{name} has a path id but no 400"
+            );
         }
-        let secured = op["security"]
-            .as_array()
-            .is_some_and(|s| s.iter().any(|r| r.as_object().is_some_and(|r| !r.is_empty())));
+        let secured = op["security"].as_array().is_some_and(|s| {
+            s.iter()
+                .any(|r| r.as_object().is_some_and(|r| !r.is_empty()))
+        });
         if secured {
-            assert!(responses.contains_key("401"), "{name} needs a token but has no 401");
+            assert!(
+                responses.contains_key("401"),
+                "{name} needs a token but has no 401"
+            );
         }
         if op["requestBody"]["content"]["application/json"].is_object() {
             for status in ["400", "413", "415"] {
-                assert!(responses.contains_key(status), "{name} takes JSON but has no {status}");
+                assert!(
+                    responses.contains_key(status),
+                    "{name} takes JSON but has no {status}"
+                );
             }
         }
         for (status, response) in responses {
@@ -86,7 +107,9 @@ async fn the_document_lists_every_answer_with_its_schema() {
             }
             if (200..300).contains(&code) && code != 204 {
                 assert!(
-                    response["content"].as_object().is_some_and(|c| !c.is_empty()),
+                    response["content"]
+                        .as_object()
+                        .is_some_and(|c| !c.is_empty()),
                     "{name}: {status} has no documented body"
                 );
             }
@@ -137,7 +160,10 @@ async fn the_document_lists_every_answer_with_its_schema() {
     );
     let text = ws["description"].as_str().unwrap_or_default();
     for needle in ["4401", "4429", "ready", "notification", "media.progress"] {
-        assert!(text.contains(needle), "/ws does not describe {needle}: {text}");
+        assert!(
+            text.contains(needle),
+            "/ws does not describe {needle}: {text}"
+        );
     }
 
     // Completing an upload: both answers, each with its schema.
