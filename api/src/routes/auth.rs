@@ -17,7 +17,7 @@ use lectern_core::page::Page;
     request_body = Registration,
     responses(
         (status = 401, body = ErrorBody, description = "a bearer token was sent but is not valid (the token is optional here)"),
-        (status = 201, body = AuthResponse, description = "the account, signed in; a verification mail is queued"),
+        (status = 201, body = AuthResponse, description = "the account, signed in; a verification mail is queued", headers(("Set-Cookie" = String, description = "`lectern_device`: the device cookie (HttpOnly, path `/api/v1/auth`) that spares this client the lockouts of others' failures"))),
         (status = 409, body = ErrorBody, description = "email_taken"),
         (status = 429, body = ErrorBody, description = "rate_limited: too many registrations from this address; see Retry-After")
     )
@@ -58,7 +58,7 @@ pub struct LoginRequest {
     tag = "auth",
     request_body = LoginRequest,
     responses(
-        (status = 200, body = AuthResponse, description = "signed in"),
+        (status = 200, body = AuthResponse, description = "signed in", headers(("Set-Cookie" = String, description = "`lectern_device`: the device cookie (HttpOnly, path `/api/v1/auth`) that spares this client the lockouts of others' failures"))),
         (status = 401, body = ErrorBody, description = "invalid_credentials"),
         (status = 403, body = ErrorBody, description = "account_suspended"),
         (status = 429, body = ErrorBody, description = "rate_limited, with Retry-After")
