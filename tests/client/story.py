@@ -267,7 +267,9 @@ def main() -> None:
         SectionView,
     )
     assert lessons.position == 2
-    page = expect(list_sections.sync_detailed(str(course.id), client=instructor), 200, PageSectionView)
+    page = expect(
+        list_sections.sync_detailed(str(course.id), client=instructor), 200, PageSectionView
+    )
     assert [s.id for s in page.items] == [course.sections[0].id, lessons.id]
     assert page.next_cursor is None
 
@@ -279,14 +281,18 @@ def main() -> None:
     jobs = [thumb.job.id]
 
     step("a handout (no processing: 200, ready, no job)")
-    status, handout = upload(instructor, "handout.pdf", "application/pdf", PDF, course.id, lessons.id)
+    status, handout = upload(
+        instructor, "handout.pdf", "application/pdf", PDF, course.id, lessons.id
+    )
     assert status == HTTPStatus.OK
     assert handout.job is None, handout.job
     assert handout.media.kind == Kind.DOCUMENT and handout.media.state == "ready"
 
     step("and five lessons (processed: 202 with the job)")
     for n in range(1, 6):
-        status, video = upload(instructor, f"lesson-{n}.mp4", "video/mp4", VIDEO, course.id, lessons.id)
+        status, video = upload(
+            instructor, f"lesson-{n}.mp4", "video/mp4", VIDEO, course.id, lessons.id
+        )
         assert status == HTTPStatus.ACCEPTED
         assert video.media.kind == Kind.VIDEO and video.job not in (None, UNSET)
         jobs.append(video.job.id)
@@ -311,7 +317,10 @@ def main() -> None:
         register.sync_detailed(
             client=anonymous,
             body=Registration(
-                email="grace@example.com", password=PASSWORD, full_name="Grace Hopper", role="student"
+                email="grace@example.com",
+                password=PASSWORD,
+                full_name="Grace Hopper",
+                role="student",
             ),
         ),
         201,
@@ -339,6 +348,10 @@ def main() -> None:
         "not_course_owner",
     )
     expect_error(enroll.sync_detailed(course.slug, client=anonymous), 401, "unauthenticated")
+    # Someone else's upload is not there for the student.
+    expect_error(
+        complete_upload.sync_detailed(handout.media.id, client=student, body=None), 404, "not_found"
+    )
     step("done")
 
 
