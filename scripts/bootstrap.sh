@@ -86,6 +86,13 @@ if ! "$VENV/bin/st" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION"; the
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q "schemathesis==$SCHEMATHESIS_VERSION"
 fi
+# Tests: a Python client generated from the OpenAPI document runs a user story
+# (tests/tests/generated_client.rs); the generator, pinned, in the same venv.
+OPENAPI_PYTHON_CLIENT_VERSION=0.29.1
+if ! "$VENV/bin/openapi-python-client" --version 2>/dev/null | grep -q "$OPENAPI_PYTHON_CLIENT_VERSION"; then
+  log "installing openapi-python-client $OPENAPI_PYTHON_CLIENT_VERSION into $VENV"
+  "$VENV/bin/pip" install -q "openapi-python-client==$OPENAPI_PYTHON_CLIENT_VERSION"
+fi
 # Tests: the browser proof (tests/tests/browser.rs) drives Debian's chromium with playwright-core and
 # plays videos with hls.js, both from npm at the versions of tests/browser/package-lock.json, in a
 # cache folder of their own. No browser is ever downloaded: playwright-core launches chromium.
@@ -107,4 +114,4 @@ if ! cmp -s "$BROWSER_TEST/package-lock.json" "$NODE_DIR/package-lock.json" \
   cp "$BROWSER_TEST/package.json" "$BROWSER_TEST/package-lock.json" "$NODE_DIR/"
   PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --prefix "$NODE_DIR" --no-audit --no-fund --loglevel=error
 fi
-log "ready: system packages, PostgreSQL 127.0.0.1:5432, Redis 127.0.0.1:6379, schemathesis in $VENV, chromium and the browser test packages in $NODE_DIR"
+log "ready: system packages, PostgreSQL 127.0.0.1:5432, Redis 127.0.0.1:6379, schemathesis and openapi-python-client in $VENV, chromium and the browser test packages in $NODE_DIR"

@@ -126,7 +126,7 @@ pub fn build(
         }))
         .split_for_parts();
     crate::idempotency::document(&mut api);
-    let _ = doc.set(api);
+    let _ = doc.set(crate::openapi::finish(api));
     app.wrap(from_fn(crate::idempotency::middleware))
         .wrap(from_fn(crate::input_guard::middleware))
         .wrap(cors)

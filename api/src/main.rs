@@ -7,6 +7,7 @@ mod error;
 mod idempotency;
 mod input_guard;
 mod metrics;
+mod openapi;
 mod request_context;
 mod routes;
 mod ws;

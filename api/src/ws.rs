@@ -130,6 +130,41 @@ fn close_with(mut session: actix_ws::Session, code: u16, reason: &str) {
     });
 }
 
+/// Real-time events for the signed-in caller, over a WebSocket (RFC 6455).
+///
+/// Authenticate with the access token as `?token=` (browsers cannot set headers on a WebSocket)
+/// or with an `Authorization: Bearer` header. A missing, wrong, expired or revoked token is not
+/// refused at the handshake (a browser cannot read a refused handshake's status): the socket
+/// opens, receives `{"type": "error", "reason": "..."}` and is closed with code 4401.
+///
+/// Events, one JSON text message each:
+/// - `{"type": "ready", "unread": n}` first, with the unread notification count (a client that
+///   reconnects fetches what it missed from `GET /api/v1/notifications`);
+/// - `{"type": "notification", "notification": {id, type, title, message, data, read,
+///   created_at}}`: a new notification, as `GET /notifications` lists it;
+/// - `{"type": "media.progress", "media_id", "job_id", "progress"}` (percent, 0 to 99),
+///   `{"type": "media.ready", "media_id"}` and `{"type": "media.failed", "media_id", "error"}`:
+///   processing of the caller's uploads;
+/// - `{"type": "error", "reason": "..."}` just before the server closes the socket.
+///
+/// Close codes:
+/// - 4401: no valid token at connect, or the session ended (logout, revocation, password reset
+///   or change, account deletion, suspension): sign in again;
+/// - 4429: more than 5 open sockets for the user on one API process;
+/// - 1000/1006: normal closure; the server pings every 20 s and drops a socket silent for 60 s.
+#[utoipa::path(
+    get,
+    path = "/api/v1/ws",
+    tag = "notifications",
+    operation_id = "websocket",
+    params(
+        ("token" = Option<String>, Query, description = "the access token (or send `Authorization: Bearer`)")
+    ),
+    responses(
+        (status = 101, description = "Switching Protocols: the WebSocket is open; events and close codes are above"),
+        (status = 400, body = crate::error::ErrorBody, description = "malformed_request: not a WebSocket handshake (`Upgrade: websocket`, `Sec-WebSocket-Key`...)")
+    )
+)]
 pub async fn connect(
     req: HttpRequest,
     body: web::Payload,
@@ -137,7 +172,9 @@ pub async fn connect(
     hub: web::Data<Hub>,
     params: web::Query<WsParams>,
 ) -> Result<HttpResponse, actix_web::Error> {
-    let (response, session, mut stream) = actix_ws::handle(&req, body)?;
+    let (response, session, mut stream) = actix_ws::handle(&req, body).map_err(|e| {
+        crate::error::ApiError::Malformed(format!("not a WebSocket handshake: {e}"))
+    })?;
     let token = params.token.clone().or_else(|| {
         req.headers()
             .get(actix_web::http::header::AUTHORIZATION)

@@ -15,7 +15,18 @@ use crate::config::Secret;
 pub struct Page<T> {
     pub items: Vec<T>,
     /// Pass as `?cursor=` for the next page; `null` on the last one.
+    #[schema(required = true)]
     pub next_cursor: Option<String>,
+}
+
+impl<T> Page<T> {
+    /// The one page of a short list that is always answered whole (`next_cursor` is `null`).
+    pub fn whole(items: Vec<T>) -> Self {
+        Page {
+            items,
+            next_cursor: None,
+        }
+    }
 }
 
 /// `limit` clamped to 1..=100 (default 20).

@@ -302,6 +302,27 @@ pub fn ffmpeg(args: &[&str]) {
     );
 }
 
+/// A program of the tests' Python venv (`$LECTERN_VENV`, else `$LECTERN_CACHE/venv`, else
+/// `/var/cache/lectern/venv`), where `scripts/bootstrap.sh` installs schemathesis and
+/// openapi-python-client.
+pub fn venv_bin(name: &str) -> PathBuf {
+    let venv = std::env::var_os("LECTERN_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            std::env::var_os("LECTERN_CACHE")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("/var/cache/lectern"))
+                .join("venv")
+        });
+    let path = venv.join("bin").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/bootstrap.sh (it installs the tests' Python tools)",
+        path.display()
+    );
+    path
+}
+
 /// The token in a mailed link (`...?token=abc`).
 pub fn token_from_link(text: &str) -> String {
     let at = text.find("token=").expect("a link with token=") + "token=".len();

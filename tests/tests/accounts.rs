@@ -103,7 +103,8 @@ async fn register_verify_login_refresh_and_logout() {
         .call("GET", "/api/v1/auth/sessions", Some(&access(&second)), None)
         .await;
     assert_eq!(status, 200);
-    let sessions = sessions.as_array().unwrap();
+    assert_eq!(sessions["next_cursor"], Value::Null, "{sessions}");
+    let sessions = sessions["items"].as_array().unwrap();
     assert_eq!(sessions.len(), 2);
     assert_eq!(sessions.iter().filter(|s| s["current"] == true).count(), 1);
 
@@ -544,7 +545,7 @@ async fn roles_admins_and_ownership() {
     let (_, sessions) = app
         .call("GET", "/api/v1/auth/sessions", Some(&access(&other)), None)
         .await;
-    let other_session = sessions[0]["id"].as_str().unwrap().to_owned();
+    let other_session = sessions["items"][0]["id"].as_str().unwrap().to_owned();
     let (status, _) = app
         .call(
             "DELETE",

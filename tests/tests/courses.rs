@@ -322,6 +322,8 @@ async fn authoring_sections_visibility_and_bad_input() {
             None,
         )
         .await;
+    assert_eq!(list["next_cursor"], Value::Null, "{list}");
+    let list = list["items"].clone();
     assert_eq!(
         titles(&list),
         [
@@ -350,6 +352,8 @@ async fn authoring_sections_visibility_and_bad_input() {
             None,
         )
         .await;
+    assert_eq!(list["next_cursor"], Value::Null, "{list}");
+    let list = list["items"].clone();
     assert_eq!(
         titles(&list),
         [
@@ -404,6 +408,8 @@ async fn authoring_sections_visibility_and_bad_input() {
             None,
         )
         .await;
+    assert_eq!(list["next_cursor"], Value::Null, "{list}");
+    let list = list["items"].clone();
     assert_eq!(positions(&list), [1, 2, 3, 4, 5]);
     let set: HashSet<String> = list
         .as_array()
@@ -433,6 +439,8 @@ async fn authoring_sections_visibility_and_bad_input() {
             None,
         )
         .await;
+    assert_eq!(list["next_cursor"], Value::Null, "{list}");
+    let list = list["items"].clone();
     assert_eq!(positions(&list), [1, 2, 3, 4]);
     assert!(
         !list
@@ -1497,6 +1505,41 @@ async fn enrollment_reviews_statistics_and_recommendations() {
     assert_eq!(rec_ids.first(), Some(&same_cat), "{recs}");
     assert!(!rec_ids.contains(&free) && !rec_ids.contains(&paid));
     assert!(rec_ids.contains(&popular));
+    assert!(rec_ids.len() > 1 && rec_ids.len() < 20, "{recs}");
+    assert_eq!(
+        recs["next_cursor"],
+        Value::Null,
+        "one page holds them all: {recs}"
+    );
+    // Pages of one walk the same ranking to its end; an edited cursor is refused.
+    let mut walked: Vec<Uuid> = Vec::new();
+    let mut path = "/api/v1/courses/recommendations?limit=1".to_owned();
+    loop {
+        let (status, page) = app.call("GET", &path, Some(&s), None).await;
+        assert_eq!(status, 200, "{page}");
+        let items = page["items"].as_array().unwrap();
+        assert_eq!(items.len(), 1, "{page}");
+        walked.push(items[0]["id"].as_str().unwrap().parse().unwrap());
+        let Some(cursor) = page["next_cursor"].as_str() else {
+            break;
+        };
+        assert!(
+            walked.len() < rec_ids.len(),
+            "a cursor after the last: {page}"
+        );
+        path = format!("/api/v1/courses/recommendations?limit=1&cursor={cursor}");
+    }
+    assert_eq!(walked, rec_ids);
+    let (status, body) = app
+        .call(
+            "GET",
+            "/api/v1/courses/recommendations?cursor=5b5d.00",
+            Some(&s),
+            None,
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert!(body["error"]["fields"]["cursor"].is_array(), "{body}");
     let newcomer = token(&app.register("new@example.com", "student").await);
     let (_, recs) = app
         .call(

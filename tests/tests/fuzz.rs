@@ -1,44 +1,34 @@
 //! Hostile input, end to end: strings with NUL or stray control characters are refused with a 422
 //! wherever they arrive, and schemathesis fuzzes every operation of `/api/v1/openapi.json` with a
-//! fixed seed and time budget, expecting no server error at all.
+//! fixed seed and time budget, expecting no server error and no answer the document does not
+//! describe (status, content type, body schema).
 //!
-//! The fuzz run is built to grow: `CHECKS` lists the schemathesis checks every pass applies (the
-//! conformance checks join it later), and `passes` the identities the API is exercised with.
+//! `CHECKS` lists the schemathesis checks every pass applies, and `passes` the identities the API
+//! is exercised with.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use lectern_tests::{ADMIN_TOKEN, Options, TestApp};
 use serde_json::{Value, json};
 
-/// The schemathesis checks every pass runs.
-const CHECKS: &[&str] = &["not_a_server_error"];
+/// The schemathesis checks every pass runs: no 5xx, and every answer is one the document lists,
+/// with its content type and its schema.
+const CHECKS: &[&str] = &[
+    "not_a_server_error",
+    "status_code_conformance",
+    "content_type_conformance",
+    "response_schema_conformance",
+];
 
 /// Fixed, so a failure reproduces with the same requests.
 const SEED: u64 = 1313;
 
-/// Operations a pass must not call: they end (or lock) the very session the pass runs with.
-const SESSION_ENDING: &str = "^(POST /api/v1/auth/logout|DELETE /api/v1/auth/sessions/.*|DELETE /api/v1/me|POST /api/v1/auth/password-reset/confirm)$";
-
-/// The schemathesis CLI from the project's venv (`scripts/bootstrap.sh` installs it).
-fn schemathesis() -> PathBuf {
-    let venv = std::env::var_os("LECTERN_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let cache = std::env::var_os("LECTERN_CACHE")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from("/var/cache/lectern"));
-            cache.join("venv")
-        });
-    let st = venv.join("bin/st");
-    assert!(
-        st.exists(),
-        "{} is missing: run scripts/bootstrap.sh (it installs schemathesis)",
-        st.display()
-    );
-    st
-}
+/// Operations a pass must not call: they end (or lock) the very session the pass runs with:
+/// logout, revoking a session (the pass's own is listed by `GET /auth/sessions`), deleting the
+/// account, a password reset (ends every session) or change (ends the others, and wrong current
+/// passwords lock password checks).
+const SESSION_ENDING: &str = "^(POST /api/v1/auth/logout|DELETE /api/v1/auth/sessions/.*|DELETE /api/v1/me|POST /api/v1/auth/password-reset/confirm|POST /api/v1/auth/password)$";
 
 /// One schemathesis run: who calls, which operations, for how long.
 struct Pass {
@@ -50,8 +40,10 @@ struct Pass {
 
 /// Runs one pass; returns its exit status and its report (stdout and stderr).
 async fn run(app: &TestApp, pass: &Pass) -> (Option<i32>, String) {
-    let mut cmd = tokio::process::Command::new(schemathesis());
-    cmd.arg("run")
+    let mut cmd = tokio::process::Command::new(lectern_tests::venv_bin("st"));
+    cmd.arg("--config-file")
+        .arg(app.dir.join("schemathesis.toml"))
+        .arg("run")
         .arg(format!("{}/api/v1/openapi.json", app.url))
         .args(["--checks", &CHECKS.join(",")])
         .args(["--seed", &SEED.to_string()])
@@ -95,6 +87,136 @@ fn server_errors_in_log(app: &TestApp, skip: usize) -> Vec<String> {
         .collect()
 }
 
+async fn created(app: &TestApp, token: &str, path: &str, body: Value) -> Value {
+    let (status, out) = app.call("POST", path, Some(token), Some(&body)).await;
+    assert_eq!(status, 201, "{path}: {out}");
+    out
+}
+
+/// A direct upload of a small PNG (its processing job waits: the fuzz run has no worker).
+async fn png_media(app: &TestApp, token: &str, course: &str) -> Value {
+    let mut png = Vec::new();
+    image::DynamicImage::ImageRgb8(image::RgbImage::from_fn(32, 24, |x, y| {
+        image::Rgb([(x * 8) as u8, (y * 10) as u8, 128])
+    }))
+    .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+    .unwrap();
+    let form = reqwest::multipart::Form::new()
+        .text("course_id", course.to_owned())
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(png)
+                .file_name("cover.png")
+                .mime_str("image/png")
+                .unwrap(),
+        );
+    let (status, out, _) = app
+        .raw(
+            app.http
+                .post(format!("{}/api/v1/media", app.url))
+                .bearer_auth(token)
+                .multipart(form),
+        )
+        .await;
+    assert_eq!(status, 202, "{out}");
+    out
+}
+
+/// The fuzzing instructor's course (with a section), media and job, another instructor to
+/// follow, and doomed copies for the `DELETE` operations so the others keep theirs; returns the
+/// schemathesis configuration that hands their ids to the operations' path parameters, and the
+/// course's id.
+async fn fixtures(app: &TestApp, token: &str) -> (String, String) {
+    let course = created(
+        app,
+        token,
+        "/api/v1/courses",
+        json!({"title": "Fuzzing 101", "price": "0"}),
+    )
+    .await;
+    let doomed = created(
+        app,
+        token,
+        "/api/v1/courses",
+        json!({"title": "Doomed", "price": "0"}),
+    )
+    .await;
+    let course_id = course["id"].as_str().unwrap();
+    let section = course["sections"][0]["id"].as_str().unwrap();
+    let doomed_section = created(
+        app,
+        token,
+        &format!("/api/v1/courses/{course_id}/sections"),
+        json!({"title": "Doomed"}),
+    )
+    .await;
+    let media = png_media(app, token, course_id).await;
+    let doomed_media = png_media(app, token, course_id).await;
+    let other = app.register("followed@example.com", "instructor").await;
+    let student = app.register("student@example.com", "student").await;
+    let id = |v: &Value, at: &str| v.pointer(at).and_then(Value::as_str).unwrap().to_owned();
+    let operation = |filter: &str, params: &[(&str, String)]| {
+        let params: Vec<String> = params
+            .iter()
+            .map(|(k, v)| format!("\"path.{k}\" = \"{v}\""))
+            .collect();
+        format!(
+            "[[operations]]\n{filter}\nparameters = {{ {} }}\n\n",
+            params.join(", ")
+        )
+    };
+    let keep = "exclude-method = \"DELETE\"";
+    let config = [
+        operation(
+            &format!(
+                "include-path-regex = '^/api/v1/(courses|instructor/courses)/\\{{id\\}}'\n{keep}"
+            ),
+            &[("id", course_id.to_owned())],
+        ),
+        operation(
+            "include-name = \"DELETE /api/v1/courses/{id}\"",
+            &[("id", id(&doomed, "/id"))],
+        ),
+        operation(
+            "include-name = \"DELETE /api/v1/courses/{id}/grants/{user_id}\"",
+            &[
+                ("id", course_id.to_owned()),
+                ("user_id", id(&student, "/user/id")),
+            ],
+        ),
+        operation(
+            &format!("include-path-regex = '^/api/v1/sections/'\n{keep}"),
+            &[("id", section.to_owned())],
+        ),
+        operation(
+            "include-name = \"DELETE /api/v1/sections/{id}\"",
+            &[("id", id(&doomed_section, "/id"))],
+        ),
+        operation(
+            &format!("include-path-regex = '^/api/v1/media/(uploads/)?\\{{id\\}}'\n{keep}"),
+            &[("id", id(&media, "/media/id"))],
+        ),
+        operation(
+            "include-name = \"DELETE /api/v1/media/{id}\"",
+            &[("id", id(&doomed_media, "/media/id"))],
+        ),
+        operation(
+            "include-path-regex = '^/api/v1/progress/videos/'",
+            &[("media_id", id(&media, "/media/id"))],
+        ),
+        operation(
+            "include-path-regex = '^/api/v1/(admin/)?jobs/\\{id\\}'",
+            &[("id", id(&media, "/job/id"))],
+        ),
+        operation(
+            "include-path-regex = '^/api/v1/users/\\{id\\}'",
+            &[("id", id(&other, "/user/id"))],
+        ),
+    ]
+    .concat();
+    (config, course_id.to_owned())
+}
+
 async fn verified_instructor(app: &TestApp) -> String {
     let body = app.register("fuzzer@example.com", "instructor").await;
     let id: uuid::Uuid = body["user"]["id"].as_str().unwrap().parse().unwrap();
@@ -107,7 +229,7 @@ async fn verified_instructor(app: &TestApp) -> String {
 }
 
 #[tokio::test]
-async fn schemathesis_finds_no_server_error() {
+async fn schemathesis_finds_no_server_error_and_no_undocumented_answer() {
     let app = TestApp::spawn_with(Options {
         // The API alone: jobs the requests queue wait in the table.
         no_worker: true,
@@ -117,21 +239,15 @@ async fn schemathesis_finds_no_server_error() {
     .await;
     app.wait_until_ready().await;
     let user = verified_instructor(&app).await;
-    // Something to find: a published course of the fuzzing instructor.
-    let (status, course) = app
-        .call(
-            "POST",
-            "/api/v1/courses",
-            Some(&user),
-            Some(&json!({"title": "Fuzzing 101", "price": "0"})),
-        )
-        .await;
-    assert_eq!(status, 201, "{course}");
+    // Something to find: the fuzzing instructor's objects, whose ids the operations with a path
+    // id get (random ids only ever reach the 404), so their answers' schemas are checked too.
+    let (config, course) = fixtures(&app, &user).await;
+    std::fs::write(app.dir.join("schemathesis.toml"), config).unwrap();
 
     let passes = [
         Pass {
             name: "a verified instructor, every operation",
-            token: user,
+            token: user.clone(),
             include_path_regex: None,
             max_time_secs: 100,
         },
@@ -151,6 +267,17 @@ async fn schemathesis_finds_no_server_error() {
         }
     }
     let logged = server_errors_in_log(&app, log_start);
+    // The pass's session outlived the run: nothing it called signed it out.
+    let (status, me) = app.call("GET", "/api/v1/me", Some(&user), None).await;
+    assert_eq!(status, 200, "the fuzzing session ended mid-run: {me}");
+    // The fixtures' ids reached the handlers (sections were added to the course).
+    let sections: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM sections WHERE course_id = $1::uuid")
+            .bind(&course)
+            .fetch_one(&app.db.pool)
+            .await
+            .unwrap();
+    assert!(sections > 2, "no fuzzed request reached the fixture course");
     assert!(
         failures.is_empty() && logged.is_empty(),
         "schemathesis found problems:\n{}\n--- 5xx in the API log ---\n{}",

@@ -252,7 +252,7 @@ async fn sign_in(app: &TestApp, email: &str, password: &str) -> (String, String)
     let (_, sessions) = app
         .call("GET", "/api/v1/auth/sessions", Some(&token), None)
         .await;
-    let session = sessions
+    let session = sessions["items"]
         .as_array()
         .unwrap()
         .iter()

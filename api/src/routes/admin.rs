@@ -6,6 +6,9 @@ use serde::Deserialize;
 
 use crate::auth::Caller;
 use crate::error::{ApiResult, ErrorBody};
+use crate::routes::JobAccepted;
+use lectern_core::accounts::AuditEntry;
+use lectern_core::page::Page;
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -22,10 +25,8 @@ pub struct TestEmailRequest {
     request_body = TestEmailRequest,
     security(("bearer" = [])),
     responses(
-        (status = 202, description = "queued: `{\"job\": {id, kind, state}}`"),
-        (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody),
-        (status = 422, body = ErrorBody)
+        (status = 202, body = JobAccepted, description = "queued"),
+        (status = 403, body = ErrorBody, description = "not an admin")
     )
 )]
 #[post("/admin/email/test")]
@@ -36,7 +37,7 @@ pub async fn send_test_email(
 ) -> ApiResult<HttpResponse> {
     let job =
         email::queue_test_message(&services, &body.to, body.note.as_deref(), &caller.0).await?;
-    Ok(HttpResponse::Accepted().json(serde_json::json!({ "job": job })))
+    Ok(JobAccepted::response(job))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -53,14 +54,17 @@ pub struct AuditQuery {
     tag = "admin",
     params(AuditQuery),
     security(("bearer" = [])),
-    responses((status = 200, description = "`{items, next_cursor}`"), (status = 403, body = ErrorBody))
+    responses(
+        (status = 200, body = Page<AuditEntry>, description = "a page of events"),
+        (status = 403, body = ErrorBody, description = "not an admin")
+    )
 )]
 #[get("/admin/audit-log")]
 pub async fn audit_log(
     services: web::Data<Services>,
     caller: Caller,
     query: web::Query<AuditQuery>,
-) -> ApiResult<web::Json<lectern_core::accounts::Page<lectern_core::accounts::AuditEntry>>> {
+) -> ApiResult<web::Json<Page<AuditEntry>>> {
     let page = lectern_core::accounts::audit_log(
         &services,
         &caller.0,

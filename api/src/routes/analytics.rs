@@ -13,7 +13,10 @@ use crate::error::{ApiResult, ErrorBody};
     tag = "analytics",
     params(RangeParams),
     security(("bearer" = [])),
-    responses((status = 200, body = Overview), (status = 422, body = ErrorBody))
+    responses(
+        (status = 200, body = Overview),
+        (status = 422, body = ErrorBody, description = "a bad range or time zone")
+    )
 )]
 #[get("/instructor/overview")]
 pub async fn overview(
@@ -29,9 +32,14 @@ pub async fn overview(
 /// One course's dashboard: enrollment trend, progress distribution, videos, revenue, ratings.
 #[utoipa::path(
     tag = "analytics",
+    operation_id = "course_analytics",
     params(("id" = Uuid, Path), RangeParams),
     security(("bearer" = [])),
-    responses((status = 200, body = CourseAnalytics), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody))
+    responses(
+        (status = 200, body = CourseAnalytics),
+        (status = 404, body = ErrorBody, description = "no such course of the caller's"),
+        (status = 422, body = ErrorBody, description = "a bad range or time zone")
+    )
 )]
 #[get("/instructor/courses/{id}/analytics")]
 pub async fn course(

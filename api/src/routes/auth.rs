@@ -8,6 +8,7 @@ use uuid::Uuid;
 
 use crate::auth::{Caller, Client, MaybeCaller, device_cookie};
 use crate::error::{ApiResult, ErrorBody};
+use lectern_core::page::Page;
 
 /// Creates an account (student or instructor; admin only when an admin calls) and signs it in.
 /// A verification mail is queued.
@@ -15,9 +16,10 @@ use crate::error::{ApiResult, ErrorBody};
     tag = "auth",
     request_body = Registration,
     responses(
-        (status = 201, body = AuthResponse),
+        (status = 401, body = ErrorBody, description = "a bearer token was sent but is not valid (the token is optional here)"),
+        (status = 201, body = AuthResponse, description = "the account, signed in; a verification mail is queued", headers(("Set-Cookie" = String, description = "`lectern_device`: the device cookie (HttpOnly, path `/api/v1/auth`) that spares this client the lockouts of others' failures"))),
         (status = 409, body = ErrorBody, description = "email_taken"),
-        (status = 422, body = ErrorBody)
+        (status = 429, body = ErrorBody, description = "rate_limited: too many registrations from this address; see Retry-After")
     )
 )]
 #[post("/auth/register")]
@@ -56,7 +58,7 @@ pub struct LoginRequest {
     tag = "auth",
     request_body = LoginRequest,
     responses(
-        (status = 200, body = AuthResponse),
+        (status = 200, body = AuthResponse, description = "signed in", headers(("Set-Cookie" = String, description = "`lectern_device`: the device cookie (HttpOnly, path `/api/v1/auth`) that spares this client the lockouts of others' failures"))),
         (status = 401, body = ErrorBody, description = "invalid_credentials"),
         (status = 403, body = ErrorBody, description = "account_suspended"),
         (status = 429, body = ErrorBody, description = "rate_limited, with Retry-After")
@@ -81,7 +83,10 @@ pub struct RefreshRequest {
 #[utoipa::path(
     tag = "auth",
     request_body = RefreshRequest,
-    responses((status = 200, body = AuthResponse), (status = 401, body = ErrorBody))
+    responses(
+        (status = 200, body = AuthResponse, description = "a new pair"),
+        (status = 401, body = ErrorBody, description = "the refresh token is unknown, spent or expired")
+    )
 )]
 #[post("/auth/refresh")]
 pub async fn refresh(
@@ -104,9 +109,9 @@ pub struct LogoutRequest {
 /// Ends this session (or all of them with `{"all": true}`); their access tokens stop working at once.
 #[utoipa::path(
     tag = "auth",
-    request_body(content = LogoutRequest, description = "optional"),
+    request_body(content = Option<LogoutRequest>, description = "optional"),
     security(("bearer" = [])),
-    responses((status = 204), (status = 401, body = ErrorBody))
+    responses((status = 204, description = "signed out"))
 )]
 #[post("/auth/logout")]
 pub async fn logout(
@@ -121,19 +126,22 @@ pub async fn logout(
     Ok(HttpResponse::NoContent().finish())
 }
 
-/// The caller's live sessions: device, IP, creation and last activity.
+/// The caller's live sessions: device, IP, creation and last activity. Every live session is
+/// on the one page (`next_cursor` is always `null`).
 #[utoipa::path(
     tag = "auth",
     security(("bearer" = [])),
-    responses((status = 200, body = Vec<SessionView>), (status = 401, body = ErrorBody))
+    responses((status = 200, body = Page<SessionView>, description = "every live session"))
 )]
 #[get("/auth/sessions")]
 pub async fn sessions(
     services: web::Data<Services>,
     caller: Caller,
-) -> ApiResult<web::Json<Vec<SessionView>>> {
+) -> ApiResult<web::Json<Page<SessionView>>> {
     let user = caller.0.require_user()?;
-    Ok(web::Json(accounts::list_sessions(&services, user).await?))
+    Ok(web::Json(Page::whole(
+        accounts::list_sessions(&services, user).await?,
+    )))
 }
 
 /// Revokes one of the caller's sessions.
@@ -141,7 +149,10 @@ pub async fn sessions(
     tag = "auth",
     params(("id" = Uuid, Path)),
     security(("bearer" = [])),
-    responses((status = 204), (status = 404, body = ErrorBody))
+    responses(
+        (status = 204, description = "revoked"),
+        (status = 404, body = ErrorBody, description = "no such session of the caller's")
+    )
 )]
 #[delete("/auth/sessions/{id}")]
 pub async fn revoke_session(
@@ -164,7 +175,10 @@ pub struct TokenRequest {
 #[utoipa::path(
     tag = "auth",
     request_body = TokenRequest,
-    responses((status = 200, body = accounts::UserView), (status = 422, body = ErrorBody))
+    responses(
+        (status = 200, body = accounts::UserView, description = "verified"),
+        (status = 422, body = ErrorBody, description = "the token is unknown, used or expired")
+    )
 )]
 #[post("/auth/verify-email")]
 pub async fn verify_email(
@@ -186,7 +200,10 @@ pub struct ResetRequest {
 #[utoipa::path(
     tag = "auth",
     request_body = ResetRequest,
-    responses((status = 202), (status = 422, body = ErrorBody), (status = 429, body = ErrorBody))
+    responses(
+        (status = 202, body = Message, description = "the same answer whether or not the account exists"),
+        (status = 429, body = ErrorBody, description = "rate_limited: too many resets for this address or client; see Retry-After")
+    )
 )]
 #[post("/auth/password-reset")]
 pub async fn password_reset(
@@ -195,9 +212,15 @@ pub async fn password_reset(
     body: web::Json<ResetRequest>,
 ) -> ApiResult<HttpResponse> {
     accounts::request_password_reset(&services, &body.email, &client.0).await?;
-    Ok(HttpResponse::Accepted().json(serde_json::json!({
-        "message": "if an account uses this address, a reset link is on its way"
-    })))
+    Ok(HttpResponse::Accepted().json(Message {
+        message: "if an account uses this address, a reset link is on its way".into(),
+    }))
+}
+
+/// A sentence for people, where there is nothing else to answer.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Message {
+    pub message: String,
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -210,7 +233,10 @@ pub struct ResetConfirm {
 #[utoipa::path(
     tag = "auth",
     request_body = ResetConfirm,
-    responses((status = 204), (status = 422, body = ErrorBody))
+    responses(
+        (status = 204, description = "the password is changed; every session ended"),
+        (status = 422, body = ErrorBody, description = "the token is unknown, used or expired, or the password is too weak")
+    )
 )]
 #[post("/auth/password-reset/confirm")]
 pub async fn password_reset_confirm(
@@ -229,10 +255,9 @@ pub async fn password_reset_confirm(
     request_body = PasswordChange,
     security(("bearer" = [])),
     responses(
-        (status = 204),
-        (status = 401, body = ErrorBody),
-        (status = 422, body = ErrorBody),
-        (status = 429, body = ErrorBody, description = "rate_limited, with Retry-After")
+        (status = 204, description = "changed; every other session ended"),
+        (status = 422, body = ErrorBody, description = "the current password is wrong, or the new one too weak"),
+        (status = 429, body = ErrorBody, description = "rate_limited: too many wrong current passwords; see Retry-After")
     )
 )]
 #[post("/auth/password")]

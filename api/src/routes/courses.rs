@@ -16,6 +16,7 @@ use uuid::Uuid;
 
 use crate::auth::{Caller, Client, MaybeCaller, SignedCaller};
 use crate::error::{ApiResult, ErrorBody};
+use crate::routes::JobAccepted;
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -27,8 +28,12 @@ pub struct PageParams {
 /// Searches the public catalogue: full text (typo tolerant), filters, orderings, cursor pages.
 #[utoipa::path(
     tag = "courses",
+    operation_id = "search_courses",
     params(SearchParams),
-    responses((status = 200, body = Page<CourseCard>), (status = 422, body = ErrorBody))
+    responses(
+        (status = 200, body = Page<CourseCard>, description = "a page of courses"),
+        (status = 422, body = ErrorBody, description = "a filter, ordering or cursor is invalid")
+    )
 )]
 #[get("/courses")]
 pub async fn search(
@@ -41,9 +46,14 @@ pub async fn search(
 /// Creates a draft course (instructors), with a unique slug and an "Introduction" section.
 #[utoipa::path(
     tag = "courses",
+    operation_id = "create_course",
     request_body = CourseInput,
     security(("bearer" = [])),
-    responses((status = 201, body = CourseDetail), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody))
+    responses(
+        (status = 201, body = CourseDetail, description = "the draft"),
+        (status = 403, body = ErrorBody, description = "instructor_required"),
+        (status = 409, body = ErrorBody, description = "slug_contention: try again")
+    )
 )]
 #[post("/courses")]
 pub async fn create(
@@ -55,25 +65,38 @@ pub async fn create(
     Ok(HttpResponse::Created().json(course))
 }
 
-/// Personal recommendations for the caller (popular courses for a new account).
+/// Personal recommendations for the caller (popular courses for a new account), best first, in
+/// pages of `limit` (at most 50). The ranking is computed at each request, so a course whose
+/// score changed between two pages may be skipped or shown twice.
 #[utoipa::path(
     tag = "courses",
     params(PageParams),
     security(("bearer" = [])),
-    responses((status = 200, body = Vec<CourseCard>))
+    responses(
+        (status = 200, body = Page<CourseCard>, description = "a page of recommendations"),
+        (status = 422, body = ErrorBody, description = "the cursor is not one this API gave out")
+    )
 )]
 #[get("/courses/recommendations")]
 pub async fn recommendations(
     services: web::Data<Services>,
     caller: Caller,
     params: web::Query<PageParams>,
-) -> ApiResult<web::Json<serde_json::Value>> {
-    let items = catalog::recommendations(&services, &caller.0, params.limit).await?;
-    Ok(web::Json(serde_json::json!({ "items": items })))
+) -> ApiResult<web::Json<Page<CourseCard>>> {
+    Ok(web::Json(
+        catalog::recommendations(&services, &caller.0, params.limit, params.cursor.as_deref())
+            .await?,
+    ))
 }
 
 /// The instructor's own courses, every status.
-#[utoipa::path(tag = "courses", params(PageParams), security(("bearer" = [])), responses((status = 200, body = Page<CourseView>)))]
+#[utoipa::path(
+    tag = "courses",
+    operation_id = "my_courses",
+    params(PageParams),
+    security(("bearer" = [])),
+    responses((status = 200, body = Page<CourseView>, description = "a page of the caller's courses"))
+)]
 #[get("/instructor/courses")]
 pub async fn mine(
     services: web::Data<Services>,
@@ -88,8 +111,13 @@ pub async fn mine(
 /// A course page by id or slug. Drafts are visible to their instructor only (404 to others).
 #[utoipa::path(
     tag = "courses",
+    operation_id = "get_course",
     params(("id" = String, Path, description = "course id or slug")),
-    responses((status = 200, body = CourseDetail), (status = 404, body = ErrorBody))
+    responses(
+        (status = 401, body = ErrorBody, description = "a bearer token was sent but is not valid (the token is optional here)"),
+        (status = 200, body = CourseDetail),
+        (status = 404, body = ErrorBody, description = "no such course, or a draft of someone else's")
+    )
 )]
 #[get("/courses/{id}")]
 pub async fn get(
@@ -105,10 +133,16 @@ pub async fn get(
 /// Changes a course's fields (the instructor's own).
 #[utoipa::path(
     tag = "courses",
+    operation_id = "update_course",
     params(("id" = Uuid, Path)),
     request_body = CourseInput,
     security(("bearer" = [])),
-    responses((status = 200, body = CourseDetail), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody))
+    responses(
+        (status = 200, body = CourseDetail, description = "the changed course"),
+        (status = 403, body = ErrorBody, description = "not_course_owner"),
+        (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "course_archived, slug_contention")
+    )
 )]
 #[patch("/courses/{id}")]
 pub async fn update(
@@ -123,7 +157,17 @@ pub async fn update(
 }
 
 /// Deletes a course (soft); refused while students are enrolled.
-#[utoipa::path(tag = "courses", params(("id" = Uuid, Path)), security(("bearer" = [])), responses((status = 204), (status = 409, body = ErrorBody)))]
+#[utoipa::path(
+    tag = "courses",
+    operation_id = "delete_course",
+    params(("id" = Uuid, Path)),
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "deleted"),
+        (status = 403, body = ErrorBody, description = "not_course_owner"),
+        (status = 409, body = ErrorBody, description = "course_has_students")
+    )
+)]
 #[delete("/courses/{id}")]
 pub async fn delete(
     services: web::Data<Services>,
@@ -139,7 +183,12 @@ pub async fn delete(
     tag = "courses",
     params(("id" = Uuid, Path)),
     security(("bearer" = [])),
-    responses((status = 200, body = Published), (status = 422, body = ErrorBody), (status = 409, body = ErrorBody))
+    responses(
+        (status = 200, body = Published, description = "published"),
+        (status = 403, body = ErrorBody, description = "not_course_owner, email_unverified"),
+        (status = 409, body = ErrorBody, description = "course_archived"),
+        (status = 422, body = ErrorBody, description = "`fields` lists every unmet publishing rule")
+    )
 )]
 #[post("/courses/{id}/publish")]
 pub async fn publish(
@@ -153,7 +202,16 @@ pub async fn publish(
 }
 
 /// Takes a course out of the catalogue.
-#[utoipa::path(tag = "courses", params(("id" = Uuid, Path)), security(("bearer" = [])), responses((status = 200, body = CourseView), (status = 409, body = ErrorBody)))]
+#[utoipa::path(
+    tag = "courses",
+    params(("id" = Uuid, Path)),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = CourseView, description = "back to draft"),
+        (status = 403, body = ErrorBody, description = "not_course_owner"),
+        (status = 409, body = ErrorBody, description = "not_published")
+    )
+)]
 #[post("/courses/{id}/unpublish")]
 pub async fn unpublish(
     services: web::Data<Services>,
@@ -166,7 +224,17 @@ pub async fn unpublish(
 }
 
 /// Copies a course and its sections into a new draft.
-#[utoipa::path(tag = "courses", params(("id" = Uuid, Path)), security(("bearer" = [])), responses((status = 201, body = CourseDetail)))]
+#[utoipa::path(
+    tag = "courses",
+    operation_id = "duplicate_course",
+    params(("id" = Uuid, Path)),
+    security(("bearer" = [])),
+    responses(
+        (status = 201, body = CourseDetail, description = "the copy, a draft"),
+        (status = 403, body = ErrorBody, description = "not_course_owner, instructor_required"),
+        (status = 409, body = ErrorBody, description = "slug_contention: try again")
+    )
+)]
 #[post("/courses/{id}/duplicate")]
 pub async fn duplicate(
     services: web::Data<Services>,
@@ -177,17 +245,25 @@ pub async fn duplicate(
     Ok(HttpResponse::Created().json(copy))
 }
 
-/// A course's sections in order.
-#[utoipa::path(tag = "courses", params(("id" = String, Path)), responses((status = 200, body = Vec<SectionView>)))]
+/// A course's sections in order, all on the one page (`next_cursor` is always `null`).
+#[utoipa::path(
+    tag = "courses",
+    params(("id" = String, Path, description = "course id or slug")),
+    responses(
+        (status = 401, body = ErrorBody, description = "a bearer token was sent but is not valid (the token is optional here)"),
+        (status = 200, body = Page<SectionView>, description = "every section"),
+        (status = 404, body = ErrorBody, description = "no such course, or a draft of someone else's")
+    )
+)]
 #[get("/courses/{id}/sections")]
 pub async fn list_sections(
     services: web::Data<Services>,
     caller: MaybeCaller,
     id: web::Path<String>,
-) -> ApiResult<web::Json<Vec<SectionView>>> {
-    Ok(web::Json(
+) -> ApiResult<web::Json<Page<SectionView>>> {
+    Ok(web::Json(Page::whole(
         sections::list(&services, caller.0.as_ref(), &id).await?,
-    ))
+    )))
 }
 
 /// Adds a section (at the end, or at `position`).
@@ -196,7 +272,11 @@ pub async fn list_sections(
     params(("id" = Uuid, Path)),
     request_body = SectionInput,
     security(("bearer" = [])),
-    responses((status = 201, body = SectionView), (status = 422, body = ErrorBody))
+    responses(
+        (status = 201, body = SectionView, description = "the new section"),
+        (status = 403, body = ErrorBody, description = "not_course_owner"),
+        (status = 409, body = ErrorBody, description = "course_archived")
+    )
 )]
 #[post("/courses/{id}/sections")]
 pub async fn create_section(
@@ -215,7 +295,11 @@ pub async fn create_section(
     params(("id" = Uuid, Path)),
     request_body = SectionInput,
     security(("bearer" = [])),
-    responses((status = 200, body = SectionView), (status = 422, body = ErrorBody))
+    responses(
+        (status = 200, body = SectionView, description = "the changed section"),
+        (status = 403, body = ErrorBody, description = "not_course_owner"),
+        (status = 409, body = ErrorBody, description = "course_archived")
+    )
 )]
 #[patch("/sections/{id}")]
 pub async fn update_section(
@@ -230,7 +314,16 @@ pub async fn update_section(
 }
 
 /// Deletes a section; the ones after it move up.
-#[utoipa::path(tag = "courses", params(("id" = Uuid, Path)), security(("bearer" = [])), responses((status = 204)))]
+#[utoipa::path(
+    tag = "courses",
+    params(("id" = Uuid, Path)),
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "deleted"),
+        (status = 403, body = ErrorBody, description = "not_course_owner"),
+        (status = 409, body = ErrorBody, description = "course_archived")
+    )
+)]
 #[delete("/sections/{id}")]
 pub async fn delete_section(
     services: web::Data<Services>,
@@ -242,7 +335,15 @@ pub async fn delete_section(
 }
 
 /// A course's reviews, newest first.
-#[utoipa::path(tag = "courses", params(("id" = String, Path), PageParams), responses((status = 200, body = Page<ReviewView>)))]
+#[utoipa::path(
+    tag = "courses",
+    params(("id" = String, Path, description = "course id or slug"), PageParams),
+    responses(
+        (status = 401, body = ErrorBody, description = "a bearer token was sent but is not valid (the token is optional here)"),
+        (status = 200, body = Page<ReviewView>, description = "a page of reviews"),
+        (status = 404, body = ErrorBody, description = "no such course, or a draft of someone else's")
+    )
+)]
 #[get("/courses/{id}/reviews")]
 pub async fn list_reviews(
     services: web::Data<Services>,
@@ -268,7 +369,11 @@ pub async fn list_reviews(
     params(("id" = String, Path)),
     request_body = ReviewInput,
     security(("bearer" = [])),
-    responses((status = 201, body = ReviewView), (status = 200, body = ReviewView), (status = 403, body = ErrorBody))
+    responses(
+        (status = 201, body = ReviewView, description = "the caller's first review"),
+        (status = 200, body = ReviewView, description = "the caller's review, edited"),
+        (status = 403, body = ErrorBody, description = "not_enrolled")
+    )
 )]
 #[post("/courses/{id}/reviews")]
 pub async fn submit_review(
@@ -286,7 +391,16 @@ pub async fn submit_review(
 }
 
 /// The course's instructor replies to a review.
-#[utoipa::path(tag = "courses", params(("id" = Uuid, Path)), request_body = ReplyInput, security(("bearer" = [])), responses((status = 200, body = ReviewView)))]
+#[utoipa::path(
+    tag = "courses",
+    params(("id" = Uuid, Path, description = "the review")),
+    request_body = ReplyInput,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = ReviewView, description = "the review with its reply"),
+        (status = 403, body = ErrorBody, description = "not_course_owner")
+    )
+)]
 #[post("/reviews/{id}/reply")]
 pub async fn reply_review(
     services: web::Data<Services>,
@@ -299,17 +413,26 @@ pub async fn reply_review(
     ))
 }
 
-/// Every category.
-#[utoipa::path(tag = "courses", responses((status = 200, body = Vec<CategoryView>)))]
+/// Every category, all on the one page (`next_cursor` is always `null`).
+#[utoipa::path(tag = "courses", responses((status = 200, body = Page<CategoryView>, description = "every category")))]
 #[get("/categories")]
 pub async fn list_categories(
     services: web::Data<Services>,
-) -> ApiResult<web::Json<Vec<CategoryView>>> {
-    Ok(web::Json(categories::list(&services).await?))
+) -> ApiResult<web::Json<Page<CategoryView>>> {
+    Ok(web::Json(Page::whole(categories::list(&services).await?)))
 }
 
 /// Creates a category (admins).
-#[utoipa::path(tag = "courses", request_body = CategoryInput, security(("bearer" = [])), responses((status = 201, body = CategoryView), (status = 409, body = ErrorBody)))]
+#[utoipa::path(
+    tag = "courses",
+    request_body = CategoryInput,
+    security(("bearer" = [])),
+    responses(
+        (status = 201, body = CategoryView, description = "the new category"),
+        (status = 403, body = ErrorBody, description = "not an admin"),
+        (status = 409, body = ErrorBody, description = "category_exists")
+    )
+)]
 #[post("/admin/categories")]
 pub async fn create_category(
     services: web::Data<Services>,
@@ -325,13 +448,17 @@ pub async fn create_category(
 /// a drop), a verified email and an `Idempotency-Key` header.
 #[utoipa::path(
     tag = "learning",
-    params(("id" = String, Path)),
+    params(
+        ("id" = String, Path, description = "course id or slug"),
+        ("Idempotency-Key" = Option<String>, Header, description = "required for a paid course")
+    ),
     security(("bearer" = [])),
     responses(
-        (status = 201, body = Enrolled),
-        (status = 200, body = Enrolled),
-        (status = 402, body = ErrorBody),
-        (status = 409, body = ErrorBody)
+        (status = 201, body = Enrolled, description = "enrolled"),
+        (status = 200, body = Enrolled, description = "already enrolled, or re-enrolled after a drop"),
+        (status = 402, body = ErrorBody, description = "payment_required: a paid course without a grant"),
+        (status = 403, body = ErrorBody, description = "email_unverified (paid courses)"),
+        (status = 409, body = ErrorBody, description = "own_course, course_not_open")
     )
 )]
 #[post("/courses/{id}/enroll")]
@@ -353,7 +480,16 @@ pub async fn enroll(
 }
 
 /// Drops the caller's enrollment (progress is kept).
-#[utoipa::path(tag = "learning", params(("id" = String, Path)), security(("bearer" = [])), responses((status = 200, body = EnrollmentView)))]
+#[utoipa::path(
+    tag = "learning",
+    params(("id" = String, Path, description = "course id or slug")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = EnrollmentView, description = "dropped"),
+        (status = 404, body = ErrorBody, description = "no such course or enrollment"),
+        (status = 409, body = ErrorBody, description = "course_completed")
+    )
+)]
 #[post("/courses/{id}/drop")]
 pub async fn drop_course(
     services: web::Data<Services>,
@@ -375,9 +511,8 @@ pub async fn drop_course(
     responses(
         (status = 201, body = Entitlement, description = "granted"),
         (status = 200, body = Entitlement, description = "the student already held the course"),
-        (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody),
-        (status = 422, body = ErrorBody)
+        (status = 403, body = ErrorBody, description = "not the course's instructor nor an admin"),
+        (status = 404, body = ErrorBody, description = "no such course or student")
     )
 )]
 #[post("/courses/{id}/grants")]
@@ -400,9 +535,13 @@ pub async fn grant(
 /// dropped, and enrolling again needs a new grant.
 #[utoipa::path(
     tag = "learning",
-    params(("id" = Uuid, Path), ("user_id" = String, Path)),
+    params(("id" = Uuid, Path), ("user_id" = String, Path, description = "the student's user id")),
     security(("bearer" = [])),
-    responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody))
+    responses(
+        (status = 204, description = "revoked"),
+        (status = 403, body = ErrorBody, description = "not the course's instructor nor an admin"),
+        (status = 404, body = ErrorBody, description = "no such course or grant")
+    )
 )]
 #[delete("/courses/{id}/grants/{user_id}")]
 pub async fn revoke_grant(
@@ -417,7 +556,12 @@ pub async fn revoke_grant(
 }
 
 /// The caller's enrollments with progress.
-#[utoipa::path(tag = "learning", params(PageParams), security(("bearer" = [])), responses((status = 200, body = Page<EnrollmentView>)))]
+#[utoipa::path(
+    tag = "learning",
+    params(PageParams),
+    security(("bearer" = [])),
+    responses((status = 200, body = Page<EnrollmentView>, description = "a page of the caller's enrollments"))
+)]
 #[get("/me/enrollments")]
 pub async fn my_enrollments(
     services: web::Data<Services>,
@@ -437,25 +581,45 @@ pub struct UnsubscribeParams {
 
 /// One-click unsubscribe from non-essential mail (the `List-Unsubscribe` link). No login needed:
 /// the token is signed for one user.
-#[utoipa::path(tag = "users", params(UnsubscribeParams), responses((status = 200), (status = 422, body = ErrorBody)))]
+#[utoipa::path(
+    tag = "users",
+    params(UnsubscribeParams),
+    responses(
+        (status = 200, body = Unsubscribed, description = "unsubscribed (again, harmlessly)"),
+        (status = 422, body = ErrorBody, description = "the token is not one Lectern signed")
+    )
+)]
 #[get("/unsubscribe")]
 pub async fn unsubscribe(
     services: web::Data<Services>,
     params: web::Query<UnsubscribeParams>,
-) -> ApiResult<HttpResponse> {
+) -> ApiResult<web::Json<Unsubscribed>> {
     lectern_core::accounts::unsubscribe(&services, &params.token).await?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "unsubscribed": true })))
+    Ok(web::Json(Unsubscribed { unsubscribed: true }))
+}
+
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Unsubscribed {
+    /// Always `true`.
+    pub unsubscribed: bool,
 }
 
 /// The same, as the RFC 8058 one-click POST that mail clients send.
-#[utoipa::path(tag = "users", params(UnsubscribeParams), responses((status = 200), (status = 422, body = ErrorBody)))]
+#[utoipa::path(
+    tag = "users",
+    params(UnsubscribeParams),
+    responses(
+        (status = 200, body = Unsubscribed, description = "unsubscribed (again, harmlessly)"),
+        (status = 422, body = ErrorBody, description = "the token is not one Lectern signed")
+    )
+)]
 #[post("/unsubscribe")]
 pub async fn unsubscribe_post(
     services: web::Data<Services>,
     params: web::Query<UnsubscribeParams>,
-) -> ApiResult<HttpResponse> {
+) -> ApiResult<web::Json<Unsubscribed>> {
     lectern_core::accounts::unsubscribe(&services, &params.token).await?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "unsubscribed": true })))
+    Ok(web::Json(Unsubscribed { unsubscribed: true }))
 }
 
 /// The player's heartbeat: where playback is and how much was watched since the last one.
@@ -466,9 +630,8 @@ pub async fn unsubscribe_post(
     request_body = lectern_core::learning::progress::Heartbeat,
     security(("bearer" = [])),
     responses(
-        (status = 200, body = lectern_core::learning::progress::VideoProgressView),
-        (status = 404, body = ErrorBody),
-        (status = 422, body = ErrorBody)
+        (status = 200, body = lectern_core::learning::progress::VideoProgressView, description = "the progress as recorded"),
+        (status = 404, body = ErrorBody, description = "no such video in a course the caller is enrolled in")
     )
 )]
 #[put("/progress/videos/{media_id}")]
@@ -486,9 +649,12 @@ pub async fn heartbeat(
 /// The caller's progress in a course, video by video.
 #[utoipa::path(
     tag = "learning",
-    params(("id" = String, Path)),
+    params(("id" = String, Path, description = "course id or slug")),
     security(("bearer" = [])),
-    responses((status = 200, body = lectern_core::learning::progress::CourseProgress), (status = 404, body = ErrorBody))
+    responses(
+        (status = 200, body = lectern_core::learning::progress::CourseProgress),
+        (status = 404, body = ErrorBody, description = "no such course or enrollment")
+    )
 )]
 #[get("/courses/{id}/progress")]
 pub async fn course_progress(
@@ -505,7 +671,10 @@ pub async fn course_progress(
 #[utoipa::path(
     tag = "learning",
     params(("id" = String, Path, description = "certificate id or verification code")),
-    responses((status = 200, body = lectern_core::learning::certificates::CertificateView), (status = 404, body = ErrorBody))
+    responses(
+        (status = 200, body = lectern_core::learning::certificates::CertificateView),
+        (status = 404, body = ErrorBody, description = "no such certificate")
+    )
 )]
 #[get("/certificates/{id}")]
 pub async fn certificate(
@@ -522,7 +691,10 @@ pub async fn certificate(
     tag = "learning",
     params(("id" = Uuid, Path)),
     security(("bearer" = [])),
-    responses((status = 202, description = "`{\"job\": {id, kind, state}}`"), (status = 404, body = ErrorBody))
+    responses(
+        (status = 202, body = JobAccepted, description = "the rendering job"),
+        (status = 404, body = ErrorBody, description = "no such certificate of the caller's")
+    )
 )]
 #[post("/certificates/{id}/reissue")]
 pub async fn reissue_certificate(
@@ -531,5 +703,5 @@ pub async fn reissue_certificate(
     id: web::Path<Uuid>,
 ) -> ApiResult<HttpResponse> {
     let job = lectern_core::learning::certificates::reissue(&services, &caller.0, *id).await?;
-    Ok(HttpResponse::Accepted().json(serde_json::json!({ "job": job })))
+    Ok(JobAccepted::response(job))
 }

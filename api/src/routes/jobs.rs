@@ -8,6 +8,7 @@ use uuid::Uuid;
 
 use crate::auth::Caller;
 use crate::error::{ApiResult, ErrorBody};
+use crate::routes::JobAccepted;
 
 /// State, attempts, progress and last error of a job the caller started (any job for an admin).
 #[utoipa::path(
@@ -16,7 +17,6 @@ use crate::error::{ApiResult, ErrorBody};
     security(("bearer" = [])),
     responses(
         (status = 200, body = JobView),
-        (status = 401, body = ErrorBody),
         (status = 404, body = ErrorBody, description = "no such job, or not the caller's")
     )
 )]
@@ -44,7 +44,10 @@ pub struct JobQuery {
     tag = "admin",
     params(JobQuery),
     security(("bearer" = [])),
-    responses((status = 200, description = "`{items: [job], next_cursor}`"), (status = 403, body = ErrorBody))
+    responses(
+        (status = 200, body = Page<JobView>, description = "a page of jobs"),
+        (status = 403, body = ErrorBody, description = "not an admin")
+    )
 )]
 #[get("/admin/jobs")]
 pub async fn admin_list(
@@ -69,7 +72,11 @@ pub async fn admin_list(
     tag = "admin",
     params(("id" = Uuid, Path)),
     security(("bearer" = [])),
-    responses((status = 200, body = JobDetail), (status = 404, body = ErrorBody))
+    responses(
+        (status = 200, body = JobDetail),
+        (status = 403, body = ErrorBody, description = "not an admin"),
+        (status = 404, body = ErrorBody)
+    )
 )]
 #[get("/admin/jobs/{id}")]
 pub async fn admin_get(
@@ -85,7 +92,11 @@ pub async fn admin_get(
     tag = "admin",
     params(("id" = Uuid, Path)),
     security(("bearer" = [])),
-    responses((status = 202, description = "`{job}`"), (status = 409, body = ErrorBody, description = "job_not_failed"))
+    responses(
+        (status = 202, body = JobAccepted, description = "queued again"),
+        (status = 403, body = ErrorBody, description = "not an admin"),
+        (status = 409, body = ErrorBody, description = "job_not_failed")
+    )
 )]
 #[post("/admin/jobs/{id}/retry")]
 pub async fn admin_retry(
@@ -96,7 +107,7 @@ pub async fn admin_retry(
     let ids = [*id];
     let mut retried = jobs::admin_retry(&services, &caller.0, Some(&ids), None).await?;
     match retried.pop() {
-        Some(job) => Ok(HttpResponse::Accepted().json(serde_json::json!({ "job": job }))),
+        Some(job) => Ok(JobAccepted::response(job)),
         None => {
             jobs::get(&services.db, *id)
                 .await?
@@ -122,7 +133,10 @@ pub struct BulkRetry {
     tag = "admin",
     request_body = BulkRetry,
     security(("bearer" = [])),
-    responses((status = 202, description = "`{retried: n}`"), (status = 403, body = ErrorBody))
+    responses(
+        (status = 202, body = Retried, description = "how many jobs run again"),
+        (status = 403, body = ErrorBody, description = "not an admin")
+    )
 )]
 #[post("/admin/jobs/retry")]
 pub async fn admin_bulk_retry(
@@ -131,21 +145,35 @@ pub async fn admin_bulk_retry(
     body: web::Json<BulkRetry>,
 ) -> ApiResult<HttpResponse> {
     let retried = jobs::admin_retry(&services, &caller.0, None, Some(&body.kind)).await?;
-    Ok(HttpResponse::Accepted().json(serde_json::json!({ "retried": retried.len() })))
+    Ok(HttpResponse::Accepted().json(Retried {
+        retried: retried.len(),
+    }))
 }
 
-/// Jobs per queue and state, and the age of the oldest due job.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Retried {
+    /// How many failed jobs were queued again.
+    pub retried: usize,
+}
+
+/// Jobs per queue and state, and the age of the oldest due job. Every queue is on the one page
+/// (`next_cursor` is always `null`).
 #[utoipa::path(
     tag = "admin",
     security(("bearer" = [])),
-    responses((status = 200, body = Vec<QueueDepth>), (status = 403, body = ErrorBody))
+    responses(
+        (status = 200, body = Page<QueueDepth>, description = "every queue"),
+        (status = 403, body = ErrorBody, description = "not an admin")
+    )
 )]
 #[get("/admin/queues")]
 pub async fn admin_queues(
     services: web::Data<Services>,
     caller: Caller,
-) -> ApiResult<web::Json<Vec<QueueDepth>>> {
-    Ok(web::Json(jobs::admin_queues(&services, &caller.0).await?))
+) -> ApiResult<web::Json<Page<QueueDepth>>> {
+    Ok(web::Json(Page::whole(
+        jobs::admin_queues(&services, &caller.0).await?,
+    )))
 }
 
 #[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
@@ -178,9 +206,8 @@ fn one() -> u32 {
     request_body = NoopRequest,
     security(("bearer" = [])),
     responses(
-        (status = 202, description = "`{queued: n, ids: [job id]}`"),
-        (status = 403, body = ErrorBody),
-        (status = 422, body = ErrorBody)
+        (status = 202, body = NoopQueued, description = "the queued jobs"),
+        (status = 403, body = ErrorBody, description = "not an admin")
     )
 )]
 #[post("/admin/jobs/noop")]
@@ -197,5 +224,16 @@ pub async fn admin_noop(
         fail: body.fail,
     };
     let ids = jobs::admin_enqueue_noops(&services, &caller.0, body.count, noop).await?;
-    Ok(HttpResponse::Accepted().json(serde_json::json!({ "queued": ids.len(), "ids": ids })))
+    Ok(HttpResponse::Accepted().json(NoopQueued {
+        queued: ids.len(),
+        ids,
+    }))
+}
+
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct NoopQueued {
+    /// How many jobs were queued.
+    pub queued: usize,
+    /// Their ids, to follow at `GET /jobs/{id}`.
+    pub ids: Vec<Uuid>,
 }

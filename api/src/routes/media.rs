@@ -13,6 +13,7 @@ use uuid::Uuid;
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::routes::JobAccepted;
 
 /// Starts an upload: answers with a presigned PUT, or presigned part URLs for a multipart
 /// upload above the configured size; the bytes go straight to storage.
@@ -21,9 +22,10 @@ use crate::error::{ApiError, ApiResult, ErrorBody};
     request_body = StartUpload,
     security(("bearer" = [])),
     responses(
-        (status = 201, body = UploadStarted),
-        (status = 403, body = ErrorBody, description = "not an instructor"),
+        (status = 201, body = UploadStarted, description = "where to send the bytes"),
+        (status = 403, body = ErrorBody, description = "instructors_only, email_unverified"),
         (status = 404, body = ErrorBody, description = "course or section not the caller's"),
+        (status = 409, body = ErrorBody, description = "upload_quota_exceeded"),
         (status = 422, body = ErrorBody, description = "name, size or type refused")
     )
 )]
@@ -37,18 +39,19 @@ pub async fn start_upload(
     Ok(HttpResponse::Created().json(started))
 }
 
-/// Checks the uploaded object (existence, size, real type) and starts processing: 202 with the
-/// job. Completing again answers the same way.
+/// Checks the uploaded object (existence, size, real type) and starts processing where there is
+/// some: videos and images answer 202 with the processing job; audio and documents need none
+/// and answer 200, ready at once, with `job` null. Completing again answers the same way.
 #[utoipa::path(
     tag = "media",
-    params(("id" = Uuid, Path)),
-    request_body(content = CompleteUpload, description = "`{parts: [{part_number, etag}]}` for multipart uploads"),
+    params(("id" = Uuid, Path, description = "the media id `POST /media/uploads` gave")),
+    request_body(content = Option<CompleteUpload>, description = "`{parts: [{part_number, etag}]}` for multipart uploads; optional otherwise"),
     security(("bearer" = [])),
     responses(
-        (status = 202, body = UploadCompleted),
-        (status = 200, body = UploadCompleted, description = "audio and documents: ready at once"),
-        (status = 404, body = ErrorBody),
-        (status = 409, body = ErrorBody, description = "upload_incomplete: nothing uploaded yet"),
+        (status = 202, body = UploadCompleted, description = "video or image: processing started; `job` is the processing job (follow it at `GET /jobs/{id}` or on `/ws`)"),
+        (status = 200, body = UploadCompleted, description = "audio or document: no processing, the media is ready; `job` is null"),
+        (status = 404, body = ErrorBody, description = "no such upload of the caller's"),
+        (status = 409, body = ErrorBody, description = "upload_incomplete: the bytes (or some parts) are not uploaded yet; upload_refused: this upload was refused before"),
         (status = 422, body = ErrorBody, description = "size or content refused")
     )
 )]
@@ -116,17 +119,38 @@ fn uuid_field(name: &str, value: &str) -> ApiResult<Option<Uuid>> {
         .map_err(|_| Error::invalid(name, "is not a UUID").into())
 }
 
+/// The form of a direct upload.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct DirectUploadForm {
+    /// The file, with its name and type in the part's headers.
+    #[schema(value_type = String, format = Binary)]
+    file: Vec<u8>,
+    title: Option<String>,
+    /// The course (the caller's) the media belongs to.
+    course_id: Option<Uuid>,
+    /// The section (of that course) the media belongs to.
+    section_id: Option<Uuid>,
+}
+
 /// Direct upload of a small file as multipart/form-data (`file`, and optional `title`,
 /// `course_id`, `section_id`). The file is spooled to disk, never held in memory, then streamed
 /// to storage; same limits and checks as the presigned flow.
+/// Answers like `POST /media/uploads/{id}/complete`: 202 with the job for videos and images, 200
+/// with `job` null for audio and documents.
 #[utoipa::path(
     tag = "media",
+    request_body(content = DirectUploadForm, content_type = "multipart/form-data"),
     security(("bearer" = [])),
     responses(
-        (status = 202, body = UploadCompleted),
-        (status = 413, body = ErrorBody),
+        (status = 202, body = UploadCompleted, description = "video or image: processing started; `job` is the processing job"),
+        (status = 200, body = UploadCompleted, description = "audio or document: no processing, the media is ready; `job` is null"),
+        (status = 403, body = ErrorBody, description = "instructors_only, email_unverified"),
+        (status = 404, body = ErrorBody, description = "course or section not the caller's"),
+        (status = 409, body = ErrorBody, description = "upload_quota_exceeded"),
+        (status = 413, body = ErrorBody, description = "payload_too_large: above the direct-upload limit"),
         (status = 415, body = ErrorBody, description = "not multipart/form-data"),
-        (status = 422, body = ErrorBody)
+        (status = 422, body = ErrorBody, description = "no file, or its name, size or type refused")
     )
 )]
 #[post("/media")]
@@ -205,7 +229,10 @@ pub async fn direct_upload(
     tag = "media",
     params(("id" = Uuid, Path)),
     security(("bearer" = [])),
-    responses((status = 200, body = MediaView), (status = 404, body = ErrorBody))
+    responses(
+        (status = 200, body = MediaView),
+        (status = 404, body = ErrorBody, description = "absent, or the caller may not see it")
+    )
 )]
 #[get("/media/{id}")]
 pub async fn get_media(
@@ -242,7 +269,11 @@ pub async fn playback(
     tag = "media",
     params(("id" = Uuid, Path)),
     security(("bearer" = [])),
-    responses((status = 202, description = "`{job}`"), (status = 404, body = ErrorBody))
+    responses(
+        (status = 202, body = JobAccepted, description = "removed; the job deletes the stored objects"),
+        (status = 404, body = ErrorBody, description = "absent, or not the caller's"),
+        (status = 409, body = ErrorBody, description = "media_in_use")
+    )
 )]
 #[delete("/media/{id}")]
 pub async fn delete_media(
@@ -251,7 +282,7 @@ pub async fn delete_media(
     id: web::Path<Uuid>,
 ) -> ApiResult<HttpResponse> {
     let job = media::delete(&services, &caller.0, *id).await?;
-    Ok(HttpResponse::Accepted().json(serde_json::json!({ "job": job })))
+    Ok(JobAccepted::response(job))
 }
 
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
@@ -268,7 +299,14 @@ fn playlist(body: String) -> HttpResponse {
 }
 
 /// HLS master playlist (signed by its token, no bearer needed: players fetch it).
-#[utoipa::path(tag = "media", params(("id" = Uuid, Path), TokenQuery), responses((status = 200, content_type = "application/vnd.apple.mpegurl"), (status = 404, body = ErrorBody)))]
+#[utoipa::path(
+    tag = "media",
+    params(("id" = Uuid, Path), TokenQuery),
+    responses(
+        (status = 200, body = String, content_type = "application/vnd.apple.mpegurl", description = "the master playlist"),
+        (status = 404, body = ErrorBody, description = "absent, not ready, or the token is wrong or expired")
+    )
+)]
 #[get("/media/{id}/hls/master.m3u8")]
 pub async fn hls_master(
     services: web::Data<Services>,
@@ -281,7 +319,14 @@ pub async fn hls_master(
 }
 
 /// HLS variant playlist; its segments are presigned storage URLs.
-#[utoipa::path(tag = "media", params(("id" = Uuid, Path), ("rendition" = String, Path), TokenQuery), responses((status = 200, content_type = "application/vnd.apple.mpegurl"), (status = 404, body = ErrorBody)))]
+#[utoipa::path(
+    tag = "media",
+    params(("id" = Uuid, Path), ("rendition" = String, Path, description = "a rendition of the master playlist, e.g. `720p`"), TokenQuery),
+    responses(
+        (status = 200, body = String, content_type = "application/vnd.apple.mpegurl", description = "the variant playlist"),
+        (status = 404, body = ErrorBody, description = "absent, not ready, no such rendition, or the token is wrong or expired")
+    )
+)]
 #[get("/media/{id}/hls/{rendition}/index.m3u8")]
 pub async fn hls_variant(
     services: web::Data<Services>,
@@ -295,7 +340,14 @@ pub async fn hls_variant(
 }
 
 /// The storyboard's WebVTT track; cues point at tiles of a presigned sprite sheet.
-#[utoipa::path(tag = "media", params(("id" = Uuid, Path), TokenQuery), responses((status = 200, content_type = "text/vtt"), (status = 404, body = ErrorBody)))]
+#[utoipa::path(
+    tag = "media",
+    params(("id" = Uuid, Path), TokenQuery),
+    responses(
+        (status = 200, body = String, content_type = "text/vtt", description = "the WebVTT track"),
+        (status = 404, body = ErrorBody, description = "absent, without a storyboard, or the token is wrong or expired")
+    )
+)]
 #[get("/media/{id}/storyboard.vtt")]
 pub async fn storyboard(
     services: web::Data<Services>,

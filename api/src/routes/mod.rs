@@ -20,10 +20,23 @@ use utoipa::OpenApi;
         description = "Online-course backend: accounts, courses, media pipelines, learning, analytics.",
         license(name = "AGPL-3.0-or-later")
     ),
+    paths(crate::ws::connect),
     components(schemas(crate::error::ErrorBody, crate::error::ErrorDetail)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
+
+/// `202 Accepted` for long work: the job to follow at `GET /jobs/{id}`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct JobAccepted {
+    pub job: lectern_core::jobs::JobReference,
+}
+
+impl JobAccepted {
+    pub fn response(job: lectern_core::jobs::JobReference) -> actix_web::HttpResponse {
+        actix_web::HttpResponse::Accepted().json(JobAccepted { job })
+    }
+}
 
 struct BearerAuth;
 

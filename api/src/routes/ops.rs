@@ -5,10 +5,16 @@ use lectern_core::Services;
 use lectern_core::health::{self, Readiness};
 
 /// The process is up (it says nothing about its dependencies).
-#[utoipa::path(tag = "ops", responses((status = 200, description = "alive")))]
+#[utoipa::path(tag = "ops", responses((status = 200, body = Alive, description = "alive")))]
 #[get("/healthz")]
 pub async fn healthz() -> HttpResponse {
-    HttpResponse::Ok().json(serde_json::json!({ "status": "ok" }))
+    HttpResponse::Ok().json(Alive { status: "ok" })
+}
+
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Alive {
+    /// Always `ok`.
+    pub status: &'static str,
 }
 
 /// PostgreSQL, Redis and storage all answer; 503 with the failing checks otherwise.

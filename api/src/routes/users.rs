@@ -7,9 +7,10 @@ use uuid::Uuid;
 
 use crate::auth::{Caller, Client};
 use crate::error::{ApiResult, ErrorBody};
+use crate::routes::JobAccepted;
 
 /// The caller's profile and notification preferences.
-#[utoipa::path(tag = "users", security(("bearer" = [])), responses((status = 200, body = UserView), (status = 401, body = ErrorBody)))]
+#[utoipa::path(tag = "users", security(("bearer" = [])), responses((status = 200, body = UserView, description = "the caller")))]
 #[get("/me")]
 pub async fn me(services: web::Data<Services>, caller: Caller) -> ApiResult<web::Json<UserView>> {
     let user = caller.0.require_user()?;
@@ -21,7 +22,7 @@ pub async fn me(services: web::Data<Services>, caller: Caller) -> ApiResult<web:
     tag = "users",
     request_body = ProfilePatch,
     security(("bearer" = [])),
-    responses((status = 200, body = UserView), (status = 422, body = ErrorBody))
+    responses((status = 200, body = UserView, description = "the changed profile"))
 )]
 #[patch("/me")]
 pub async fn update_me(
@@ -36,7 +37,15 @@ pub async fn update_me(
 }
 
 /// Follows an instructor (idempotent).
-#[utoipa::path(tag = "users", params(("id" = Uuid, Path)), security(("bearer" = [])), responses((status = 204), (status = 404, body = ErrorBody)))]
+#[utoipa::path(
+    tag = "users",
+    params(("id" = Uuid, Path, description = "the instructor's user id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "followed"),
+        (status = 404, body = ErrorBody, description = "no active instructor with this id (or the caller's own)")
+    )
+)]
 #[post("/users/{id}/follow")]
 pub async fn follow(
     services: web::Data<Services>,
@@ -49,7 +58,12 @@ pub async fn follow(
 }
 
 /// Stops following an instructor (idempotent).
-#[utoipa::path(tag = "users", params(("id" = Uuid, Path)), security(("bearer" = [])), responses((status = 204)))]
+#[utoipa::path(
+    tag = "users",
+    params(("id" = Uuid, Path, description = "the instructor's user id")),
+    security(("bearer" = [])),
+    responses((status = 204, description = "not followed (any more)"))
+)]
 #[delete("/users/{id}/follow")]
 pub async fn unfollow(
     services: web::Data<Services>,
@@ -65,7 +79,10 @@ pub async fn unfollow(
 #[utoipa::path(
     tag = "users",
     security(("bearer" = [])),
-    responses((status = 202, description = "`{\"job\": {id, kind, state}}`"), (status = 429, body = ErrorBody))
+    responses(
+        (status = 202, body = JobAccepted, description = "the export job"),
+        (status = 429, body = ErrorBody, description = "rate_limited: at most 3 exports a day; see Retry-After")
+    )
 )]
 #[post("/me/export")]
 pub async fn export(
@@ -75,7 +92,7 @@ pub async fn export(
 ) -> ApiResult<HttpResponse> {
     let user = caller.0.require_user()?;
     let job = accounts::privacy::request_export(&services, user, &client.0).await?;
-    Ok(HttpResponse::Accepted().json(serde_json::json!({ "job": job })))
+    Ok(JobAccepted::response(job))
 }
 
 #[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
@@ -89,7 +106,11 @@ pub struct DeleteAccount {
     tag = "users",
     request_body = DeleteAccount,
     security(("bearer" = [])),
-    responses((status = 204), (status = 422, body = ErrorBody))
+    responses(
+        (status = 204, description = "deleted; every session ended"),
+        (status = 422, body = ErrorBody, description = "the password is wrong"),
+        (status = 429, body = ErrorBody, description = "rate_limited: too many wrong passwords; see Retry-After")
+    )
 )]
 #[delete("/me")]
 pub async fn delete_me(

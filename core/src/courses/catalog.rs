@@ -499,9 +499,14 @@ pub async fn recommendations(
     services: &Services,
     caller: &Principal,
     limit: Option<i64>,
-) -> Result<Vec<CourseCard>> {
+    cursor: Option<&str>,
+) -> Result<Page<CourseCard>> {
     let user = caller.require_user()?;
     let limit = page::limit(limit).min(50);
+    // Keyset position of the last card: (score, enrollment_count, id), the ranking's own order.
+    let after: Option<(f64, i32, Uuid)> = cursor
+        .map(|c| page::decode_cursor(&services.config.jwt_secret, c))
+        .transpose()?;
     let rows: Vec<CardRow> = sqlx::query_as(
         "WITH mine AS (SELECT course_id FROM enrollments WHERE user_id = $1),
               near AS (SELECT DISTINCT c.category_id, c.instructor_id FROM courses c JOIN mine m ON m.course_id = c.id),
@@ -530,17 +535,33 @@ pub async fn recommendations(
              CROSS JOIN LATERAL (SELECT count(*) AS n FROM enrollments e
                                   WHERE e.course_id = c.id AND e.enrolled_at > now() - interval '30 days') recent
             WHERE c.id NOT IN (SELECT course_id FROM mine) AND c.instructor_id <> $1) r
+         WHERE $3::float8 IS NULL OR (score, enrollment_count, id) < ($3, $4, $5)
          ORDER BY score DESC, enrollment_count DESC, id DESC
          LIMIT $2"
     )
     .bind(user.id)
-    .bind(limit)
+    .bind(limit + 1)
+    .bind(after.map(|a| a.0))
+    .bind(after.map(|a| a.1))
+    .bind(after.map(|a| a.2))
     .fetch_all(&services.db)
     .await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| CourseCard::from(r).with_image_urls(services))
-        .collect())
+    let mut rows = rows;
+    let more = rows.len() > usize::try_from(limit).unwrap_or(0);
+    rows.truncate(usize::try_from(limit).unwrap_or(0));
+    let next_cursor = more.then(|| rows.last()).flatten().map(|r| {
+        page::encode_cursor(
+            &services.config.jwt_secret,
+            &(r.score.unwrap_or(0.0), r.enrollment_count, r.id),
+        )
+    });
+    Ok(Page {
+        items: rows
+            .into_iter()
+            .map(|r| CourseCard::from(r).with_image_urls(services))
+            .collect(),
+        next_cursor,
+    })
 }
 
 #[cfg(test)]

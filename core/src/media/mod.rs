@@ -156,12 +156,14 @@ pub struct MediaView {
     pub audio_codec: Option<String>,
     pub bit_rate: Option<i64>,
     pub has_audio: Option<bool>,
-    #[schema(value_type = Object)]
+    /// The HLS ladder of a ready video (empty otherwise).
+    #[schema(value_type = Vec<video::Rendition>)]
     pub renditions: serde_json::Value,
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<video::Poster>)]
     pub poster: Option<serde_json::Value>,
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<video::Storyboard>)]
     pub storyboard: Option<serde_json::Value>,
+    /// A ready image's size, format and thumbnail sizes.
     #[schema(value_type = Option<Object>)]
     pub image: Option<serde_json::Value>,
     /// Why processing failed.
