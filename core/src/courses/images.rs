@@ -37,7 +37,10 @@ pub fn preview_image_url(
     image.map(|v| {
         links::api_path(
             &services.config,
-            &format!("/courses/{course_id}/thumbnail?variant=preview&v={}", v.simple()),
+            &format!(
+                "/courses/{course_id}/thumbnail?variant=preview&v={}",
+                v.simple()
+            ),
         )
     })
 }
