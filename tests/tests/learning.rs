@@ -417,10 +417,13 @@ async fn the_nightly_recompute_repairs_drifted_counters_once() {
         .await
         .unwrap();
     let second_worker = app.spawn_worker("worker-2.log");
-    sqlx::query("UPDATE schedules SET next_run_at = now() - interval '1 minute'")
-        .execute(pool)
-        .await
-        .unwrap();
+    sqlx::query(
+        "UPDATE schedules SET next_run_at = now() - interval '1 minute'
+          WHERE name = 'recompute_all_course_stats'",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
     eventually("the nightly repair", Duration::from_secs(30), || async {
         let (_, c) = app.get(&format!("/api/v1/courses/{course}")).await;
         (c["enrollment_count"] == 3 && c["rating_count"] == 0).then_some(())
@@ -434,7 +437,8 @@ async fn the_nightly_recompute_repairs_drifted_counters_once() {
             .unwrap();
     assert_eq!(runs, 1);
     let next_is_tomorrow: bool = sqlx::query_scalar(
-        "SELECT next_run_at > now() AND next_run_at <= now() + interval '27 hours' FROM schedules",
+        "SELECT next_run_at > now() AND next_run_at <= now() + interval '27 hours' FROM schedules
+          WHERE name = 'recompute_all_course_stats'",
     )
     .fetch_one(pool)
     .await
