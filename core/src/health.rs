@@ -55,8 +55,14 @@ enum RedisProblem {
 impl std::fmt::Display for RedisProblem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            RedisProblem::Down(e) => write!(f, "Redis is unreachable ({e}); jobs are committed in PostgreSQL and pushed once it is back"),
-            RedisProblem::RefusesWrites(e) => write!(f, "Redis refuses writes ({e}): raise its maxmemory or free memory; jobs are committed in PostgreSQL and pushed once it takes writes again"),
+            RedisProblem::Down(e) => write!(
+                f,
+                "Redis is unreachable ({e}); jobs are committed in PostgreSQL and pushed once it is back"
+            ),
+            RedisProblem::RefusesWrites(e) => write!(
+                f,
+                "Redis refuses writes ({e}): raise its maxmemory or free memory; jobs are committed in PostgreSQL and pushed once it takes writes again"
+            ),
         }
     }
 }

@@ -151,24 +151,30 @@ async fn all_run_once(app: &TestApp, queued: &[(String, String)], since: Instant
     for (id, to) in queued {
         assert_eq!(mails_to(app, to), 1, "job {id}: one mail to {to}");
     }
-    let attempts: Vec<i32> = sqlx::query_scalar(
-        "SELECT attempts FROM jobs WHERE id::text = ANY($1)",
-    )
-    .bind(queued.iter().map(|(id, _)| id.clone()).collect::<Vec<_>>())
-    .fetch_all(&app.db.pool)
-    .await
-    .unwrap();
-    assert!(attempts.iter().all(|a| *a == 1), "one attempt each: {attempts:?}");
+    let attempts: Vec<i32> =
+        sqlx::query_scalar("SELECT attempts FROM jobs WHERE id::text = ANY($1)")
+            .bind(queued.iter().map(|(id, _)| id.clone()).collect::<Vec<_>>())
+            .fetch_all(&app.db.pool)
+            .await
+            .unwrap();
+    assert!(
+        attempts.iter().all(|a| *a == 1),
+        "one attempt each: {attempts:?}"
+    );
 }
 
 #[tokio::test]
 async fn a_job_pushed_before_redis_was_flushed_still_runs() {
     let redis = TestRedis::start();
     let mut app = app_on(&redis, false).await;
+    app.wait_until_ready().await;
     let to = "flushed@example.com";
     app.register(to, "student").await;
     let jobs = email_jobs(&app).await;
-    assert!(!jobs.is_empty(), "registration queues the verification mail");
+    assert!(
+        !jobs.is_empty(),
+        "registration queues the verification mail"
+    );
     assert!(jobs.iter().all(|(_, dispatched)| *dispatched), "{jobs:?}");
 
     // The push is in Redis, in the layout apalis-redis's fetch script reads (Lectern writes it
@@ -188,7 +194,10 @@ async fn a_job_pushed_before_redis_was_flushed_still_runs() {
         .query(&mut conn)
         .unwrap();
     let body: Value = serde_json::from_str(&body).unwrap();
-    assert!(jobs.iter().any(|(id, _)| body["id"] == id.as_str()), "{body}");
+    assert!(
+        jobs.iter().any(|(id, _)| body["id"] == id.as_str()),
+        "{body}"
+    );
     let status: String = redis::cmd("HGET")
         .arg(format!("{}-email:meta:{}", app.prefix, pending[0]))
         .arg("status")
@@ -238,7 +247,10 @@ async fn jobs_redis_lost_are_pushed_again_and_run_once() {
     app.worker = Some(app.spawn_worker("worker-2.log"));
     all_run_once(&app, &swept, started, Duration::from_secs(12)).await;
     let log = app.worker_log();
-    assert!(log.contains("missing from Redis"), "the sweep pushed them:\n{log}");
+    assert!(
+        log.contains("missing from Redis"),
+        "the sweep pushed them:\n{log}"
+    );
     assert!(!log.contains("new Redis epoch"), "{log}");
 
     // Redis restarts without persistence while jobs wait in it.
@@ -323,6 +335,7 @@ async fn a_full_redis_delays_jobs_and_loses_none() {
 async fn deliveries_whose_claim_fails_come_back_and_run_once() {
     let redis = TestRedis::start();
     let mut app = app_on(&redis, false).await;
+    app.wait_until_ready().await;
     let queued = queue_mails(&app, "claim", 5).await;
     assert!(email_jobs(&app).await.iter().all(|(_, d)| *d));
 
@@ -349,7 +362,10 @@ async fn deliveries_whose_claim_fails_come_back_and_run_once() {
     let started = Instant::now();
     all_run_once(&app, &queued, started, Duration::from_secs(15)).await;
     let log = app.worker_log();
-    assert!(log.contains("could not claim the job"), "claims failed:\n{log}");
+    assert!(
+        log.contains("could not claim the job"),
+        "claims failed:\n{log}"
+    );
     assert!(log.contains("dropping this delivery"), "{log}");
     let mut conn = redis.conn();
     let parked: usize = redis::cmd("ZCARD")

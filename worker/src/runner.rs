@@ -377,22 +377,43 @@ pub async fn relay_loop(services: Services, mut stop: tokio::sync::watch::Receiv
             // it was holding; otherwise push again the ones it lost some other way (the sweep).
             let mut redis = services.redis.clone();
             if let Some(reason) = epoch.check(&mut redis, &prefix).await? {
-                tracing::warn!(reason, "new Redis epoch; pushing again every job dispatched but not started");
+                tracing::warn!(
+                    reason,
+                    "new Redis epoch; pushing again every job dispatched but not started"
+                );
                 repush_since = Some(chrono::Utc::now());
             }
             if let Some(since) = repush_since {
                 let key = jobs::durability::repushing_key(&prefix);
-                let _: () = redis::cmd("SET").arg(&key).arg(since.to_rfc3339()).arg("EX").arg(30)
-                    .query_async(&mut redis).await?;
-                let (pushed, left) =
-                    jobs::durability::repush_before(&services.db, &services.jobs, since, RELAY_BATCH, 10).await?;
+                let _: () = redis::cmd("SET")
+                    .arg(&key)
+                    .arg(since.to_rfc3339())
+                    .arg("EX")
+                    .arg(30)
+                    .query_async(&mut redis)
+                    .await?;
+                let (pushed, left) = jobs::durability::repush_before(
+                    &services.db,
+                    &services.jobs,
+                    since,
+                    RELAY_BATCH,
+                    10,
+                )
+                .await?;
                 tracing::info!(pushed, done = !left, "pushed again jobs Redis lost");
                 if !left {
                     repush_since = None;
                     let _: () = redis::cmd("DEL").arg(&key).query_async(&mut redis).await?;
                 }
             } else {
-                let swept = jobs::durability::sweep(&services.db, &services.jobs, &mut redis, &prefix, RELAY_BATCH).await?;
+                let swept = jobs::durability::sweep(
+                    &services.db,
+                    &services.jobs,
+                    &mut redis,
+                    &prefix,
+                    RELAY_BATCH,
+                )
+                .await?;
                 if swept > 0 {
                     tracing::warn!(swept, "pushed again jobs dispatched but missing from Redis");
                 }

@@ -38,7 +38,7 @@ pub const SWEEP_AGE_BLIND: Duration = Duration::from_secs(60);
 
 /// Clock difference tolerated between PostgreSQL (`dispatched_at`) and the processes that push
 /// (the UUIDv7 task ids).
-const SKEW: Duration = Duration::from_secs(2);
+const SKEW_SECS: i64 = 2;
 
 /// The key whose absence tells that Redis lost its data since a worker last saw it.
 pub fn epoch_key(prefix: &str) -> String {
@@ -80,7 +80,9 @@ impl Watch {
             self.run_id = run_id;
         }
         Ok(if created.is_some() {
-            Some("the epoch marker was missing: Redis lost its data (flush, restart without persistence, failover or eviction)")
+            Some(
+                "the epoch marker was missing: Redis lost its data (flush, restart without persistence, failover or eviction)",
+            )
         } else if restarted {
             Some("Redis restarted (its run_id changed): pushes since its last snapshot may be lost")
         } else {
@@ -194,7 +196,7 @@ pub async fn sweep(
         let (age, before) = match head.as_deref().map(pushed_at) {
             // Nothing pending: whatever was dispatched and has not started is not in Redis.
             None => (SWEEP_AGE, None),
-            Some(Some(head)) => (SWEEP_AGE, Some(head - SKEW)),
+            Some(Some(head)) => (SWEEP_AGE, Some(head - chrono::Duration::seconds(SKEW_SECS))),
             Some(None) => (SWEEP_AGE_BLIND, None),
         };
         pushed += repush_dispatched(pool, jobs, queue, age, before, limit).await?;
