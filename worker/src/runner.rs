@@ -186,8 +186,7 @@ pub async fn run_job(
     services: Data<Services>,
     batches: Data<Batches>,
 ) -> Result<(), BoxDynError> {
-    let Some(claimed) = batches.claim(job_ref.id).await? else {
-        tracing::debug!(job_id = %job_ref.id, "delivery ignored: job already done, not due, or held by another worker");
+    let Some(claimed) = claim_patiently(&batches, job_ref.id).await else {
         return Ok(());
     };
     let span = tracing::info_span!(
@@ -204,7 +203,45 @@ pub async fn run_job(
         .instrument(span)
         .await;
     track(id, None);
-    outcome
+    if let Err(e) = outcome {
+        // Only PostgreSQL failing to record the outcome gets here. The attempt keeps its lease,
+        // which lapses; the job is then taken back and pushed again by the relay. An error
+        // returned to apalis would park the delivery in its scheduled set instead.
+        tracing::error!(job_id = %id, attempt, error = %e, "could not record the job's outcome; its lease will lapse and it will run again");
+    }
+    Ok(())
+}
+
+/// How long a delivery waits for PostgreSQL to claim its job before it is dropped.
+const CLAIM_PATIENCE: Duration = Duration::from_secs(5);
+
+/// Claims the delivered job, retrying while PostgreSQL fails. `None`: nothing to run here,
+/// either because the job is done, not due or held by another worker (a duplicate delivery),
+/// or because PostgreSQL stayed unreachable for [`CLAIM_PATIENCE`]. The delivery is then
+/// acknowledged and dropped, never handed back to apalis as failed: apalis would park it in
+/// its scheduled set, which Lectern does not watch. The job is still `queued` in PostgreSQL
+/// with a `dispatched_at`, so the relay's sweep pushes it again (`jobs::durability`).
+async fn claim_patiently(batches: &Batches, id: Uuid) -> Option<Claimed> {
+    let started = std::time::Instant::now();
+    let mut pause = Duration::from_millis(100);
+    loop {
+        match batches.claim(id).await {
+            Ok(Some(claimed)) => return Some(claimed),
+            Ok(None) => {
+                tracing::debug!(job_id = %id, "delivery ignored: job already done, not due, or held by another worker");
+                return None;
+            }
+            Err(e) if started.elapsed() + pause < CLAIM_PATIENCE => {
+                tracing::warn!(job_id = %id, error = %e, retry_in_ms = pause.as_millis() as u64, "could not claim the job; retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+            Err(e) => {
+                tracing::warn!(job_id = %id, error = %e, "could not claim the job; dropping this delivery, the relay pushes the job again");
+                return None;
+            }
+        }
+    }
 }
 
 async fn execute(
@@ -319,6 +356,10 @@ pub async fn relay_loop(services: Services, mut stop: tokio::sync::watch::Receiv
     let mut last_vacuum = std::time::Instant::now();
     let mut last_schedule_check = std::time::Instant::now();
     let mut last_sweep = std::time::Instant::now();
+    let mut epoch = jobs::durability::Watch::default();
+    // After a new Redis epoch: jobs dispatched before this instant are pushed again.
+    let mut repush_since: Option<chrono::DateTime<chrono::Utc>> = None;
+    let prefix = services.config.queue_prefix.clone();
     loop {
         tokio::select! {
             _ = stop.changed() => return,
@@ -331,6 +372,51 @@ pub async fn relay_loop(services: Services, mut stop: tokio::sync::watch::Receiv
                     recovered,
                     "took back jobs from workers that stopped responding"
                 );
+            }
+            // Redis is a cache of the job table: after it lost its data, push again every job
+            // it was holding; otherwise push again the ones it lost some other way (the sweep).
+            let mut redis = services.redis.clone();
+            if let Some(reason) = epoch.check(&mut redis, &prefix).await? {
+                tracing::warn!(
+                    reason,
+                    "new Redis epoch; pushing again every job dispatched but not started"
+                );
+                repush_since = Some(chrono::Utc::now());
+            }
+            if let Some(since) = repush_since {
+                let key = jobs::durability::repushing_key(&prefix);
+                let _: () = redis::cmd("SET")
+                    .arg(&key)
+                    .arg(since.to_rfc3339())
+                    .arg("EX")
+                    .arg(30)
+                    .query_async(&mut redis)
+                    .await?;
+                let (pushed, left) = jobs::durability::repush_before(
+                    &services.db,
+                    &services.jobs,
+                    since,
+                    RELAY_BATCH,
+                    10,
+                )
+                .await?;
+                tracing::info!(pushed, done = !left, "pushed again jobs Redis lost");
+                if !left {
+                    repush_since = None;
+                    let _: () = redis::cmd("DEL").arg(&key).query_async(&mut redis).await?;
+                }
+            } else {
+                let swept = jobs::durability::sweep(
+                    &services.db,
+                    &services.jobs,
+                    &mut redis,
+                    &prefix,
+                    RELAY_BATCH,
+                )
+                .await?;
+                if swept > 0 {
+                    tracing::warn!(swept, "pushed again jobs dispatched but missing from Redis");
+                }
             }
             // A long backlog (Redis was down) goes out in rounds of RELAY_BATCH, up to ten a second.
             let mut pushed = 0;
@@ -372,7 +458,8 @@ pub async fn relay_loop(services: Services, mut stop: tokio::sync::watch::Receiv
             Ok(()) => Duration::from_secs(1),
             Err(e) => {
                 tracing::warn!(error = %e, "job relay failed; backing off");
-                (delay * 2).min(Duration::from_secs(15))
+                // Capped low: once Redis takes writes again, jobs flow within seconds.
+                (delay * 2).min(Duration::from_secs(4))
             }
         };
     }

@@ -8,6 +8,7 @@
 //! job is never lost; a rolled-back transaction never leaves a job behind.
 
 pub mod attempt;
+pub mod durability;
 mod noop;
 mod payload;
 mod store;
