@@ -87,7 +87,10 @@ async fn main() {
     if what == "auth" || what == "all" {
         auth(seconds).await;
     }
-    if what == "jobs" || what == "all" {
+    let vs = std::env::args().skip(2).collect::<Vec<_>>().join(" ");
+    if what == "jobs" && vs == "--vs bullmq" {
+        vs_bullmq(seconds).await;
+    } else if what == "jobs" || what == "all" {
         jobs(seconds).await;
     }
 }
@@ -312,69 +315,31 @@ async fn jobs(seconds: u64) {
 
     // Drain: DRAIN_JOBS no-op jobs already queued (in PostgreSQL and Redis), then the workers start.
     for workers in [1usize, 2] {
-        let app = TestApp::spawn_with(Options {
-            no_worker: true,
-            env: vec![
-                (
-                    "WORKER_CONCURRENCY_DEFAULT".into(),
-                    drain_concurrency.clone(),
-                ),
-                ("RUST_LOG".into(), "warn".into()),
-            ],
-        })
-        .await;
-        let services = services(&app);
-        let loading = Instant::now();
-        for _ in 0..drain_jobs / ENQUEUE_BATCH {
-            assert!(enqueue_batch(&services, ENQUEUE_BATCH).await, "preload");
-        }
-        let loaded_in = loading.elapsed();
-        let spawned = Instant::now();
-        let procs: Vec<_> = (0..workers)
-            .map(|i| app.spawn_worker(&format!("drain-{i}.log")))
-            .collect();
-        let deadline = spawned + Duration::from_secs(600);
-        let mut done = 0;
-        while Instant::now() < deadline {
-            done = count_state(&app, "succeeded").await + count_state(&app, "failed").await;
-            if done as usize >= drain_jobs {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-        let wall = spawned.elapsed();
-        let (window, attempts, failed): (Option<f64>, Option<i64>, i64) = sqlx::query_as(
-            "SELECT EXTRACT(EPOCH FROM max(finished_at) - min(started_at))::float8, sum(attempts)::int8,
-                    count(*) FILTER (WHERE state = 'failed')
-               FROM jobs WHERE state IN ('succeeded', 'failed')",
-        )
-        .fetch_one(&app.db.pool)
-        .await
-        .unwrap();
-        let window = window.unwrap_or(f64::NAN);
-        let label = if workers == 1 {
-            "drain, 1 worker process".to_owned()
-        } else {
-            format!("drain, {workers} worker processes")
-        };
-        println!(
-            "{label:<34} {:>9.0} jobs/s  ({done} of {drain_jobs} done, {failed} failed, {} attempts; first start to last finish {window:.2} s, {:.2} s from process start; preloaded in {:.1} s)",
-            done as f64 / window,
-            attempts.unwrap_or(0),
-            wall.as_secs_f64(),
-            loaded_in.as_secs_f64()
-        );
-        for p in &procs {
-            println!(
-                "{:<34} peak RSS {}  (WORKER_CONCURRENCY_DEFAULT={drain_concurrency}, RUST_LOG=warn)",
-                "  lectern-worker",
-                peak_rss(p.pid())
-            );
-        }
+        lectern_drain(workers, drain_jobs, &drain_concurrency).await;
     }
 
-    // Enqueue-to-start at a steady rate, one worker with the default configuration.
-    {
+    lectern_latency(seconds).await;
+}
+
+/// Enqueue-to-start figures of one run.
+struct Latency {
+    p50: f64,
+    p99: f64,
+    commit_p99: f64,
+    rss_after_kb: f64,
+}
+
+fn kb(field: &str) -> f64 {
+    field
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+/// Enqueue-to-start at a steady rate, one worker with the default configuration.
+async fn lectern_latency(seconds: u64) -> Latency {
+
         let mut env = vec![("RUST_LOG".into(), "info".into())];
         // BENCH_LATENCY_CONCURRENCY: the worker's default-queue slots (the configuration's 4 otherwise).
         let slots = std::env::var("BENCH_LATENCY_CONCURRENCY").unwrap_or_else(|_| "4".to_owned());
@@ -513,10 +478,207 @@ async fn jobs(seconds: u64) {
             commit_to_start.last().copied().unwrap_or(0.0),
             &buckets[1..],
         );
+        // At rest again, after it has run jobs: what a deployment pays per idle worker.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let after = rss(worker_pid);
         println!(
-            "{:<34} {at_rest} at rest, peak {}",
+            "{:<34} {at_rest} at rest before any job, {after} at rest after the jobs, peak {}; {} threads",
             "lectern-worker RSS",
-            peak_rss(worker_pid)
+            peak_rss(worker_pid),
+            proc_status(worker_pid, "Threads"),
+        );
+        Latency {
+            p50: percentile(&waits, 0.50),
+            p99: percentile(&waits, 0.99),
+            commit_p99: percentile(&commit_to_start, 0.99),
+            rss_after_kb: kb(&after),
+        }
+    }
+
+/// Drains `drain_jobs` preloaded no-op jobs with `workers` fresh worker processes; jobs/s from the
+/// first start to the last finish (PostgreSQL's timestamps).
+async fn lectern_drain(workers: usize, drain_jobs: usize, drain_concurrency: &str) -> f64 {
+    let app = TestApp::spawn_with(Options {
+        no_worker: true,
+        env: vec![
+            (
+                "WORKER_CONCURRENCY_DEFAULT".into(),
+                drain_concurrency.to_owned(),
+            ),
+            ("RUST_LOG".into(), "warn".into()),
+        ],
+    })
+    .await;
+    let services = services(&app);
+    let loading = Instant::now();
+    for _ in 0..drain_jobs / ENQUEUE_BATCH {
+        assert!(enqueue_batch(&services, ENQUEUE_BATCH).await, "preload");
+    }
+    let loaded_in = loading.elapsed();
+    let spawned = Instant::now();
+    let procs: Vec<_> = (0..workers)
+        .map(|i| app.spawn_worker(&format!("drain-{i}.log")))
+        .collect();
+    let deadline = spawned + Duration::from_secs(600);
+    let mut done = 0;
+    while Instant::now() < deadline {
+        done = count_state(&app, "succeeded").await + count_state(&app, "failed").await;
+        if done as usize >= drain_jobs {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let wall = spawned.elapsed();
+    let (window, attempts, failed): (Option<f64>, Option<i64>, i64) = sqlx::query_as(
+        "SELECT EXTRACT(EPOCH FROM max(finished_at) - min(started_at))::float8, sum(attempts)::int8,
+                count(*) FILTER (WHERE state = 'failed')
+           FROM jobs WHERE state IN ('succeeded', 'failed')",
+    )
+    .fetch_one(&app.db.pool)
+    .await
+    .unwrap();
+    let window = window.unwrap_or(f64::NAN);
+    let label = if workers == 1 {
+        "drain, 1 worker process".to_owned()
+    } else {
+        format!("drain, {workers} worker processes")
+    };
+    let rate = done as f64 / window;
+    println!(
+        "{label:<34} {rate:>9.0} jobs/s  ({done} of {drain_jobs} done, {failed} failed, {} attempts; first start to last finish {window:.2} s, {:.2} s from process start; preloaded in {:.1} s)",
+        attempts.unwrap_or(0),
+        wall.as_secs_f64(),
+        loaded_in.as_secs_f64()
+    );
+    for p in &procs {
+        println!(
+            "{:<34} peak RSS {}  (WORKER_CONCURRENCY_DEFAULT={drain_concurrency}, RUST_LOG=warn)",
+            "  lectern-worker",
+            peak_rss(p.pid())
         );
     }
+    rate
+}
+
+// ------------------------------------------------------------------------------------------------
+// `jobs --vs bullmq`: BullMQ (installed by `scripts/bench` into BENCH_BULLMQ_DIR, with
+// scripts/bench-bullmq.mjs beside it) drains the same number of no-op jobs, one Worker at
+// concurrency 50 and its defaults, in its own Redis database; the runs alternate with Lectern's.
+
+fn bullmq(args: &[&str]) -> Option<serde_json::Value> {
+    let dir = std::env::var("BENCH_BULLMQ_DIR").ok()?;
+    let out = std::process::Command::new("node")
+        .arg(format!("{dir}/bench-bullmq.mjs"))
+        .args(args)
+        .current_dir(&dir)
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        eprintln!("bullmq: {}", String::from_utf8_lossy(&out.stderr));
+        return None;
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines().rev().find_map(|l| serde_json::from_str(l).ok())
+}
+
+fn stats(values: &[f64]) -> String {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.as_slice() {
+        [] => "n/a".to_owned(),
+        [one] => format!("{one:.0}"),
+        _ => format!(
+            "{:.0} (range {:.0}-{:.0}, {} runs)",
+            percentile(&v, 0.5),
+            v[0],
+            v[v.len() - 1],
+            v.len()
+        ),
+    }
+}
+
+async fn vs_bullmq(seconds: u64) {
+    let jobs: usize = std::env::var("BENCH_JOBS")
+        .or_else(|_| std::env::var("BENCH_DRAIN_JOBS"))
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .filter(|n| n % ENQUEUE_BATCH == 0 && *n > 0)
+        .unwrap_or(DRAIN_JOBS);
+    let rounds: usize = std::env::var("BENCH_VS_ROUNDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(2);
+    let concurrency =
+        std::env::var("BENCH_DRAIN_CONCURRENCY").unwrap_or_else(|_| "256".to_owned());
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!(
+        "Lectern vs BullMQ: {cores} cores, PostgreSQL and Redis on loopback, {jobs} preloaded no-op jobs per drain, {rounds} rounds interleaved"
+    );
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for round in 1..=rounds {
+        println!("-- round {round}");
+        ours.push(lectern_drain(1, jobs, &concurrency).await);
+        match bullmq(&["drain", &jobs.to_string()]) {
+            Some(r) => {
+                let rate = r["jobs_per_s"].as_f64().unwrap_or(f64::NAN);
+                println!(
+                    "{:<34} {rate:>9.0} jobs/s  ({} of {jobs} done; first start to last finish {:.2} s; preloaded in {:.1} s; node RSS {:.1} MB)",
+                    "drain, BullMQ (1 Worker, c=50)",
+                    r["done"],
+                    r["window_s"].as_f64().unwrap_or(f64::NAN),
+                    r["loaded_in_s"].as_f64().unwrap_or(f64::NAN),
+                    r["rss_mb"].as_f64().unwrap_or(f64::NAN),
+                );
+                theirs.push(rate);
+            }
+            None => println!("drain, BullMQ: did not run (BENCH_BULLMQ_DIR unset or node failed)"),
+        }
+    }
+    println!("-- enqueue-to-start at {STEADY_RATE}/s, {seconds} s each");
+    let latency = lectern_latency(seconds).await;
+    let theirs_latency = bullmq(&["latency", &STEADY_RATE.to_string(), &seconds.to_string()]);
+    if let Some(r) = &theirs_latency {
+        println!(
+            "{:<34} p50 {:>6.2} ms   p99 {:>6.2} ms   max {:>7.2} ms   ({} jobs, 1 Worker, c=50; node RSS {:.1} MB)",
+            "enqueue-to-start, BullMQ",
+            r["p50_ms"].as_f64().unwrap_or(f64::NAN),
+            r["p99_ms"].as_f64().unwrap_or(f64::NAN),
+            r["max_ms"].as_f64().unwrap_or(f64::NAN),
+            r["jobs"],
+            r["rss_mb"].as_f64().unwrap_or(f64::NAN),
+        );
+    }
+    let median = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        percentile(&v, 0.5)
+    };
+    let their_p99 = theirs_latency
+        .as_ref()
+        .and_then(|r| r["p99_ms"].as_f64())
+        .unwrap_or(f64::NAN);
+    println!("== summary (goal in brackets)");
+    println!("drain, Lectern 1 worker      {} jobs/s", stats(&ours));
+    println!("drain, BullMQ 1 worker       {} jobs/s", stats(&theirs));
+    println!(
+        "drain ratio Lectern/BullMQ   {:.2}x  [>= 1.5x]  (per round: {})",
+        median(&ours) / median(&theirs),
+        ours.iter()
+            .zip(&theirs)
+            .map(|(a, b)| format!("{:.2}", a / b))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!(
+        "enqueue-to-start p99         Lectern {:.2} ms (p50 {:.2}), BullMQ {their_p99:.2} ms  [Lectern <= BullMQ]",
+        latency.p99, latency.p50
+    );
+    println!(
+        "COMMIT-to-start p99          {:.2} ms  [<= 5 ms]",
+        latency.commit_p99
+    );
+    println!(
+        "worker RSS at rest after jobs {:.1} MB  [<= 40 MB]",
+        latency.rss_after_kb / 1024.0
+    );
 }
