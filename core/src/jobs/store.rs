@@ -282,9 +282,9 @@ pub async fn mark_dispatched(pool: &PgPool, id: Uuid) -> Result<()> {
          UPDATE jobs SET dispatched_at = now() FROM no_flush
           WHERE id = $1 AND dispatched_at IS NULL",
     )
-        .bind(id)
-        .execute(pool)
-        .await?;
+    .bind(id)
+    .execute(pool)
+    .await?;
     Ok(())
 }
 
@@ -315,10 +315,10 @@ pub struct Claimed {
 /// job that already ran, or that another worker is running, claims nothing.
 ///
 /// The claim commits without waiting for its WAL flush (`synchronous_commit = off` for this
-/// statement's transaction only, set by `set_config(..., true)`): the job starts without a disk write in its
-/// path. A claim lost to a PostgreSQL crash only means the job is queued again and re-delivered,
-/// and it cannot outlive an outcome: the success or failure written after it is a durable
-/// commit, which flushes the WAL up to and past the claim's commit record.
+/// statement's transaction only, set by `set_config(..., true)`): the job starts without a disk
+/// write in its path. A claim lost to a PostgreSQL crash only means the job is queued again and
+/// re-delivered, and it cannot outlive an outcome: the success or failure written after it is a
+/// durable commit, which flushes the WAL up to and past the claim's commit record.
 pub async fn claim(pool: &PgPool, id: Uuid, lease: Duration) -> Result<Option<Claimed>> {
     let lease_secs = lease.as_secs_f64();
     let row: Option<(Uuid, String, serde_json::Value, i32, i32)> = sqlx::query_as(

@@ -318,7 +318,7 @@ async fn jobs(seconds: u64) {
         lectern_drain(workers, drain_jobs, &drain_concurrency).await;
     }
 
-    lectern_latency(seconds).await;
+    lectern_latency(seconds, "4").await;
 }
 
 /// Enqueue-to-start figures of one run.
@@ -338,166 +338,167 @@ fn kb(field: &str) -> f64 {
 }
 
 /// Enqueue-to-start at a steady rate, one worker with the default configuration.
-async fn lectern_latency(seconds: u64) -> Latency {
-
-        let mut env = vec![("RUST_LOG".into(), "info".into())];
-        // BENCH_LATENCY_CONCURRENCY: the worker's default-queue slots (the configuration's 4 otherwise).
-        let slots = std::env::var("BENCH_LATENCY_CONCURRENCY").unwrap_or_else(|_| "4".to_owned());
-        env.push(("WORKER_CONCURRENCY_DEFAULT".into(), slots.clone()));
-        let app = TestApp::spawn_with(Options {
-            no_worker: false,
-            env,
-        })
-        .await;
-        let services = Arc::new(services(&app));
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        let worker_pid = app.worker.as_ref().map(|w| w.pid()).unwrap_or_default();
-        let at_rest = rss(worker_pid);
-        // The floor under any PostgreSQL-backed enqueue on this machine: one-row INSERTs, each
-        // its own transaction (one WAL flush), at the same rate.
-        sqlx::query("CREATE TABLE bench_commits (id bigserial PRIMARY KEY, at timestamptz NOT NULL DEFAULT now())")
+async fn lectern_latency(seconds: u64, default_slots: &str) -> Latency {
+    let mut env = vec![("RUST_LOG".into(), "info".into())];
+    // BENCH_LATENCY_CONCURRENCY: the worker's default-queue slots (the configuration's 4 otherwise).
+    let slots =
+        std::env::var("BENCH_LATENCY_CONCURRENCY").unwrap_or_else(|_| default_slots.to_owned());
+    env.push(("WORKER_CONCURRENCY_DEFAULT".into(), slots.clone()));
+    let app = TestApp::spawn_with(Options {
+        no_worker: false,
+        env,
+    })
+    .await;
+    let services = Arc::new(services(&app));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let worker_pid = app.worker.as_ref().map(|w| w.pid()).unwrap_or_default();
+    let at_rest = rss(worker_pid);
+    // The floor under any PostgreSQL-backed enqueue on this machine: one-row INSERTs, each
+    // its own transaction (one WAL flush), at the same rate.
+    sqlx::query("CREATE TABLE bench_commits (id bigserial PRIMARY KEY, at timestamptz NOT NULL DEFAULT now())")
             .execute(&app.db.pool)
             .await
             .unwrap();
-        let mut ticker = tokio::time::interval(Duration::from_secs(1) / STEADY_RATE as u32);
-        let mut commits = tokio::task::JoinSet::new();
-        for _ in 0..STEADY_RATE * seconds.min(5) {
-            ticker.tick().await;
-            let pool = app.db.pool.clone();
-            commits.spawn(async move {
-                let t = Instant::now();
-                let ok = sqlx::query("INSERT INTO bench_commits DEFAULT VALUES")
-                    .execute(&pool)
-                    .await
-                    .is_ok();
-                (ok, t.elapsed().as_secs_f64() * 1000.0)
-            });
+    let mut ticker = tokio::time::interval(Duration::from_secs(1) / STEADY_RATE as u32);
+    let mut commits = tokio::task::JoinSet::new();
+    for _ in 0..STEADY_RATE * seconds.min(5) {
+        ticker.tick().await;
+        let pool = app.db.pool.clone();
+        commits.spawn(async move {
+            let t = Instant::now();
+            let ok = sqlx::query("INSERT INTO bench_commits DEFAULT VALUES")
+                .execute(&pool)
+                .await
+                .is_ok();
+            (ok, t.elapsed().as_secs_f64() * 1000.0)
+        });
+    }
+    let mut commit_ms = Vec::new();
+    while let Some(joined) = commits.join_next().await {
+        let (ok, ms) = joined.unwrap();
+        if ok {
+            commit_ms.push(ms);
         }
-        let mut commit_ms = Vec::new();
-        while let Some(joined) = commits.join_next().await {
-            let (ok, ms) = joined.unwrap();
-            if ok {
-                commit_ms.push(ms);
+    }
+    commit_ms.sort_by(f64::total_cmp);
+    println!(
+        "{:<34} p50 {:>6.2} ms   p99 {:>6.2} ms   max {:>7.2} ms   ({} one-row INSERT transactions at {STEADY_RATE}/s: this machine's floor)",
+        "PostgreSQL commit alone",
+        percentile(&commit_ms, 0.50),
+        percentile(&commit_ms, 0.99),
+        commit_ms.last().copied().unwrap_or(0.0),
+        commit_ms.len(),
+    );
+    let total = (STEADY_RATE * seconds) as usize;
+    let mut ticker = tokio::time::interval(Duration::from_secs(1) / STEADY_RATE as u32);
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..total {
+        ticker.tick().await;
+        let s = Arc::clone(&services);
+        calls.spawn(async move {
+            let t = Instant::now();
+            // enqueue_one, noting when the row is committed (the worker can see it from then).
+            let queued = async {
+                let mut tx = s.db.begin().await?;
+                let job = job_queue::insert(&mut tx, &noop(), None, None).await?;
+                tx.commit().await?;
+                let committed = unix_seconds();
+                s.jobs.dispatch(&job).await;
+                Ok::<_, lectern_core::Error>((job.id, committed))
             }
-        }
-        commit_ms.sort_by(f64::total_cmp);
-        println!(
-            "{:<34} p50 {:>6.2} ms   p99 {:>6.2} ms   max {:>7.2} ms   ({} one-row INSERT transactions at {STEADY_RATE}/s: this machine's floor)",
-            "PostgreSQL commit alone",
-            percentile(&commit_ms, 0.50),
-            percentile(&commit_ms, 0.99),
-            commit_ms.last().copied().unwrap_or(0.0),
-            commit_ms.len(),
-        );
-        let total = (STEADY_RATE * seconds) as usize;
-        let mut ticker = tokio::time::interval(Duration::from_secs(1) / STEADY_RATE as u32);
-        let mut calls = tokio::task::JoinSet::new();
-        for _ in 0..total {
-            ticker.tick().await;
-            let s = Arc::clone(&services);
-            calls.spawn(async move {
-                let t = Instant::now();
-                // enqueue_one, noting when the row is committed (the worker can see it from then).
-                let queued = async {
-                    let mut tx = s.db.begin().await?;
-                    let job = job_queue::insert(&mut tx, &noop(), None, None).await?;
-                    tx.commit().await?;
-                    let committed = unix_seconds();
-                    s.jobs.dispatch(&job).await;
-                    Ok::<_, lectern_core::Error>((job.id, committed))
-                }
-                .await;
-                (queued.ok(), t.elapsed().as_secs_f64() * 1000.0)
-            });
-        }
-        let mut enqueue_ms = Vec::with_capacity(total);
-        let mut committed_at = std::collections::HashMap::new();
-        let mut errors = 0;
-        while let Some(joined) = calls.join_next().await {
-            let (queued, ms) = joined.unwrap();
-            match queued {
-                Some((id, committed)) => {
-                    committed_at.insert(id, committed);
-                }
-                None => errors += 1,
+            .await;
+            (queued.ok(), t.elapsed().as_secs_f64() * 1000.0)
+        });
+    }
+    let mut enqueue_ms = Vec::with_capacity(total);
+    let mut committed_at = std::collections::HashMap::new();
+    let mut errors = 0;
+    while let Some(joined) = calls.join_next().await {
+        let (queued, ms) = joined.unwrap();
+        match queued {
+            Some((id, committed)) => {
+                committed_at.insert(id, committed);
             }
-            enqueue_ms.push(ms);
+            None => errors += 1,
         }
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while (count_state(&app, "succeeded").await as usize) < total - errors
-            && Instant::now() < deadline
-        {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let mut waits: Vec<f64> = sqlx::query_scalar(
+        enqueue_ms.push(ms);
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while (count_state(&app, "succeeded").await as usize) < total - errors
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut waits: Vec<f64> = sqlx::query_scalar(
             "SELECT EXTRACT(EPOCH FROM started_at - created_at)::float8 * 1000 FROM jobs WHERE started_at IS NOT NULL",
         )
         .fetch_all(&app.db.pool)
         .await
         .unwrap();
-        waits.sort_by(f64::total_cmp);
-        enqueue_ms.sort_by(f64::total_cmp);
-        // The queue's own part: from COMMIT (the row exists) to the worker's claim.
-        let starts: Vec<(uuid::Uuid, f64)> = sqlx::query_as(
-            "SELECT id, EXTRACT(EPOCH FROM started_at)::float8 FROM jobs WHERE started_at IS NOT NULL",
-        )
-        .fetch_all(&app.db.pool)
-        .await
-        .unwrap();
-        let mut commit_to_start: Vec<f64> = starts
-            .iter()
-            .filter_map(|(id, started)| committed_at.get(id).map(|c| (started - c) * 1000.0))
-            .collect();
-        commit_to_start.sort_by(f64::total_cmp);
-        let over_50ms = commit_to_start.iter().filter(|ms| **ms > 50.0).count();
-        // Slow starts by 50 ms bucket: a wake-up lost to the 250 ms poll spreads them evenly
-        // up to 250 ms; a stalled process or machine bunches them.
-        let mut buckets = [0usize; 6];
-        for ms in commit_to_start.iter().filter(|ms| **ms > 50.0) {
-            buckets[((*ms / 50.0) as usize).min(5)] += 1;
-        }
-        println!(
-            "{:<34} p50 {:>6.2} ms   p99 {:>6.2} ms   max {:>7.2} ms   ({} jobs at {STEADY_RATE}/s, {errors} errors, 1 worker, {slots} default-queue slots)",
-            "enqueue-to-start",
-            percentile(&waits, 0.50),
-            percentile(&waits, 0.99),
-            waits.last().copied().unwrap_or(0.0),
-            waits.len(),
-        );
-        println!(
-            "{:<34} p50 {:>6.2} ms   p99 {:>6.2} ms   (the enqueue call alone: transaction, COMMIT, push, mark dispatched)",
-            "  of which enqueue",
-            percentile(&enqueue_ms, 0.50),
-            percentile(&enqueue_ms, 0.99),
-        );
-        println!(
-            "{:<34} p50 {:>6.2} ms   p99 {:>6.2} ms   max {:>7.2} ms   (push, wake-up, fetch, claim; {over_50ms} over 50 ms, by 50 ms bucket from 50: {:?})",
-            "  from COMMIT to start",
-            percentile(&commit_to_start, 0.50),
-            percentile(&commit_to_start, 0.99),
-            commit_to_start.last().copied().unwrap_or(0.0),
-            &buckets[1..],
-        );
-        // At rest again, after it has run jobs: what a deployment pays per idle worker.
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        let after = rss(worker_pid);
-        println!(
-            "{:<34} {at_rest} at rest before any job, {after} at rest after the jobs, peak {}; {} threads",
-            "lectern-worker RSS",
-            peak_rss(worker_pid),
-            proc_status(worker_pid, "Threads"),
-        );
-        Latency {
-            p50: percentile(&waits, 0.50),
-            p99: percentile(&waits, 0.99),
-            commit_p99: percentile(&commit_to_start, 0.99),
-            rss_after_kb: kb(&after),
-        }
+    waits.sort_by(f64::total_cmp);
+    enqueue_ms.sort_by(f64::total_cmp);
+    // The queue's own part: from COMMIT (the row exists) to the worker's claim.
+    let starts: Vec<(uuid::Uuid, f64)> = sqlx::query_as(
+        "SELECT id, EXTRACT(EPOCH FROM started_at)::float8 FROM jobs WHERE started_at IS NOT NULL",
+    )
+    .fetch_all(&app.db.pool)
+    .await
+    .unwrap();
+    let mut commit_to_start: Vec<f64> = starts
+        .iter()
+        .filter_map(|(id, started)| committed_at.get(id).map(|c| (started - c) * 1000.0))
+        .collect();
+    commit_to_start.sort_by(f64::total_cmp);
+    let over_50ms = commit_to_start.iter().filter(|ms| **ms > 50.0).count();
+    // Slow starts by 50 ms bucket: a wake-up lost to the 250 ms poll spreads them evenly
+    // up to 250 ms; a stalled process or machine bunches them.
+    let mut buckets = [0usize; 6];
+    for ms in commit_to_start.iter().filter(|ms| **ms > 50.0) {
+        buckets[((*ms / 50.0) as usize).min(5)] += 1;
     }
+    println!(
+        "{:<34} p50 {:>6.2} ms   p99 {:>6.2} ms   max {:>7.2} ms   ({} jobs at {STEADY_RATE}/s, {errors} errors, 1 worker, {slots} default-queue slots)",
+        "enqueue-to-start",
+        percentile(&waits, 0.50),
+        percentile(&waits, 0.99),
+        waits.last().copied().unwrap_or(0.0),
+        waits.len(),
+    );
+    println!(
+        "{:<34} p50 {:>6.2} ms   p99 {:>6.2} ms   (the enqueue call alone: transaction, COMMIT, push, mark dispatched)",
+        "  of which enqueue",
+        percentile(&enqueue_ms, 0.50),
+        percentile(&enqueue_ms, 0.99),
+    );
+    println!(
+        "{:<34} p50 {:>6.2} ms   p99 {:>6.2} ms   max {:>7.2} ms   (push, wake-up, fetch, claim; {over_50ms} over 50 ms, by 50 ms bucket from 50: {:?})",
+        "  from COMMIT to start",
+        percentile(&commit_to_start, 0.50),
+        percentile(&commit_to_start, 0.99),
+        commit_to_start.last().copied().unwrap_or(0.0),
+        &buckets[1..],
+    );
+    // At rest again, after it has run jobs: what a deployment pays per idle worker.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = rss(worker_pid);
+    println!(
+        "{:<34} {at_rest} at rest before any job, {after} at rest after the jobs, peak {}; {} threads",
+        "lectern-worker RSS",
+        peak_rss(worker_pid),
+        proc_status(worker_pid, "Threads"),
+    );
+    Latency {
+        p50: percentile(&waits, 0.50),
+        p99: percentile(&waits, 0.99),
+        commit_p99: percentile(&commit_to_start, 0.99),
+        rss_after_kb: kb(&after),
+    }
+}
 
 /// Drains `drain_jobs` preloaded no-op jobs with `workers` fresh worker processes; jobs/s from the
-/// first start to the last finish (PostgreSQL's timestamps).
-async fn lectern_drain(workers: usize, drain_jobs: usize, drain_concurrency: &str) -> f64 {
+/// first start to the last finish (PostgreSQL's timestamps), and the rate of the preload (batched
+/// enqueue: one caller, 1,000 jobs per transaction, then their push).
+async fn lectern_drain(workers: usize, drain_jobs: usize, drain_concurrency: &str) -> (f64, f64) {
     let app = TestApp::spawn_with(Options {
         no_worker: true,
         env: vec![
@@ -557,7 +558,7 @@ async fn lectern_drain(workers: usize, drain_jobs: usize, drain_concurrency: &st
             peak_rss(p.pid())
         );
     }
-    rate
+    (rate, drain_jobs as f64 / loaded_in.as_secs_f64())
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -578,7 +579,19 @@ fn bullmq(args: &[&str]) -> Option<serde_json::Value> {
         return None;
     }
     let text = String::from_utf8_lossy(&out.stdout);
-    text.lines().rev().find_map(|l| serde_json::from_str(l).ok())
+    text.lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
 }
 
 fn stats(values: &[f64]) -> String {
@@ -589,7 +602,7 @@ fn stats(values: &[f64]) -> String {
         [one] => format!("{one:.0}"),
         _ => format!(
             "{:.0} (range {:.0}-{:.0}, {} runs)",
-            percentile(&v, 0.5),
+            median(&v),
             v[0],
             v[v.len() - 1],
             v.len()
@@ -608,16 +621,17 @@ async fn vs_bullmq(seconds: u64) {
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(2);
-    let concurrency =
-        std::env::var("BENCH_DRAIN_CONCURRENCY").unwrap_or_else(|_| "256".to_owned());
+    let concurrency = std::env::var("BENCH_DRAIN_CONCURRENCY").unwrap_or_else(|_| "256".to_owned());
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
         "Lectern vs BullMQ: {cores} cores, PostgreSQL and Redis on loopback, {jobs} preloaded no-op jobs per drain, {rounds} rounds interleaved"
     );
-    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    let (mut ours, mut theirs, mut enqueued) = (Vec::new(), Vec::new(), Vec::new());
     for round in 1..=rounds {
         println!("-- round {round}");
-        ours.push(lectern_drain(1, jobs, &concurrency).await);
+        let (drained, preloaded) = lectern_drain(1, jobs, &concurrency).await;
+        ours.push(drained);
+        enqueued.push(preloaded);
         match bullmq(&["drain", &jobs.to_string()]) {
             Some(r) => {
                 let rate = r["jobs_per_s"].as_f64().unwrap_or(f64::NAN);
@@ -635,7 +649,9 @@ async fn vs_bullmq(seconds: u64) {
         }
     }
     println!("-- enqueue-to-start at {STEADY_RATE}/s, {seconds} s each");
-    let latency = lectern_latency(seconds).await;
+    // One worker at concurrency 50 on each side, as BullMQ runs (BENCH_LATENCY_CONCURRENCY
+    // changes Lectern's).
+    let latency = lectern_latency(seconds, "50").await;
     let theirs_latency = bullmq(&["latency", &STEADY_RATE.to_string(), &seconds.to_string()]);
     if let Some(r) = &theirs_latency {
         println!(
@@ -648,11 +664,6 @@ async fn vs_bullmq(seconds: u64) {
             r["rss_mb"].as_f64().unwrap_or(f64::NAN),
         );
     }
-    let median = |v: &[f64]| {
-        let mut v = v.to_vec();
-        v.sort_by(f64::total_cmp);
-        percentile(&v, 0.5)
-    };
     let their_p99 = theirs_latency
         .as_ref()
         .and_then(|r| r["p99_ms"].as_f64())
@@ -660,6 +671,10 @@ async fn vs_bullmq(seconds: u64) {
     println!("== summary (goal in brackets)");
     println!("drain, Lectern 1 worker      {} jobs/s", stats(&ours));
     println!("drain, BullMQ 1 worker       {} jobs/s", stats(&theirs));
+    println!(
+        "batched enqueue (preload)    {} jobs/s  [>= 100,000]  (1 caller, 1,000 per transaction)",
+        stats(&enqueued)
+    );
     println!(
         "drain ratio Lectern/BullMQ   {:.2}x  [>= 1.5x]  (per round: {})",
         median(&ours) / median(&theirs),
