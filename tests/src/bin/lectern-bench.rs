@@ -693,7 +693,7 @@ async fn vs_bullmq(seconds: u64) {
         latency.commit_p99
     );
     println!(
-        "worker RSS at rest after jobs {:.1} MB  [<= 40 MB]",
+        "worker RSS at rest after jobs {:.1} MiB  [<= 40 MB]",
         latency.rss_after_kb / 1024.0
     );
 }
