@@ -601,7 +601,7 @@ fn stats(values: &[f64]) -> String {
         [] => "n/a".to_owned(),
         [one] => format!("{one:.0}"),
         _ => format!(
-            "{:.0} (range {:.0}-{:.0}, {} runs)",
+            "{:.0} (range {:.0}-{:.0}, {} rounds)",
             median(&v),
             v[0],
             v[v.len() - 1],
