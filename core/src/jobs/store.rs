@@ -260,10 +260,14 @@ pub async fn insert_many(
     Ok(queued)
 }
 
-/// Records that these jobs are in Redis.
+/// Records that these jobs are in Redis. Like a claim, the record commits without waiting for
+/// its WAL flush: lost to a PostgreSQL crash, it only makes the relay push the jobs again, which
+/// the claim makes harmless.
 pub async fn mark_dispatched_many(pool: &PgPool, ids: &[Uuid]) -> Result<()> {
     sqlx::query(
-        "UPDATE jobs SET dispatched_at = now() WHERE id = ANY($1) AND dispatched_at IS NULL",
+        "WITH no_flush AS MATERIALIZED (SELECT set_config('synchronous_commit', 'off', true))
+         UPDATE jobs SET dispatched_at = now() FROM no_flush
+          WHERE id = ANY($1) AND dispatched_at IS NULL",
     )
     .bind(ids)
     .execute(pool)
@@ -271,11 +275,16 @@ pub async fn mark_dispatched_many(pool: &PgPool, ids: &[Uuid]) -> Result<()> {
     Ok(())
 }
 
+/// [`mark_dispatched_many`] for one job.
 pub async fn mark_dispatched(pool: &PgPool, id: Uuid) -> Result<()> {
-    sqlx::query("UPDATE jobs SET dispatched_at = now() WHERE id = $1 AND dispatched_at IS NULL")
-        .bind(id)
-        .execute(pool)
-        .await?;
+    sqlx::query(
+        "WITH no_flush AS MATERIALIZED (SELECT set_config('synchronous_commit', 'off', true))
+         UPDATE jobs SET dispatched_at = now() FROM no_flush
+          WHERE id = $1 AND dispatched_at IS NULL",
+    )
+    .bind(id)
+    .execute(pool)
+    .await?;
     Ok(())
 }
 
@@ -304,12 +313,20 @@ pub struct Claimed {
 /// Takes a job for one attempt, atomically: only a queued or retrying job that is due, or a
 /// running one whose owner vanished (lease expired), can be claimed. A duplicate delivery of a
 /// job that already ran, or that another worker is running, claims nothing.
+///
+/// The claim commits without waiting for its WAL flush (`synchronous_commit = off` for this
+/// statement's transaction only, set by `set_config(..., true)`): the job starts without a disk
+/// write in its path. A claim lost to a PostgreSQL crash only means the job is queued again and
+/// re-delivered, and it cannot outlive an outcome: the success or failure written after it is a
+/// durable commit, which flushes the WAL up to and past the claim's commit record.
 pub async fn claim(pool: &PgPool, id: Uuid, lease: Duration) -> Result<Option<Claimed>> {
     let lease_secs = lease.as_secs_f64();
     let row: Option<(Uuid, String, serde_json::Value, i32, i32)> = sqlx::query_as(
-        "UPDATE jobs
+        "WITH no_flush AS MATERIALIZED (SELECT set_config('synchronous_commit', 'off', true))
+         UPDATE jobs
             SET state = 'running', attempts = attempts + 1, started_at = now(), updated_at = now(),
                 lease_expires_at = now() + make_interval(secs => $2)
+           FROM no_flush
           WHERE id = $1
             AND ((state IN ('queued', 'retrying') AND run_at <= now() + interval '1 second')
                  OR (state = 'running' AND lease_expires_at < now()))
@@ -334,9 +351,11 @@ pub async fn claim(pool: &PgPool, id: Uuid, lease: Duration) -> Result<Option<Cl
 /// the number of times it appears; the ids that cannot be claimed are missing from the result.
 pub async fn claim_many(pool: &PgPool, ids: &[Uuid], lease: Duration) -> Result<Vec<Claimed>> {
     let rows: Vec<(Uuid, String, serde_json::Value, i32, i32)> = sqlx::query_as(
-        "UPDATE jobs
+        "WITH no_flush AS MATERIALIZED (SELECT set_config('synchronous_commit', 'off', true))
+         UPDATE jobs
             SET state = 'running', attempts = attempts + 1, started_at = now(), updated_at = now(),
                 lease_expires_at = now() + make_interval(secs => $2)
+           FROM no_flush
           WHERE id = ANY($1)
             AND ((state IN ('queued', 'retrying') AND run_at <= now() + interval '1 second')
                  OR (state = 'running' AND lease_expires_at < now()))

@@ -87,7 +87,10 @@ async fn main() {
     if what == "auth" || what == "all" {
         auth(seconds).await;
     }
-    if what == "jobs" || what == "all" {
+    let vs = std::env::args().skip(2).collect::<Vec<_>>().join(" ");
+    if what == "jobs" && vs == "--vs bullmq" {
+        vs_bullmq(seconds).await;
+    } else if what == "jobs" || what == "all" {
         jobs(seconds).await;
     }
 }
@@ -312,211 +315,385 @@ async fn jobs(seconds: u64) {
 
     // Drain: DRAIN_JOBS no-op jobs already queued (in PostgreSQL and Redis), then the workers start.
     for workers in [1usize, 2] {
-        let app = TestApp::spawn_with(Options {
-            no_worker: true,
-            env: vec![
-                (
-                    "WORKER_CONCURRENCY_DEFAULT".into(),
-                    drain_concurrency.clone(),
-                ),
-                ("RUST_LOG".into(), "warn".into()),
-            ],
-        })
-        .await;
-        let services = services(&app);
-        let loading = Instant::now();
-        for _ in 0..drain_jobs / ENQUEUE_BATCH {
-            assert!(enqueue_batch(&services, ENQUEUE_BATCH).await, "preload");
-        }
-        let loaded_in = loading.elapsed();
-        let spawned = Instant::now();
-        let procs: Vec<_> = (0..workers)
-            .map(|i| app.spawn_worker(&format!("drain-{i}.log")))
-            .collect();
-        let deadline = spawned + Duration::from_secs(600);
-        let mut done = 0;
-        while Instant::now() < deadline {
-            done = count_state(&app, "succeeded").await + count_state(&app, "failed").await;
-            if done as usize >= drain_jobs {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-        let wall = spawned.elapsed();
-        let (window, attempts, failed): (Option<f64>, Option<i64>, i64) = sqlx::query_as(
-            "SELECT EXTRACT(EPOCH FROM max(finished_at) - min(started_at))::float8, sum(attempts)::int8,
-                    count(*) FILTER (WHERE state = 'failed')
-               FROM jobs WHERE state IN ('succeeded', 'failed')",
-        )
-        .fetch_one(&app.db.pool)
-        .await
-        .unwrap();
-        let window = window.unwrap_or(f64::NAN);
-        let label = if workers == 1 {
-            "drain, 1 worker process".to_owned()
-        } else {
-            format!("drain, {workers} worker processes")
-        };
-        println!(
-            "{label:<34} {:>9.0} jobs/s  ({done} of {drain_jobs} done, {failed} failed, {} attempts; first start to last finish {window:.2} s, {:.2} s from process start; preloaded in {:.1} s)",
-            done as f64 / window,
-            attempts.unwrap_or(0),
-            wall.as_secs_f64(),
-            loaded_in.as_secs_f64()
-        );
-        for p in &procs {
-            println!(
-                "{:<34} peak RSS {}  (WORKER_CONCURRENCY_DEFAULT={drain_concurrency}, RUST_LOG=warn)",
-                "  lectern-worker",
-                peak_rss(p.pid())
-            );
-        }
+        lectern_drain(workers, drain_jobs, &drain_concurrency).await;
     }
 
-    // Enqueue-to-start at a steady rate, one worker with the default configuration.
-    {
-        let mut env = vec![("RUST_LOG".into(), "info".into())];
-        // BENCH_LATENCY_CONCURRENCY: the worker's default-queue slots (the configuration's 4 otherwise).
-        let slots = std::env::var("BENCH_LATENCY_CONCURRENCY").unwrap_or_else(|_| "4".to_owned());
-        env.push(("WORKER_CONCURRENCY_DEFAULT".into(), slots.clone()));
-        let app = TestApp::spawn_with(Options {
-            no_worker: false,
-            env,
-        })
-        .await;
-        let services = Arc::new(services(&app));
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        let worker_pid = app.worker.as_ref().map(|w| w.pid()).unwrap_or_default();
-        let at_rest = rss(worker_pid);
-        // The floor under any PostgreSQL-backed enqueue on this machine: one-row INSERTs, each
-        // its own transaction (one WAL flush), at the same rate.
-        sqlx::query("CREATE TABLE bench_commits (id bigserial PRIMARY KEY, at timestamptz NOT NULL DEFAULT now())")
+    lectern_latency(seconds, "4").await;
+}
+
+/// Enqueue-to-start figures of one run.
+struct Latency {
+    p50: f64,
+    p99: f64,
+    commit_p99: f64,
+    rss_after_kb: f64,
+}
+
+fn kb(field: &str) -> f64 {
+    field
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+/// Enqueue-to-start at a steady rate, one worker with the default configuration.
+async fn lectern_latency(seconds: u64, default_slots: &str) -> Latency {
+    let mut env = vec![("RUST_LOG".into(), "info".into())];
+    // BENCH_LATENCY_CONCURRENCY: the worker's default-queue slots (the configuration's 4 otherwise).
+    let slots =
+        std::env::var("BENCH_LATENCY_CONCURRENCY").unwrap_or_else(|_| default_slots.to_owned());
+    env.push(("WORKER_CONCURRENCY_DEFAULT".into(), slots.clone()));
+    let app = TestApp::spawn_with(Options {
+        no_worker: false,
+        env,
+    })
+    .await;
+    let services = Arc::new(services(&app));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let worker_pid = app.worker.as_ref().map(|w| w.pid()).unwrap_or_default();
+    let at_rest = rss(worker_pid);
+    // The floor under any PostgreSQL-backed enqueue on this machine: one-row INSERTs, each
+    // its own transaction (one WAL flush), at the same rate.
+    sqlx::query("CREATE TABLE bench_commits (id bigserial PRIMARY KEY, at timestamptz NOT NULL DEFAULT now())")
             .execute(&app.db.pool)
             .await
             .unwrap();
-        let mut ticker = tokio::time::interval(Duration::from_secs(1) / STEADY_RATE as u32);
-        let mut commits = tokio::task::JoinSet::new();
-        for _ in 0..STEADY_RATE * seconds.min(5) {
-            ticker.tick().await;
-            let pool = app.db.pool.clone();
-            commits.spawn(async move {
-                let t = Instant::now();
-                let ok = sqlx::query("INSERT INTO bench_commits DEFAULT VALUES")
-                    .execute(&pool)
-                    .await
-                    .is_ok();
-                (ok, t.elapsed().as_secs_f64() * 1000.0)
-            });
+    let mut ticker = tokio::time::interval(Duration::from_secs(1) / STEADY_RATE as u32);
+    let mut commits = tokio::task::JoinSet::new();
+    for _ in 0..STEADY_RATE * seconds.min(5) {
+        ticker.tick().await;
+        let pool = app.db.pool.clone();
+        commits.spawn(async move {
+            let t = Instant::now();
+            let ok = sqlx::query("INSERT INTO bench_commits DEFAULT VALUES")
+                .execute(&pool)
+                .await
+                .is_ok();
+            (ok, t.elapsed().as_secs_f64() * 1000.0)
+        });
+    }
+    let mut commit_ms = Vec::new();
+    while let Some(joined) = commits.join_next().await {
+        let (ok, ms) = joined.unwrap();
+        if ok {
+            commit_ms.push(ms);
         }
-        let mut commit_ms = Vec::new();
-        while let Some(joined) = commits.join_next().await {
-            let (ok, ms) = joined.unwrap();
-            if ok {
-                commit_ms.push(ms);
+    }
+    commit_ms.sort_by(f64::total_cmp);
+    println!(
+        "{:<34} p50 {:>6.2} ms   p99 {:>6.2} ms   max {:>7.2} ms   ({} one-row INSERT transactions at {STEADY_RATE}/s: this machine's floor)",
+        "PostgreSQL commit alone",
+        percentile(&commit_ms, 0.50),
+        percentile(&commit_ms, 0.99),
+        commit_ms.last().copied().unwrap_or(0.0),
+        commit_ms.len(),
+    );
+    let total = (STEADY_RATE * seconds) as usize;
+    let mut ticker = tokio::time::interval(Duration::from_secs(1) / STEADY_RATE as u32);
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..total {
+        ticker.tick().await;
+        let s = Arc::clone(&services);
+        calls.spawn(async move {
+            let t = Instant::now();
+            // enqueue_one, noting when the row is committed (the worker can see it from then).
+            let queued = async {
+                let mut tx = s.db.begin().await?;
+                let job = job_queue::insert(&mut tx, &noop(), None, None).await?;
+                tx.commit().await?;
+                let committed = unix_seconds();
+                s.jobs.dispatch(&job).await;
+                Ok::<_, lectern_core::Error>((job.id, committed))
             }
-        }
-        commit_ms.sort_by(f64::total_cmp);
-        println!(
-            "{:<34} p50 {:>6.2} ms   p99 {:>6.2} ms   max {:>7.2} ms   ({} one-row INSERT transactions at {STEADY_RATE}/s: this machine's floor)",
-            "PostgreSQL commit alone",
-            percentile(&commit_ms, 0.50),
-            percentile(&commit_ms, 0.99),
-            commit_ms.last().copied().unwrap_or(0.0),
-            commit_ms.len(),
-        );
-        let total = (STEADY_RATE * seconds) as usize;
-        let mut ticker = tokio::time::interval(Duration::from_secs(1) / STEADY_RATE as u32);
-        let mut calls = tokio::task::JoinSet::new();
-        for _ in 0..total {
-            ticker.tick().await;
-            let s = Arc::clone(&services);
-            calls.spawn(async move {
-                let t = Instant::now();
-                // enqueue_one, noting when the row is committed (the worker can see it from then).
-                let queued = async {
-                    let mut tx = s.db.begin().await?;
-                    let job = job_queue::insert(&mut tx, &noop(), None, None).await?;
-                    tx.commit().await?;
-                    let committed = unix_seconds();
-                    s.jobs.dispatch(&job).await;
-                    Ok::<_, lectern_core::Error>((job.id, committed))
-                }
-                .await;
-                (queued.ok(), t.elapsed().as_secs_f64() * 1000.0)
-            });
-        }
-        let mut enqueue_ms = Vec::with_capacity(total);
-        let mut committed_at = std::collections::HashMap::new();
-        let mut errors = 0;
-        while let Some(joined) = calls.join_next().await {
-            let (queued, ms) = joined.unwrap();
-            match queued {
-                Some((id, committed)) => {
-                    committed_at.insert(id, committed);
-                }
-                None => errors += 1,
+            .await;
+            (queued.ok(), t.elapsed().as_secs_f64() * 1000.0)
+        });
+    }
+    let mut enqueue_ms = Vec::with_capacity(total);
+    let mut committed_at = std::collections::HashMap::new();
+    let mut errors = 0;
+    while let Some(joined) = calls.join_next().await {
+        let (queued, ms) = joined.unwrap();
+        match queued {
+            Some((id, committed)) => {
+                committed_at.insert(id, committed);
             }
-            enqueue_ms.push(ms);
+            None => errors += 1,
         }
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while (count_state(&app, "succeeded").await as usize) < total - errors
-            && Instant::now() < deadline
-        {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let mut waits: Vec<f64> = sqlx::query_scalar(
+        enqueue_ms.push(ms);
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while (count_state(&app, "succeeded").await as usize) < total - errors
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut waits: Vec<f64> = sqlx::query_scalar(
             "SELECT EXTRACT(EPOCH FROM started_at - created_at)::float8 * 1000 FROM jobs WHERE started_at IS NOT NULL",
         )
         .fetch_all(&app.db.pool)
         .await
         .unwrap();
-        waits.sort_by(f64::total_cmp);
-        enqueue_ms.sort_by(f64::total_cmp);
-        // The queue's own part: from COMMIT (the row exists) to the worker's claim.
-        let starts: Vec<(uuid::Uuid, f64)> = sqlx::query_as(
-            "SELECT id, EXTRACT(EPOCH FROM started_at)::float8 FROM jobs WHERE started_at IS NOT NULL",
-        )
-        .fetch_all(&app.db.pool)
-        .await
-        .unwrap();
-        let mut commit_to_start: Vec<f64> = starts
-            .iter()
-            .filter_map(|(id, started)| committed_at.get(id).map(|c| (started - c) * 1000.0))
-            .collect();
-        commit_to_start.sort_by(f64::total_cmp);
-        let over_50ms = commit_to_start.iter().filter(|ms| **ms > 50.0).count();
-        // Slow starts by 50 ms bucket: a wake-up lost to the 250 ms poll spreads them evenly
-        // up to 250 ms; a stalled process or machine bunches them.
-        let mut buckets = [0usize; 6];
-        for ms in commit_to_start.iter().filter(|ms| **ms > 50.0) {
-            buckets[((*ms / 50.0) as usize).min(5)] += 1;
+    waits.sort_by(f64::total_cmp);
+    enqueue_ms.sort_by(f64::total_cmp);
+    // The queue's own part: from COMMIT (the row exists) to the worker's claim.
+    let starts: Vec<(uuid::Uuid, f64)> = sqlx::query_as(
+        "SELECT id, EXTRACT(EPOCH FROM started_at)::float8 FROM jobs WHERE started_at IS NOT NULL",
+    )
+    .fetch_all(&app.db.pool)
+    .await
+    .unwrap();
+    let mut commit_to_start: Vec<f64> = starts
+        .iter()
+        .filter_map(|(id, started)| committed_at.get(id).map(|c| (started - c) * 1000.0))
+        .collect();
+    commit_to_start.sort_by(f64::total_cmp);
+    let over_50ms = commit_to_start.iter().filter(|ms| **ms > 50.0).count();
+    // Slow starts by 50 ms bucket: a wake-up lost to the 250 ms poll spreads them evenly
+    // up to 250 ms; a stalled process or machine bunches them.
+    let mut buckets = [0usize; 6];
+    for ms in commit_to_start.iter().filter(|ms| **ms > 50.0) {
+        buckets[((*ms / 50.0) as usize).min(5)] += 1;
+    }
+    println!(
+        "{:<34} p50 {:>6.2} ms   p99 {:>6.2} ms   max {:>7.2} ms   ({} jobs at {STEADY_RATE}/s, {errors} errors, 1 worker, {slots} default-queue slots)",
+        "enqueue-to-start",
+        percentile(&waits, 0.50),
+        percentile(&waits, 0.99),
+        waits.last().copied().unwrap_or(0.0),
+        waits.len(),
+    );
+    println!(
+        "{:<34} p50 {:>6.2} ms   p99 {:>6.2} ms   (the enqueue call alone: transaction, COMMIT, push, mark dispatched)",
+        "  of which enqueue",
+        percentile(&enqueue_ms, 0.50),
+        percentile(&enqueue_ms, 0.99),
+    );
+    println!(
+        "{:<34} p50 {:>6.2} ms   p99 {:>6.2} ms   max {:>7.2} ms   (push, wake-up, fetch, claim; {over_50ms} over 50 ms, by 50 ms bucket from 50: {:?})",
+        "  from COMMIT to start",
+        percentile(&commit_to_start, 0.50),
+        percentile(&commit_to_start, 0.99),
+        commit_to_start.last().copied().unwrap_or(0.0),
+        &buckets[1..],
+    );
+    // At rest again, after it has run jobs: what a deployment pays per idle worker.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = rss(worker_pid);
+    println!(
+        "{:<34} {at_rest} at rest before any job, {after} at rest after the jobs, peak {}; {} threads",
+        "lectern-worker RSS",
+        peak_rss(worker_pid),
+        proc_status(worker_pid, "Threads"),
+    );
+    Latency {
+        p50: percentile(&waits, 0.50),
+        p99: percentile(&waits, 0.99),
+        commit_p99: percentile(&commit_to_start, 0.99),
+        rss_after_kb: kb(&after),
+    }
+}
+
+/// Drains `drain_jobs` preloaded no-op jobs with `workers` fresh worker processes; jobs/s from the
+/// first start to the last finish (PostgreSQL's timestamps), and the rate of the preload (batched
+/// enqueue: one caller, 1,000 jobs per transaction, then their push).
+async fn lectern_drain(workers: usize, drain_jobs: usize, drain_concurrency: &str) -> (f64, f64) {
+    let app = TestApp::spawn_with(Options {
+        no_worker: true,
+        env: vec![
+            (
+                "WORKER_CONCURRENCY_DEFAULT".into(),
+                drain_concurrency.to_owned(),
+            ),
+            ("RUST_LOG".into(), "warn".into()),
+        ],
+    })
+    .await;
+    let services = services(&app);
+    let loading = Instant::now();
+    for _ in 0..drain_jobs / ENQUEUE_BATCH {
+        assert!(enqueue_batch(&services, ENQUEUE_BATCH).await, "preload");
+    }
+    let loaded_in = loading.elapsed();
+    let spawned = Instant::now();
+    let procs: Vec<_> = (0..workers)
+        .map(|i| app.spawn_worker(&format!("drain-{i}.log")))
+        .collect();
+    let deadline = spawned + Duration::from_secs(600);
+    let mut done = 0;
+    while Instant::now() < deadline {
+        done = count_state(&app, "succeeded").await + count_state(&app, "failed").await;
+        if done as usize >= drain_jobs {
+            break;
         }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let wall = spawned.elapsed();
+    let (window, attempts, failed): (Option<f64>, Option<i64>, i64) = sqlx::query_as(
+        "SELECT EXTRACT(EPOCH FROM max(finished_at) - min(started_at))::float8, sum(attempts)::int8,
+                count(*) FILTER (WHERE state = 'failed')
+           FROM jobs WHERE state IN ('succeeded', 'failed')",
+    )
+    .fetch_one(&app.db.pool)
+    .await
+    .unwrap();
+    let window = window.unwrap_or(f64::NAN);
+    let label = if workers == 1 {
+        "drain, 1 worker process".to_owned()
+    } else {
+        format!("drain, {workers} worker processes")
+    };
+    let rate = done as f64 / window;
+    println!(
+        "{label:<34} {rate:>9.0} jobs/s  ({done} of {drain_jobs} done, {failed} failed, {} attempts; first start to last finish {window:.2} s, {:.2} s from process start; preloaded in {:.1} s)",
+        attempts.unwrap_or(0),
+        wall.as_secs_f64(),
+        loaded_in.as_secs_f64()
+    );
+    for p in &procs {
         println!(
-            "{:<34} p50 {:>6.2} ms   p99 {:>6.2} ms   max {:>7.2} ms   ({} jobs at {STEADY_RATE}/s, {errors} errors, 1 worker, {slots} default-queue slots)",
-            "enqueue-to-start",
-            percentile(&waits, 0.50),
-            percentile(&waits, 0.99),
-            waits.last().copied().unwrap_or(0.0),
-            waits.len(),
-        );
-        println!(
-            "{:<34} p50 {:>6.2} ms   p99 {:>6.2} ms   (the enqueue call alone: transaction, COMMIT, push, mark dispatched)",
-            "  of which enqueue",
-            percentile(&enqueue_ms, 0.50),
-            percentile(&enqueue_ms, 0.99),
-        );
-        println!(
-            "{:<34} p50 {:>6.2} ms   p99 {:>6.2} ms   max {:>7.2} ms   (push, wake-up, fetch, claim; {over_50ms} over 50 ms, by 50 ms bucket from 50: {:?})",
-            "  from COMMIT to start",
-            percentile(&commit_to_start, 0.50),
-            percentile(&commit_to_start, 0.99),
-            commit_to_start.last().copied().unwrap_or(0.0),
-            &buckets[1..],
-        );
-        println!(
-            "{:<34} {at_rest} at rest, peak {}",
-            "lectern-worker RSS",
-            peak_rss(worker_pid)
+            "{:<34} peak RSS {}  (WORKER_CONCURRENCY_DEFAULT={drain_concurrency}, RUST_LOG=warn)",
+            "  lectern-worker",
+            peak_rss(p.pid())
         );
     }
+    (rate, drain_jobs as f64 / loaded_in.as_secs_f64())
+}
+
+// ------------------------------------------------------------------------------------------------
+// `jobs --vs bullmq`: BullMQ (installed by `scripts/bench` into BENCH_BULLMQ_DIR, with
+// scripts/bench-bullmq.mjs beside it) drains the same number of no-op jobs, one Worker at
+// concurrency 50 and its defaults, in its own Redis database; the runs alternate with Lectern's.
+
+fn bullmq(args: &[&str]) -> Option<serde_json::Value> {
+    let dir = std::env::var("BENCH_BULLMQ_DIR").ok()?;
+    let out = std::process::Command::new("node")
+        .arg(format!("{dir}/bench-bullmq.mjs"))
+        .args(args)
+        .current_dir(&dir)
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        eprintln!("bullmq: {}", String::from_utf8_lossy(&out.stderr));
+        return None;
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+fn stats(values: &[f64]) -> String {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.as_slice() {
+        [] => "n/a".to_owned(),
+        [one] => format!("{one:.0}"),
+        _ => format!(
+            "{:.0} (range {:.0}-{:.0}, {} rounds)",
+            median(&v),
+            v[0],
+            v[v.len() - 1],
+            v.len()
+        ),
+    }
+}
+
+async fn vs_bullmq(seconds: u64) {
+    let jobs: usize = std::env::var("BENCH_JOBS")
+        .or_else(|_| std::env::var("BENCH_DRAIN_JOBS"))
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .filter(|n| n % ENQUEUE_BATCH == 0 && *n > 0)
+        .unwrap_or(DRAIN_JOBS);
+    let rounds: usize = std::env::var("BENCH_VS_ROUNDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(2);
+    let concurrency = std::env::var("BENCH_DRAIN_CONCURRENCY").unwrap_or_else(|_| "256".to_owned());
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!(
+        "Lectern vs BullMQ: {cores} cores, PostgreSQL and Redis on loopback, {jobs} preloaded no-op jobs per drain, {rounds} rounds interleaved"
+    );
+    let (mut ours, mut theirs, mut enqueued) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 1..=rounds {
+        println!("-- round {round}");
+        let (drained, preloaded) = lectern_drain(1, jobs, &concurrency).await;
+        ours.push(drained);
+        enqueued.push(preloaded);
+        match bullmq(&["drain", &jobs.to_string()]) {
+            Some(r) => {
+                let rate = r["jobs_per_s"].as_f64().unwrap_or(f64::NAN);
+                println!(
+                    "{:<34} {rate:>9.0} jobs/s  ({} of {jobs} done; first start to last finish {:.2} s; preloaded in {:.1} s; node RSS {:.1} MB)",
+                    "drain, BullMQ (1 Worker, c=50)",
+                    r["done"],
+                    r["window_s"].as_f64().unwrap_or(f64::NAN),
+                    r["loaded_in_s"].as_f64().unwrap_or(f64::NAN),
+                    r["rss_mb"].as_f64().unwrap_or(f64::NAN),
+                );
+                theirs.push(rate);
+            }
+            None => println!("drain, BullMQ: did not run (BENCH_BULLMQ_DIR unset or node failed)"),
+        }
+    }
+    println!("-- enqueue-to-start at {STEADY_RATE}/s, {seconds} s each");
+    // One worker at concurrency 50 on each side, as BullMQ runs (BENCH_LATENCY_CONCURRENCY
+    // changes Lectern's).
+    let latency = lectern_latency(seconds, "50").await;
+    let theirs_latency = bullmq(&["latency", &STEADY_RATE.to_string(), &seconds.to_string()]);
+    if let Some(r) = &theirs_latency {
+        println!(
+            "{:<34} p50 {:>6.2} ms   p99 {:>6.2} ms   max {:>7.2} ms   ({} jobs, 1 Worker, c=50; node RSS {:.1} MB)",
+            "enqueue-to-start, BullMQ",
+            r["p50_ms"].as_f64().unwrap_or(f64::NAN),
+            r["p99_ms"].as_f64().unwrap_or(f64::NAN),
+            r["max_ms"].as_f64().unwrap_or(f64::NAN),
+            r["jobs"],
+            r["rss_mb"].as_f64().unwrap_or(f64::NAN),
+        );
+    }
+    let their_p99 = theirs_latency
+        .as_ref()
+        .and_then(|r| r["p99_ms"].as_f64())
+        .unwrap_or(f64::NAN);
+    println!("== summary (goal in brackets)");
+    println!("drain, Lectern 1 worker      {} jobs/s", stats(&ours));
+    println!("drain, BullMQ 1 worker       {} jobs/s", stats(&theirs));
+    println!(
+        "batched enqueue (preload)    {} jobs/s  [>= 100,000]  (1 caller, 1,000 per transaction)",
+        stats(&enqueued)
+    );
+    println!(
+        "drain ratio Lectern/BullMQ   {:.2}x  [>= 1.5x]  (per round: {})",
+        median(&ours) / median(&theirs),
+        ours.iter()
+            .zip(&theirs)
+            .map(|(a, b)| format!("{:.2}", a / b))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!(
+        "enqueue-to-start p99         Lectern {:.2} ms (p50 {:.2}), BullMQ {their_p99:.2} ms  [Lectern <= BullMQ]",
+        latency.p99, latency.p50
+    );
+    println!(
+        "COMMIT-to-start p99          {:.2} ms  [<= 5 ms]",
+        latency.commit_p99
+    );
+    println!(
+        "worker RSS at rest after jobs {:.1} MiB  [<= 40 MB]",
+        latency.rss_after_kb / 1024.0
+    );
 }
