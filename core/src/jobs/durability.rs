@@ -137,11 +137,7 @@ pub async fn repush_dispatched(
         return Ok(0);
     }
     let pushes: Vec<(Uuid, Queue)> = ids.iter().map(|id| (*id, queue)).collect();
-    jobs.push_now(&pushes).await?;
-    sqlx::query("UPDATE jobs SET dispatched_at = now() WHERE id = ANY($1)")
-        .bind(&ids)
-        .execute(&mut *tx)
-        .await?;
+    super::store::push_and_mark(&mut tx, jobs, &pushes).await?;
     tx.commit().await?;
     Ok(ids.len())
 }

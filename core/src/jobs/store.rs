@@ -498,6 +498,22 @@ pub async fn recover_expired(pool: &PgPool) -> Result<u64> {
     Ok(done.rows_affected())
 }
 
+/// Pushes `jobs` to Redis, then records them as dispatched in `tx` (whose `SELECT … FOR UPDATE`
+/// picked them): the relay's and the durability sweep's one way to hand jobs to Redis.
+pub(crate) async fn push_and_mark(
+    tx: &mut sqlx::PgConnection,
+    queue: &JobQueue,
+    jobs: &[(Uuid, Queue)],
+) -> Result<()> {
+    queue.push_now(jobs).await?;
+    let ids: Vec<Uuid> = jobs.iter().map(|(id, _)| *id).collect();
+    sqlx::query("UPDATE jobs SET dispatched_at = now() WHERE id = ANY($1)")
+        .bind(&ids)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
 /// Pushes to Redis every job that is due but not in Redis: jobs scheduled for later and retries
 /// (nothing else pushes them: see [`JobQueue::dispatch`]), committed jobs whose dispatch was lost
 /// (process crash, Redis down), and jobs given back by [`recover_expired`]. A job that was due
@@ -526,14 +542,9 @@ pub async fn relay_due(pool: &PgPool, queue: &JobQueue, limit: i64) -> Result<us
         .iter()
         .map(|(id, queue_name)| (*id, Queue::parse(queue_name)))
         .collect();
-    queue.push_now(&jobs).await?;
-    let ids: Vec<Uuid> = jobs.iter().map(|(id, _)| *id).collect();
-    sqlx::query("UPDATE jobs SET dispatched_at = now() WHERE id = ANY($1)")
-        .bind(&ids)
-        .execute(&mut *tx)
-        .await?;
+    push_and_mark(&mut tx, queue, &jobs).await?;
     tx.commit().await?;
-    Ok(ids.len())
+    Ok(jobs.len())
 }
 
 /// Fails a job that cannot even be decoded (unknown kind or corrupt payload) without running it.
