@@ -13,7 +13,6 @@ use crate::mail::EmailTemplate;
 /// Followers handled per transaction.
 pub const FAN_OUT_BATCH: i64 = 1000;
 
-#[derive(sqlx::FromRow)]
 struct Announced {
     title: String,
     slug: String,
@@ -21,7 +20,6 @@ struct Announced {
     instructor_name: String,
 }
 
-#[derive(sqlx::FromRow)]
 struct Recipient {
     id: Uuid,
     email: String,
@@ -50,8 +48,9 @@ pub async fn fan_out(services: &Services, job: &FanOutNotifications) -> Result<(
 
 /// Tells an instructor that a student enrolled in their course (in-app, if they want it).
 async fn enrolled(services: &Services, enrollment_id: Uuid, event_id: Uuid) -> Result<()> {
-    let created: Vec<Created> = sqlx::query_as(
-        "INSERT INTO notifications (id, user_id, type, title, message, data, event_key)
+    let created = sqlx::query_as!(
+        Created,
+        r#"INSERT INTO notifications (id, user_id, type, title, message, data, event_key)
          SELECT gen_random_uuid(), c.instructor_id, 'new_enrollment', 'New student in ' || c.title,
                 s.full_name || ' enrolled in ' || c.title,
                 jsonb_build_object('course_id', c.id, 'enrollment_id', e.id, 'student_id', s.id),
@@ -62,10 +61,10 @@ async fn enrolled(services: &Services, enrollment_id: Uuid, event_id: Uuid) -> R
            JOIN users i ON i.id = c.instructor_id
           WHERE e.id = $1 AND i.notify_in_app AND i.status = 'active'
          ON CONFLICT (user_id, event_key) WHERE event_key IS NOT NULL DO NOTHING
-         RETURNING id, user_id, type AS kind, title, message, data, created_at",
+         RETURNING id, user_id, type AS kind, title, message, data, created_at"#,
+        enrollment_id,
+        event_id.to_string(),
     )
-    .bind(enrollment_id)
-    .bind(event_id)
     .fetch_all(&services.db)
     .await?;
     push(services, &created).await;
@@ -73,7 +72,6 @@ async fn enrolled(services: &Services, enrollment_id: Uuid, event_id: Uuid) -> R
 }
 
 /// A notification just stored, for the real-time push.
-#[derive(sqlx::FromRow)]
 struct Created {
     id: Uuid,
     user_id: Uuid,
@@ -107,12 +105,13 @@ async fn course_published(
     course_id: Uuid,
     start_after: Option<Uuid>,
 ) -> Result<()> {
-    let course: Option<Announced> = sqlx::query_as(
+    let course = sqlx::query_as!(
+        Announced,
         "SELECT c.title, c.slug, c.instructor_id, u.full_name AS instructor_name
            FROM courses c JOIN users u ON u.id = c.instructor_id
           WHERE c.id = $1 AND c.status = 'published' AND c.deleted_at IS NULL",
+        course_id,
     )
-    .bind(course_id)
     .fetch_optional(&services.db)
     .await?;
     // Unpublished or deleted since: there is nothing to announce any more.
@@ -124,36 +123,43 @@ async fn course_published(
     let data = serde_json::json!({ "course_id": course_id, "slug": course.slug });
     loop {
         let mut tx = services.db.begin().await?;
-        sqlx::query("INSERT INTO fanout_cursors (event_key, after_user_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
-            .bind(&event_key)
-            .bind(start_after)
-            .execute(&mut *tx)
-            .await?;
-        let (after, finished): (Option<Uuid>, bool) = sqlx::query_as(
-            "SELECT after_user_id, finished_at IS NOT NULL FROM fanout_cursors WHERE event_key = $1 FOR UPDATE",
+        sqlx::query!(
+            "INSERT INTO fanout_cursors (event_key, after_user_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            event_key,
+            start_after,
         )
-        .bind(&event_key)
+        .execute(&mut *tx)
+        .await?;
+        let cursor = sqlx::query!(
+            r#"SELECT after_user_id, finished_at IS NOT NULL AS "finished!"
+                 FROM fanout_cursors WHERE event_key = $1 FOR UPDATE"#,
+            event_key,
+        )
         .fetch_one(&mut *tx)
         .await?;
-        if finished {
+        let after = cursor.after_user_id;
+        if cursor.finished {
             return Ok(());
         }
-        let batch: Vec<Recipient> = sqlx::query_as(
+        let batch = sqlx::query_as!(
+            Recipient,
             "SELECT u.id, u.email, u.full_name, u.notify_email, u.notify_in_app
                FROM follows f JOIN users u ON u.id = f.follower_id
               WHERE f.instructor_id = $1 AND ($2::uuid IS NULL OR f.follower_id > $2) AND u.status = 'active'
               ORDER BY f.follower_id LIMIT $3",
+            course.instructor_id,
+            after,
+            FAN_OUT_BATCH,
         )
-        .bind(course.instructor_id)
-        .bind(after)
-        .bind(FAN_OUT_BATCH)
         .fetch_all(&mut *tx)
         .await?;
         let Some(last) = batch.last().map(|r| r.id) else {
-            sqlx::query("UPDATE fanout_cursors SET finished_at = now(), updated_at = now() WHERE event_key = $1")
-                .bind(&event_key)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query!(
+                "UPDATE fanout_cursors SET finished_at = now(), updated_at = now() WHERE event_key = $1",
+                event_key,
+            )
+            .execute(&mut *tx)
+            .await?;
             tx.commit().await?;
             return Ok(());
         };
@@ -162,17 +168,18 @@ async fn course_published(
             .filter(|r| r.notify_in_app)
             .map(|r| r.id)
             .collect();
-        let created: Vec<Created> = sqlx::query_as(
+        let created = sqlx::query_as!(
+            Created,
             "INSERT INTO notifications (id, user_id, type, title, message, data, event_key)
              SELECT gen_random_uuid(), u, 'course_published', $2, $3, $4, $5 FROM unnest($1::uuid[]) AS u
              ON CONFLICT (user_id, event_key) WHERE event_key IS NOT NULL DO NOTHING
              RETURNING id, user_id, type AS kind, title, message, data, created_at",
+            &in_app,
+            title,
+            message,
+            data,
+            event_key,
         )
-        .bind(&in_app)
-        .bind(&title)
-        .bind(&message)
-        .bind(&data)
-        .bind(&event_key)
         .fetch_all(&mut *tx)
         .await?;
         // Bulk mail is spread over time: each message gets the next free slot of the stream.
@@ -200,13 +207,13 @@ async fn course_published(
             });
             mails.push(jobs::insert(&mut tx, &job, None, Some(run_at)).await?);
         }
-        sqlx::query(
+        sqlx::query!(
             "UPDATE fanout_cursors SET after_user_id = $2, delivered = delivered + $3, updated_at = now()
               WHERE event_key = $1",
+            event_key,
+            last,
+            batch.len() as i64,
         )
-        .bind(&event_key)
-        .bind(last)
-        .bind(batch.len() as i64)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -215,10 +222,12 @@ async fn course_published(
             services.jobs.dispatch(mail).await;
         }
         if (batch.len() as i64) < FAN_OUT_BATCH {
-            sqlx::query("UPDATE fanout_cursors SET finished_at = now() WHERE event_key = $1")
-                .bind(&event_key)
-                .execute(&services.db)
-                .await?;
+            sqlx::query!(
+                "UPDATE fanout_cursors SET finished_at = now() WHERE event_key = $1",
+                event_key,
+            )
+            .execute(&services.db)
+            .await?;
             return Ok(());
         }
     }
@@ -243,12 +252,12 @@ async fn reserve_bulk_slots(
     n: usize,
 ) -> Result<BulkSlots> {
     let spacing_ms = 60_000.0 / f64::from(services.config.mail.bulk_per_minute.max(1));
-    let first: chrono::DateTime<chrono::Utc> = sqlx::query_scalar(
-        "UPDATE send_slots s SET next_at = greatest(s.next_at, now()) + $1 * interval '1 millisecond'
-           FROM (SELECT greatest(next_at, now()) AS slot FROM send_slots WHERE name = 'bulk_mail' FOR UPDATE) prev
-          WHERE s.name = 'bulk_mail' RETURNING prev.slot",
+    let first = sqlx::query_scalar!(
+        r#"UPDATE send_slots s SET next_at = greatest(s.next_at, now()) + $1 * interval '1 millisecond'
+             FROM (SELECT greatest(next_at, now()) AS slot FROM send_slots WHERE name = 'bulk_mail' FOR UPDATE) prev
+            WHERE s.name = 'bulk_mail' RETURNING prev.slot AS "slot!""#,
+        spacing_ms * n as f64,
     )
-    .bind(spacing_ms * n as f64)
     .fetch_one(&mut *conn)
     .await?;
     Ok(BulkSlots { first, spacing_ms })
@@ -259,7 +268,6 @@ pub const DIGEST_BATCH: i64 = 500;
 /// Notifications listed in one digest (the rest are counted).
 pub const DIGEST_ITEMS: i64 = 5;
 
-#[derive(sqlx::FromRow)]
 struct DigestRecipient {
     id: Uuid,
     email: String,
@@ -283,8 +291,9 @@ async fn run_digests(services: &Services) -> Result<()> {
     let mut sent = 0usize;
     loop {
         let mut tx = services.db.begin().await?;
-        let batch: Vec<DigestRecipient> = sqlx::query_as(
-            "WITH due AS (
+        let batch = sqlx::query_as!(
+            DigestRecipient,
+            r#"WITH due AS (
                  SELECT u.id, u.email, u.full_name, coalesce(d.through, '-infinity') AS through,
                         to_char(coalesce(d.sent_at, u.created_at) AT TIME ZONE 'UTC', 'FMMonth FMDD, YYYY') AS since
                    FROM users u LEFT JOIN digest_cursors d ON d.user_id = u.id
@@ -294,20 +303,21 @@ async fn run_digests(services: &Services) -> Result<()> {
                                    AND n.created_at > coalesce(d.through, '-infinity'))
                   ORDER BY u.id LIMIT $2
                     FOR UPDATE OF u SKIP LOCKED)
-             SELECT due.id, due.email, due.full_name, due.since, x.total, x.latest,
+             SELECT due.id AS "id!", due.email AS "email!", due.full_name AS "full_name!",
+                    due.since AS "since!", x.total AS "total!", x.latest AS "latest!",
                     coalesce((SELECT jsonb_agg(jsonb_build_object('title', t.title, 'message', t.message)
                                                ORDER BY t.created_at DESC, t.id DESC)
                                 FROM (SELECT id, title, message, created_at FROM notifications
                                        WHERE user_id = due.id AND read_at IS NULL AND created_at > due.through
-                                       ORDER BY created_at DESC, id DESC LIMIT $3) t), '[]') AS items
+                                       ORDER BY created_at DESC, id DESC LIMIT $3) t), '[]') AS "items!"
                FROM due CROSS JOIN LATERAL (
                     SELECT count(*) AS total, max(n.created_at) AS latest FROM notifications n
                      WHERE n.user_id = due.id AND n.read_at IS NULL AND n.created_at > due.through) x
-              ORDER BY due.id",
+              ORDER BY due.id"#,
+            after,
+            DIGEST_BATCH,
+            DIGEST_ITEMS,
         )
-        .bind(after)
-        .bind(DIGEST_BATCH)
-        .bind(DIGEST_ITEMS)
         .fetch_all(&mut *tx)
         .await?;
         let Some(last) = batch.last().map(|r| r.id) else {
@@ -333,13 +343,13 @@ async fn run_digests(services: &Services) -> Result<()> {
             });
             mails.push(jobs::insert(&mut tx, &job, None, Some(slots.at(i))).await?);
         }
-        sqlx::query(
+        sqlx::query!(
             "INSERT INTO digest_cursors (user_id, through, sent_at)
              SELECT u, t, now() FROM unnest($1::uuid[], $2::timestamptz[]) AS x(u, t)
              ON CONFLICT (user_id) DO UPDATE SET through = EXCLUDED.through, sent_at = EXCLUDED.sent_at",
+            &batch.iter().map(|r| r.id).collect::<Vec<_>>(),
+            &batch.iter().map(|r| r.latest).collect::<Vec<_>>(),
         )
-        .bind(batch.iter().map(|r| r.id).collect::<Vec<_>>())
-        .bind(batch.iter().map(|r| r.latest).collect::<Vec<_>>())
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -396,18 +406,19 @@ pub async fn list(
     let before: Option<(chrono::DateTime<chrono::Utc>, Uuid)> = cursor
         .map(|c| crate::page::decode_cursor(&services.config.jwt_secret, c))
         .transpose()?;
-    let items: Vec<NotificationView> = sqlx::query_as(
-        "SELECT id, type AS kind, title, message, data, read_at IS NOT NULL AS read, created_at
-           FROM notifications
-          WHERE user_id = $1 AND (NOT $2 OR read_at IS NULL)
-            AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4))
-          ORDER BY created_at DESC, id DESC LIMIT $5",
+    let items = sqlx::query_as!(
+        NotificationView,
+        r#"SELECT id, type AS kind, title, message, data, read_at IS NOT NULL AS "read!", created_at
+             FROM notifications
+            WHERE user_id = $1 AND (NOT $2 OR read_at IS NULL)
+              AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4::uuid))
+            ORDER BY created_at DESC, id DESC LIMIT $5"#,
+        user.id,
+        unread,
+        before.map(|b| b.0),
+        before.map(|b| b.1),
+        limit,
     )
-    .bind(user.id)
-    .bind(unread)
-    .bind(before.map(|b| b.0))
-    .bind(before.map(|b| b.1))
-    .bind(limit)
     .fetch_all(&services.db)
     .await?;
     let next_cursor = (items.len() as i64 == limit)
@@ -448,13 +459,13 @@ pub async fn mark_read(
     if input.ids.len() > 1000 {
         return Err(crate::Error::invalid("ids", "at most 1000 ids at once"));
     }
-    let done = sqlx::query(
+    let done = sqlx::query!(
         "UPDATE notifications SET read_at = now()
           WHERE user_id = $1 AND read_at IS NULL AND ($2 OR id = ANY($3))",
+        user.id,
+        input.all,
+        &input.ids,
     )
-    .bind(user.id)
-    .bind(input.all)
-    .bind(&input.ids)
     .execute(&services.db)
     .await?;
     Ok(done.rows_affected())
@@ -462,10 +473,10 @@ pub async fn mark_read(
 
 pub async fn unread_count(services: &Services, caller: &crate::auth::Principal) -> Result<i64> {
     let user = caller.require_user()?;
-    Ok(sqlx::query_scalar(
-        "SELECT count(*) FROM notifications WHERE user_id = $1 AND read_at IS NULL",
+    Ok(sqlx::query_scalar!(
+        r#"SELECT count(*) AS "unread!" FROM notifications WHERE user_id = $1 AND read_at IS NULL"#,
+        user.id,
     )
-    .bind(user.id)
     .fetch_one(&services.db)
     .await?)
 }

@@ -39,12 +39,12 @@ pub struct Granted {
 
 /// Whether `user_id` holds a live entitlement to `course_id`.
 pub(crate) async fn holds(conn: &mut PgConnection, course_id: Uuid, user_id: Uuid) -> Result<bool> {
-    Ok(sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM course_entitlements
-                         WHERE course_id = $1 AND user_id = $2 AND revoked_at IS NULL)",
+    Ok(sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM course_entitlements
+                          WHERE course_id = $1 AND user_id = $2 AND revoked_at IS NULL) AS "held!""#,
+        course_id,
+        user_id,
     )
-    .bind(course_id)
-    .bind(user_id)
     .fetch_one(conn)
     .await?)
 }
@@ -61,10 +61,10 @@ pub(crate) fn payment_required() -> Error {
 async fn student(conn: &mut PgConnection, raw: &str) -> Result<Uuid> {
     let id = Uuid::parse_str(raw.trim())
         .map_err(|_| Error::invalid("user_id", "must be an account id"))?;
-    let active: bool = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM users WHERE id = $1 AND status = 'active')",
+    let active = sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM users WHERE id = $1 AND status = 'active') AS "active!""#,
+        id,
     )
-    .bind(id)
     .fetch_one(conn)
     .await?;
     if active {
@@ -93,18 +93,18 @@ pub async fn grant(
     }
     // A live entitlement is left as it is (a payment stays a payment) and returns no row; a
     // revoked one revives as a grant.
-    let row: Option<bool> = sqlx::query_scalar(
-        "INSERT INTO course_entitlements (course_id, user_id, source, granted_by)
-         VALUES ($1, $2, 'grant', $3)
-         ON CONFLICT (course_id, user_id) DO UPDATE
-            SET source = 'grant', granted_by = EXCLUDED.granted_by, reference = NULL,
-                created_at = now(), revoked_at = NULL
-          WHERE course_entitlements.revoked_at IS NOT NULL
-         RETURNING true",
+    let row = sqlx::query_scalar!(
+        r#"INSERT INTO course_entitlements (course_id, user_id, source, granted_by)
+           VALUES ($1, $2, 'grant', $3)
+           ON CONFLICT (course_id, user_id) DO UPDATE
+              SET source = 'grant', granted_by = EXCLUDED.granted_by, reference = NULL,
+                  created_at = now(), revoked_at = NULL
+            WHERE course_entitlements.revoked_at IS NOT NULL
+           RETURNING true AS "created!""#,
+        course_id,
+        user_id,
+        caller.user_id(),
     )
-    .bind(course_id)
-    .bind(user_id)
-    .bind(caller.user_id())
     .fetch_optional(&mut *tx)
     .await?;
     let created = row.is_some();
@@ -119,12 +119,13 @@ pub async fn grant(
         )
         .await?;
     }
-    let entitlement: Entitlement = sqlx::query_as(
+    let entitlement = sqlx::query_as!(
+        Entitlement,
         "SELECT course_id, user_id, source, granted_by, created_at FROM course_entitlements
           WHERE course_id = $1 AND user_id = $2",
+        course_id,
+        user_id,
     )
-    .bind(course_id)
-    .bind(user_id)
     .fetch_one(&mut *tx)
     .await?;
     tx.commit().await?;
@@ -146,12 +147,12 @@ pub async fn revoke(
     let mut tx = services.db.begin().await?;
     courses::load_for_edit(&mut tx, caller, course_id).await?;
     let user_id = Uuid::parse_str(user_id.trim()).map_err(|_| Error::NotFound("grant"))?;
-    let revoked = sqlx::query(
+    let revoked = sqlx::query!(
         "UPDATE course_entitlements SET revoked_at = now()
           WHERE course_id = $1 AND user_id = $2 AND source = 'grant' AND revoked_at IS NULL",
+        course_id,
+        user_id,
     )
-    .bind(course_id)
-    .bind(user_id)
     .execute(&mut *tx)
     .await?;
     if revoked.rows_affected() == 0 {
@@ -166,12 +167,12 @@ pub async fn revoke(
         serde_json::json!({ "course_id": course_id }),
     )
     .await?;
-    let dropped = sqlx::query(
+    let dropped = sqlx::query!(
         "UPDATE enrollments SET status = 'dropped', dropped_at = now()
           WHERE course_id = $1 AND user_id = $2 AND status = 'active'",
+        course_id,
+        user_id,
     )
-    .bind(course_id)
-    .bind(user_id)
     .execute(&mut *tx)
     .await?;
     let job = if dropped.rows_affected() > 0 {
