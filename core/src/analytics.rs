@@ -41,11 +41,12 @@ pub struct Range {
 async fn range(conn: &mut PgConnection, p: &RangeParams) -> Result<Range> {
     let mut fields = FieldErrors::new();
     let tz = p.tz.clone().unwrap_or_else(|| "UTC".into());
-    let known: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_timezone_names WHERE name = $1)")
-            .bind(&tz)
-            .fetch_one(&mut *conn)
-            .await?;
+    let known = sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM pg_timezone_names WHERE name = $1) AS "known!""#,
+        tz,
+    )
+    .fetch_one(&mut *conn)
+    .await?;
     if !known {
         fields.add("tz", format!("{tz:?} is not an IANA time zone"));
     }
@@ -68,10 +69,12 @@ async fn range(conn: &mut PgConnection, p: &RangeParams) -> Result<Range> {
     let from = parse("from", &p.from, &mut fields);
     let to = parse("to", &p.to, &mut fields);
     fields.into_result()?;
-    let today: NaiveDate = sqlx::query_scalar("SELECT (now() AT TIME ZONE $1)::date")
-        .bind(&tz)
-        .fetch_one(&mut *conn)
-        .await?;
+    let today = sqlx::query_scalar!(
+        r#"SELECT (now() AT TIME ZONE $1::text)::date AS "today!""#,
+        tz
+    )
+    .fetch_one(&mut *conn)
+    .await?;
     let to = to.unwrap_or(today);
     let from = from.unwrap_or(to - chrono::Duration::days(29));
     if from > to {
@@ -150,27 +153,21 @@ pub async fn overview(
     // One statement: all-time figures from `enrollment_totals` (kept by triggers), the range's
     // enrollments read once (an index-only range scan per course) for both the per-course counts
     // and the revenue, and the average over every review.
-    #[derive(sqlx::FromRow)]
-    struct Row {
-        courses: serde_json::Value,
-        revenue: serde_json::Value,
-        rating_average: f64,
-    }
     #[derive(Deserialize)]
     struct Revenue {
         currency: String,
         total: String,
         in_range: String,
     }
-    let row: Row = sqlx::query_as(
-        "WITH mine AS MATERIALIZED (
+    let row = sqlx::query!(
+        r#"WITH mine AS MATERIALIZED (
                  SELECT id, title, status, rating_average, rating_count, created_at, deleted_at
                    FROM courses WHERE instructor_id = $1),
               ranged AS MATERIALIZED (
                  SELECT e.course_id, e.currency, count(*) AS n, sum(e.price_paid) AS paid
                    FROM mine JOIN enrollments e ON e.course_id = mine.id
-                  WHERE e.enrolled_at >= ($3::date)::timestamp AT TIME ZONE $2
-                    AND e.enrolled_at < ($4::date + 1)::timestamp AT TIME ZONE $2
+                  WHERE e.enrolled_at >= ($3::date)::timestamp AT TIME ZONE $2::text
+                    AND e.enrolled_at < ($4::date + 1)::timestamp AT TIME ZONE $2::text
                   GROUP BY e.course_id, e.currency),
               totals AS MATERIALIZED (
                  SELECT t.course_id, t.currency, t.enrolled, t.completed, t.revenue
@@ -188,20 +185,20 @@ pub async fn overview(
                                    FROM totals GROUP BY course_id) t ON t.course_id = m.id
                       LEFT JOIN (SELECT course_id, sum(n)::bigint AS n FROM ranged GROUP BY course_id) r
                              ON r.course_id = m.id
-                     WHERE m.deleted_at IS NULL) s), '[]') AS courses,
+                     WHERE m.deleted_at IS NULL) s), '[]') AS "courses!",
                 coalesce((
                   SELECT json_agg(x ORDER BY x.currency) FROM (
                     SELECT t.currency, sum(t.revenue)::text AS total,
                            coalesce((SELECT sum(paid) FROM ranged WHERE ranged.currency = t.currency), 0)::text AS in_range
-                      FROM totals t GROUP BY t.currency HAVING sum(t.revenue) > 0) x), '[]') AS revenue,
+                      FROM totals t GROUP BY t.currency HAVING sum(t.revenue) > 0) x), '[]') AS "revenue!",
                 (SELECT coalesce(round(avg(r.rating), 2), 0)::float8
                    FROM reviews r JOIN mine c ON c.id = r.course_id
-                  WHERE r.deleted_at IS NULL AND c.deleted_at IS NULL) AS rating_average",
+                  WHERE r.deleted_at IS NULL AND c.deleted_at IS NULL) AS "rating_average!""#,
+        instructor,
+        range.tz,
+        range.from,
+        range.to,
     )
-    .bind(instructor)
-    .bind(&range.tz)
-    .bind(range.from)
-    .bind(range.to)
     .fetch_one(&mut *conn)
     .await?;
     let courses: Vec<CourseSummary> = serde_json::from_value(row.courses)
@@ -289,10 +286,10 @@ pub async fn course(
 ) -> Result<CourseAnalytics> {
     let instructor = require_instructor(caller)?;
     let mut conn = services.db.acquire().await?;
-    let owner: Option<Uuid> = sqlx::query_scalar(
+    let owner = sqlx::query_scalar!(
         "SELECT instructor_id FROM courses WHERE id = $1 AND deleted_at IS NULL",
+        course_id,
     )
-    .bind(course_id)
     .fetch_optional(&mut *conn)
     .await?;
     match owner {
@@ -300,71 +297,81 @@ pub async fn course(
         _ => return Err(Error::NotFound("course")),
     }
     let range = range(&mut conn, params).await?;
-    let (enrollments, completions, average_progress): (i64, i64, f64) = sqlx::query_as(
-        "SELECT count(*), count(*) FILTER (WHERE status = 'completed'),
-                coalesce(round(avg(progress), 2), 0)::float8
-           FROM enrollments WHERE course_id = $1 AND status IN ('active', 'completed')",
+    let totals = sqlx::query!(
+        r#"SELECT count(*) AS "enrollments!", count(*) FILTER (WHERE status = 'completed') AS "completions!",
+                  coalesce(round(avg(progress), 2), 0)::float8 AS "average_progress!"
+             FROM enrollments WHERE course_id = $1 AND status IN ('active', 'completed')"#,
+        course_id,
     )
-    .bind(course_id)
     .fetch_one(&mut *conn)
     .await?;
-    let enrollment_trend: Vec<DayCount> = sqlx::query_as(
-        "SELECT d::date AS day, coalesce(x.n, 0) AS enrollments
-           FROM generate_series($2::date, $3::date, interval '1 day') AS d
-           LEFT JOIN (SELECT (enrolled_at AT TIME ZONE $4)::date AS day, count(*) AS n
-                        FROM enrollments
-                       WHERE course_id = $1
-                         AND enrolled_at >= ($2::date)::timestamp AT TIME ZONE $4
-                         AND enrolled_at < ($3::date + 1)::timestamp AT TIME ZONE $4
-                       GROUP BY 1) x ON x.day = d::date
-          ORDER BY d",
+    let (enrollments, completions, average_progress) = (
+        totals.enrollments,
+        totals.completions,
+        totals.average_progress,
+    );
+    let enrollment_trend = sqlx::query_as!(
+        DayCount,
+        r#"SELECT d::date AS "day!", coalesce(x.n, 0) AS "enrollments!"
+             FROM generate_series($2::date, $3::date, interval '1 day') AS d
+             LEFT JOIN (SELECT (enrolled_at AT TIME ZONE $4::text)::date AS day, count(*) AS n
+                          FROM enrollments
+                         WHERE course_id = $1
+                           AND enrolled_at >= ($2::date)::timestamp AT TIME ZONE $4::text
+                           AND enrolled_at < ($3::date + 1)::timestamp AT TIME ZONE $4::text
+                         GROUP BY 1) x ON x.day = d::date
+            ORDER BY d"#,
+        course_id,
+        range.from,
+        range.to,
+        range.tz,
     )
-    .bind(course_id)
-    .bind(range.from)
-    .bind(range.to)
-    .bind(&range.tz)
     .fetch_all(&mut *conn)
     .await?;
-    let progress_distribution: Vec<Bucket> = sqlx::query_as(
-        "SELECT b.bucket, count(e.id) AS students
+    let progress_distribution = sqlx::query_as!(
+        Bucket,
+        r#"SELECT b.bucket AS "bucket!", count(e.id) AS "students!"
            FROM (VALUES (1, '0-24'), (2, '25-49'), (3, '50-74'), (4, '75-99'), (5, '100')) AS b(n, bucket)
            LEFT JOIN enrollments e ON e.course_id = $1 AND e.status IN ('active', 'completed')
                 AND b.n = CASE WHEN e.progress >= 100 THEN 5 ELSE width_bucket(e.progress, 0, 100, 4) END
-          GROUP BY b.n, b.bucket ORDER BY b.n",
+          GROUP BY b.n, b.bucket ORDER BY b.n"#,
+        course_id,
     )
-    .bind(course_id)
     .fetch_all(&mut *conn)
     .await?;
-    let top_videos: Vec<VideoStats> = sqlx::query_as(
-        "SELECT m.id AS media_id, m.title, count(vp.media_id) AS viewers,
-                count(vp.completed_at) AS completions,
+    let top_videos = sqlx::query_as!(
+        VideoStats,
+        r#"SELECT m.id AS media_id, m.title, count(vp.media_id) AS "viewers!",
+                count(vp.completed_at) AS "completions!",
                 coalesce(round(avg(least(100.0, 100.0 * vp.watched_secs / m.duration_secs))::numeric, 2), 0)::float8
-                    AS average_watched
+                    AS "average_watched!"
            FROM media m
            JOIN sections s ON s.id = m.section_id AND s.deleted_at IS NULL
            LEFT JOIN video_progress vp ON vp.media_id = m.id
           WHERE m.course_id = $1 AND m.kind = 'video' AND m.state = 'ready' AND m.deleted_at IS NULL
           GROUP BY m.id
-          ORDER BY viewers DESC, completions DESC, m.id
-          LIMIT 20",
+          ORDER BY 3 DESC, 4 DESC, m.id
+          LIMIT 20"#,
+        course_id,
     )
-    .bind(course_id)
     .fetch_all(&mut *conn)
     .await?;
-    let revenue: Vec<Money> = sqlx::query_as(
-        "SELECT currency, revenue::text AS amount FROM enrollment_totals
-          WHERE course_id = $1 AND revenue > 0 ORDER BY currency",
+    let revenue = sqlx::query_as!(
+        Money,
+        r#"SELECT currency, revenue::text AS "amount!" FROM enrollment_totals
+            WHERE course_id = $1 AND revenue > 0 ORDER BY currency"#,
+        course_id,
     )
-    .bind(course_id)
     .fetch_all(&mut *conn)
     .await?;
-    let rating_distribution: Vec<StarCount> = sqlx::query_as(
-        "SELECT s AS stars, count(r.id) AS reviews
-           FROM generate_series(1, 5) AS s
-           LEFT JOIN reviews r ON r.course_id = $1 AND r.rating = s AND r.deleted_at IS NULL
-          GROUP BY s ORDER BY s",
+    let rating_distribution = sqlx::query_as!(
+        StarCount,
+        r#"SELECT s AS "stars!", count(r.id) AS "reviews!"
+             FROM generate_series(1, 5) AS s
+             LEFT JOIN reviews r ON r.course_id = $1 AND r.rating = s AND r.deleted_at IS NULL
+            GROUP BY s ORDER BY s"#,
+        course_id,
     )
-    .bind(course_id)
     .fetch_all(&mut *conn)
     .await?;
     Ok(CourseAnalytics {

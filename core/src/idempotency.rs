@@ -120,7 +120,6 @@ pub enum Reservation {
     Replay(StoredResponse),
 }
 
-#[derive(sqlx::FromRow)]
 struct Existing {
     fingerprint: Vec<u8>,
     status: Option<i16>,
@@ -144,25 +143,25 @@ pub async fn reserve(
     loop {
         let claim = Uuid::new_v4();
         // A row past its retention, or whose request died holding it, is taken over.
-        let taken: Option<Uuid> = sqlx::query_scalar(
+        let taken = sqlx::query_scalar!(
             "INSERT INTO idempotency_keys (owner, idem_key, fingerprint, method, path, claim, locked_until)
-             VALUES ($1, $2, $3, $4, $5, $6, now() + make_interval(secs => $7))
+             VALUES ($1, $2, $3, $4, $5, $6, now() + make_interval(secs => $7::float8))
              ON CONFLICT (owner, idem_key) DO UPDATE
                 SET fingerprint = EXCLUDED.fingerprint, method = EXCLUDED.method, path = EXCLUDED.path,
                     claim = EXCLUDED.claim, locked_until = EXCLUDED.locked_until, status = NULL,
                     headers = NULL, body = NULL, created_at = now(), completed_at = NULL
-              WHERE idempotency_keys.created_at < now() - make_interval(secs => $8)
+              WHERE idempotency_keys.created_at < now() - make_interval(secs => $8::float8)
                  OR (idempotency_keys.status IS NULL AND idempotency_keys.locked_until < now())
              RETURNING claim",
+            owner,
+            key.as_str(),
+            print,
+            method,
+            path,
+            claim,
+            LEASE.as_secs_f64(),
+            RETENTION.as_secs_f64(),
         )
-        .bind(&owner)
-        .bind(key.as_str())
-        .bind(&print)
-        .bind(method)
-        .bind(path)
-        .bind(claim)
-        .bind(LEASE.as_secs_f64())
-        .bind(RETENTION.as_secs_f64())
         .fetch_optional(&services.db)
         .await?;
         if taken.is_some() {
@@ -172,12 +171,13 @@ pub async fn reserve(
                 claim,
             }));
         }
-        let existing: Option<Existing> = sqlx::query_as(
-            "SELECT fingerprint, status, headers, body FROM idempotency_keys
-              WHERE owner = $1 AND idem_key = $2",
+        let existing = sqlx::query_as!(
+            Existing,
+            r#"SELECT fingerprint, status, headers AS "headers: sqlx::types::Json<Vec<(String, String)>>", body
+                 FROM idempotency_keys WHERE owner = $1 AND idem_key = $2"#,
+            owner,
+            key.as_str(),
         )
-        .bind(&owner)
-        .bind(key.as_str())
         .fetch_optional(&services.db)
         .await?;
         // Released between the two statements: try to take it again.
@@ -211,16 +211,16 @@ pub async fn reserve(
 
 /// Keeps the response of the request that holds the claim, for replay.
 pub async fn complete(db: &PgPool, claim: &Claim, response: &StoredResponse) -> Result<()> {
-    sqlx::query(
+    sqlx::query!(
         "UPDATE idempotency_keys SET status = $4, headers = $5, body = $6, completed_at = now()
           WHERE owner = $1 AND idem_key = $2 AND claim = $3",
+        claim.owner,
+        claim.key,
+        claim.claim,
+        i16::try_from(response.status).unwrap_or(200),
+        sqlx::types::Json(&response.headers) as _,
+        response.body,
     )
-    .bind(&claim.owner)
-    .bind(&claim.key)
-    .bind(claim.claim)
-    .bind(i16::try_from(response.status).unwrap_or(200))
-    .bind(sqlx::types::Json(&response.headers))
-    .bind(&response.body)
     .execute(db)
     .await?;
     Ok(())
@@ -228,12 +228,12 @@ pub async fn complete(db: &PgPool, claim: &Claim, response: &StoredResponse) -> 
 
 /// Gives the key up (the request failed and had no effect): the next request with it runs.
 pub async fn release(db: &PgPool, claim: &Claim) -> Result<()> {
-    sqlx::query(
+    sqlx::query!(
         "DELETE FROM idempotency_keys WHERE owner = $1 AND idem_key = $2 AND claim = $3 AND status IS NULL",
+        claim.owner,
+        claim.key,
+        claim.claim,
     )
-    .bind(&claim.owner)
-    .bind(&claim.key)
-    .bind(claim.claim)
     .execute(db)
     .await?;
     Ok(())
@@ -241,13 +241,13 @@ pub async fn release(db: &PgPool, claim: &Claim) -> Result<()> {
 
 /// Removes keys past their retention, a batch at a time. Returns how many.
 pub async fn sweep_expired(services: &Services) -> Result<u64> {
-    let done = sqlx::query(
+    let done = sqlx::query!(
         "DELETE FROM idempotency_keys WHERE (owner, idem_key) IN (
              SELECT owner, idem_key FROM idempotency_keys
-              WHERE created_at < now() - make_interval(secs => $1)
+              WHERE created_at < now() - make_interval(secs => $1::float8)
               ORDER BY created_at LIMIT 1000 FOR UPDATE SKIP LOCKED)",
+        RETENTION.as_secs_f64(),
     )
-    .bind(RETENTION.as_secs_f64())
     .execute(&services.db)
     .await?;
     Ok(done.rows_affected())

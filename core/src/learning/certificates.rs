@@ -455,6 +455,18 @@ pub struct IssuedColumns {
 }
 
 impl IssuedColumns {
+    pub(crate) fn new(
+        certificate_id: Option<Uuid>,
+        certificate_code: Option<String>,
+        certificate_pdf_key: Option<String>,
+    ) -> Self {
+        IssuedColumns {
+            certificate_id,
+            certificate_code,
+            certificate_pdf_key,
+        }
+    }
+
     /// The certificate, once issued (rendered and stored).
     pub(crate) async fn reference(&self, services: &Services) -> Result<Option<CertificateRef>> {
         match (

@@ -20,7 +20,7 @@ use crate::jobs::{self, FanOutEvent, FanOutNotifications, Job, NewJob, SendEmail
 use crate::mail::EmailTemplate;
 use crate::page::{self, Page};
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct EnrollmentView {
     pub id: Uuid,
     pub course_id: Uuid,
@@ -37,10 +37,8 @@ pub struct EnrollmentView {
     pub dropped_at: Option<DateTime<Utc>>,
     pub completed_at: Option<DateTime<Utc>>,
     /// The certificate of the completed course, once issued; `null` before.
-    #[sqlx(skip)]
     pub certificate: Option<certificates::CertificateRef>,
     #[serde(skip)]
-    #[sqlx(flatten)]
     issued: certificates::IssuedColumns,
 }
 
@@ -52,16 +50,77 @@ impl EnrollmentView {
     }
 }
 
-macro_rules! enrollment_select {
-    () => {
-        "SELECT e.id, e.course_id, c.slug AS course_slug, c.title AS course_title, e.status,
-                e.price_paid::text AS price_paid, e.currency, e.progress::float8 AS progress, e.enrolled_at,
-                e.dropped_at, e.completed_at, cert.id AS certificate_id,
-                cert.verification_code AS certificate_code, cert.pdf_key AS certificate_pdf_key
-           FROM enrollments e JOIN courses c ON c.id = e.course_id
-           LEFT JOIN certificates cert ON cert.enrollment_id = e.id AND cert.issued_at IS NOT NULL
-                                      AND cert.pdf_key IS NOT NULL "
+/// Which of a user's enrollments to read.
+enum Which<'a> {
+    /// The one in a course, by id.
+    Course(Uuid),
+    /// The one in a course, by slug.
+    Slug(&'a str),
+    /// A page of all of them, newest first, after a cursor.
+    Page {
+        before: Option<(DateTime<Utc>, Uuid)>,
+        limit: i64,
+    },
+}
+
+/// Reads enrollments of `user_id` as the API shows them, with their issued certificate's
+/// columns (the certificate's links are filled in by [`EnrollmentView::with_certificate`]).
+async fn fetch_views(
+    db: &sqlx::PgPool,
+    user_id: Uuid,
+    which: Which<'_>,
+) -> Result<Vec<EnrollmentView>> {
+    let (course_id, slug, before, limit) = match which {
+        Which::Course(id) => (Some(id), None, None, 1),
+        Which::Slug(slug) => (None, Some(slug), None, 1),
+        Which::Page { before, limit } => (None, None, before, limit),
     };
+    let rows = sqlx::query!(
+        r#"SELECT e.id AS "id!", e.course_id AS "course_id!", c.slug AS "course_slug!",
+                  c.title AS "course_title!", e.status AS "status!",
+                  e.price_paid::text AS "price_paid!", e.currency AS "currency!",
+                  e.progress::float8 AS "progress!", e.enrolled_at AS "enrolled_at!",
+                  e.dropped_at AS "dropped_at?", e.completed_at AS "completed_at?",
+                  cert.id AS "certificate_id?", cert.verification_code AS "certificate_code?",
+                  cert.pdf_key AS "certificate_pdf_key?"
+             FROM enrollments e JOIN courses c ON c.id = e.course_id
+             LEFT JOIN certificates cert ON cert.enrollment_id = e.id AND cert.issued_at IS NOT NULL
+                                        AND cert.pdf_key IS NOT NULL
+            WHERE e.user_id = $1 AND ($2::uuid IS NULL OR e.course_id = $2)
+              AND ($3::text IS NULL OR c.slug = $3)
+              AND ($4::timestamptz IS NULL OR (e.enrolled_at, e.id) < ($4, $5::uuid))
+            ORDER BY e.enrolled_at DESC, e.id DESC LIMIT $6"#,
+        user_id,
+        course_id,
+        slug,
+        before.map(|b| b.0),
+        before.map(|b| b.1),
+        limit,
+    )
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| EnrollmentView {
+            id: r.id,
+            course_id: r.course_id,
+            course_slug: r.course_slug,
+            course_title: r.course_title,
+            status: r.status,
+            price_paid: r.price_paid,
+            currency: r.currency,
+            progress: r.progress,
+            enrolled_at: r.enrolled_at,
+            dropped_at: r.dropped_at,
+            completed_at: r.completed_at,
+            certificate: None,
+            issued: certificates::IssuedColumns::new(
+                r.certificate_id,
+                r.certificate_code,
+                r.certificate_pdf_key,
+            ),
+        })
+        .collect())
 }
 
 /// What enrolling did.
@@ -79,7 +138,6 @@ pub struct Enrolled {
     pub outcome: EnrollOutcome,
 }
 
-#[derive(sqlx::FromRow)]
 struct Offer {
     id: Uuid,
     title: String,
@@ -104,21 +162,23 @@ pub async fn enroll(
     let user = caller.require_user()?;
     let mut tx = services.db.begin().await?;
     let row = courses::load_visible(&mut tx, Some(caller), course).await?;
-    let offer: Offer = sqlx::query_as(
-        "SELECT c.id, c.title, c.slug, c.instructor_id, u.full_name AS instructor_name,
-                (c.price * 100)::bigint AS price_cents, c.currency
-           FROM courses c JOIN users u ON u.id = c.instructor_id WHERE c.id = $1",
+    let offer = sqlx::query_as!(
+        Offer,
+        r#"SELECT c.id, c.title, c.slug, c.instructor_id, u.full_name AS instructor_name,
+                  (c.price * 100)::bigint AS "price_cents!", c.currency
+             FROM courses c JOIN users u ON u.id = c.instructor_id WHERE c.id = $1"#,
+        row.id,
     )
-    .bind(row.id)
     .fetch_one(&mut *tx)
     .await?;
-    let existing: Option<(Uuid, String)> = sqlx::query_as(
+    let existing = sqlx::query!(
         "SELECT id, status FROM enrollments WHERE user_id = $1 AND course_id = $2 FOR UPDATE",
+        user.id,
+        offer.id,
     )
-    .bind(user.id)
-    .bind(offer.id)
     .fetch_optional(&mut *tx)
-    .await?;
+    .await?
+    .map(|r| (r.id, r.status));
     let (id, outcome) = match existing {
         Some((id, status)) if status != "dropped" => (id, EnrollOutcome::AlreadyEnrolled),
         Some((id, _)) => {
@@ -127,10 +187,12 @@ pub async fn enroll(
             if offer.price_cents > 0 && !entitlements::holds(&mut tx, offer.id, user.id).await? {
                 return Err(entitlements::payment_required());
             }
-            sqlx::query("UPDATE enrollments SET status = 'active', dropped_at = NULL, enrolled_at = now() WHERE id = $1")
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query!(
+                "UPDATE enrollments SET status = 'active', dropped_at = NULL, enrolled_at = now() WHERE id = $1",
+                id,
+            )
+            .execute(&mut *tx)
+            .await?;
             (id, EnrollOutcome::Reactivated)
         }
         None => {
@@ -163,15 +225,15 @@ pub async fn enroll(
                 }
             }
             let id = Uuid::now_v7();
-            let inserted = sqlx::query(
+            let inserted = sqlx::query!(
                 "INSERT INTO enrollments (id, user_id, course_id, price_paid, currency)
-                 VALUES ($1, $2, $3, $4::numeric / 100, $5) ON CONFLICT (user_id, course_id) DO NOTHING",
+                 VALUES ($1, $2, $3, $4::int8::numeric / 100, $5) ON CONFLICT (user_id, course_id) DO NOTHING",
+                id,
+                user.id,
+                offer.id,
+                offer.price_cents,
+                offer.currency,
             )
-            .bind(id)
-            .bind(user.id)
-            .bind(offer.id)
-            .bind(offer.price_cents)
-            .bind(&offer.currency)
             .execute(&mut *tx)
             .await?;
             if inserted.rows_affected() == 0 {
@@ -201,13 +263,12 @@ pub async fn enroll(
         }
     }
     if outcome == EnrollOutcome::Created {
-        let (email, full_name): (String, String) =
-            sqlx::query_as("SELECT email, full_name FROM users WHERE id = $1")
-                .bind(user.id)
-                .fetch_one(&mut *tx)
-                .await?;
+        let student = sqlx::query!("SELECT email, full_name FROM users WHERE id = $1", user.id)
+            .fetch_one(&mut *tx)
+            .await?;
+        let email = student.email;
         let mut vars = serde_json::Map::new();
-        vars.insert("full_name".into(), full_name.into());
+        vars.insert("full_name".into(), student.full_name.into());
         vars.insert("course_title".into(), offer.title.clone().into());
         vars.insert(
             "instructor_name".into(),
@@ -242,14 +303,14 @@ async fn claim_notice(
     enrollment_id: Uuid,
     window: std::time::Duration,
 ) -> Result<bool> {
-    let claimed = sqlx::query(
+    let claimed = sqlx::query!(
         "UPDATE enrollments SET instructor_notified_at = now()
           WHERE id = $1
             AND (instructor_notified_at IS NULL
-                 OR instructor_notified_at <= now() - make_interval(secs => $2))",
+                 OR instructor_notified_at <= now() - make_interval(secs => $2::float8))",
+        enrollment_id,
+        window.as_secs_f64(),
     )
-    .bind(enrollment_id)
-    .bind(window.as_secs_f64())
     .execute(conn)
     .await?;
     Ok(claimed.rows_affected() == 1)
@@ -268,14 +329,10 @@ fn require_open(row: &courses::CourseRow) -> Result<()> {
 }
 
 async fn view_for(services: &Services, user_id: Uuid, course_id: Uuid) -> Result<EnrollmentView> {
-    let view: EnrollmentView = sqlx::query_as(concat!(
-        enrollment_select!(),
-        "WHERE e.user_id = $1 AND e.course_id = $2"
-    ))
-    .bind(user_id)
-    .bind(course_id)
-    .fetch_one(&services.db)
-    .await?;
+    let view = fetch_views(&services.db, user_id, Which::Course(course_id))
+        .await?
+        .pop()
+        .ok_or(Error::NotFound("enrollment"))?;
     view.with_certificate(services).await
 }
 
@@ -291,24 +348,22 @@ pub async fn drop_course(
     // By id or by slug, each on its own index (as the course pages look courses up).
     let course_id: Option<Uuid> = match Uuid::parse_str(course) {
         Ok(id) => {
-            sqlx::query_scalar("SELECT id FROM courses WHERE id = $1")
-                .bind(id)
+            sqlx::query_scalar!("SELECT id FROM courses WHERE id = $1", id)
                 .fetch_optional(&mut *tx)
                 .await?
         }
         Err(_) => {
-            sqlx::query_scalar("SELECT id FROM courses WHERE slug = $1")
-                .bind(course)
+            sqlx::query_scalar!("SELECT id FROM courses WHERE slug = $1", course)
                 .fetch_optional(&mut *tx)
                 .await?
         }
     };
     let course_id = course_id.ok_or(Error::NotFound("course"))?;
-    let status: Option<String> = sqlx::query_scalar(
+    let status = sqlx::query_scalar!(
         "SELECT status FROM enrollments WHERE user_id = $1 AND course_id = $2 FOR UPDATE",
+        user.id,
+        course_id,
     )
-    .bind(user.id)
-    .bind(course_id)
     .fetch_optional(&mut *tx)
     .await?;
     match status.as_deref() {
@@ -321,11 +376,13 @@ pub async fn drop_course(
         }
         Some("dropped") => tx.rollback().await?,
         Some(_) => {
-            sqlx::query("UPDATE enrollments SET status = 'dropped', dropped_at = now() WHERE user_id = $1 AND course_id = $2")
-                .bind(user.id)
-                .bind(course_id)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query!(
+                "UPDATE enrollments SET status = 'dropped', dropped_at = now() WHERE user_id = $1 AND course_id = $2",
+                user.id,
+                course_id,
+            )
+            .execute(&mut *tx)
+            .await?;
             let job = stats::queue_recompute(&mut tx, course_id, Some(user.id)).await?;
             tx.commit().await?;
             services.jobs.dispatch(&job).await;
@@ -346,16 +403,14 @@ pub async fn mine(
     let after: Option<(DateTime<Utc>, Uuid)> = cursor
         .map(|c| page::decode_cursor(&services.config.jwt_secret, c))
         .transpose()?;
-    let items: Vec<EnrollmentView> = sqlx::query_as(concat!(
-        enrollment_select!(),
-        "WHERE e.user_id = $1 AND ($2::timestamptz IS NULL OR (e.enrolled_at, e.id) < ($2, $3))
-         ORDER BY e.enrolled_at DESC, e.id DESC LIMIT $4"
-    ))
-    .bind(user.id)
-    .bind(after.map(|a| a.0))
-    .bind(after.map(|a| a.1))
-    .bind(limit)
-    .fetch_all(&services.db)
+    let items = fetch_views(
+        &services.db,
+        user.id,
+        Which::Page {
+            before: after,
+            limit,
+        },
+    )
     .await?;
     let next_cursor = (items.len() as i64 == limit)
         .then(|| {
@@ -380,28 +435,11 @@ pub(crate) async fn view_by_course(
     user_id: Uuid,
     course: &str,
 ) -> Result<Option<EnrollmentView>> {
-    let view: Option<EnrollmentView> = match Uuid::parse_str(course) {
-        Ok(id) => {
-            sqlx::query_as(concat!(
-                enrollment_select!(),
-                "WHERE e.user_id = $1 AND c.id = $2"
-            ))
-            .bind(user_id)
-            .bind(id)
-            .fetch_optional(&services.db)
-            .await?
-        }
-        Err(_) => {
-            sqlx::query_as(concat!(
-                enrollment_select!(),
-                "WHERE e.user_id = $1 AND c.slug = $2"
-            ))
-            .bind(user_id)
-            .bind(course)
-            .fetch_optional(&services.db)
-            .await?
-        }
+    let which = match Uuid::parse_str(course) {
+        Ok(id) => Which::Course(id),
+        Err(_) => Which::Slug(course),
     };
+    let view = fetch_views(&services.db, user_id, which).await?.pop();
     match view {
         Some(view) => Ok(Some(view.with_certificate(services).await?)),
         None => Ok(None),

@@ -71,7 +71,6 @@ pub struct VideoProgressView {
 }
 
 /// What the fast heartbeat statement returns when it applied the heartbeat.
-#[derive(sqlx::FromRow)]
 struct FastBeat {
     covered: i32,
     last_position: f64,
@@ -82,17 +81,8 @@ struct FastBeat {
     duration_secs: f64,
 }
 
-/// A heartbeat of a batch that the fast statement applied: its place in the batch, and the result.
-#[derive(sqlx::FromRow)]
-struct BatchBeat {
-    i: i32,
-    #[sqlx(flatten)]
-    beat: FastBeat,
-}
-
 /// What the full path's statement returns: the video and enrollment it found, and the upserted
 /// progress (absent: the heartbeat was refused).
-#[derive(sqlx::FromRow)]
 struct Beat {
     duration_secs: f64,
     course_id: Uuid,
@@ -265,8 +255,8 @@ async fn apply_batch(db: &PgPool, mut batch: Vec<Pending>) {
     let media: Vec<Uuid> = unique.iter().map(|p| p.media_id).collect();
     let positions: Vec<f64> = unique.iter().map(|p| p.last_position).collect();
     let watched: Vec<f64> = unique.iter().map(|p| p.watch_time).collect();
-    let applied: std::result::Result<Vec<BatchBeat>, sqlx::Error> = sqlx::query_as(
-        "UPDATE video_progress vp SET
+    let applied = sqlx::query!(
+        r#"UPDATE video_progress vp SET
                 covered = vp.covered + w.watched,
                 last_position = w.position,
                 watch_time = vp.watch_time + w.watch_time,
@@ -290,33 +280,42 @@ async fn apply_batch(db: &PgPool, mut batch: Vec<Pending>) {
             AND se.expires_at > now()
             AND u.id = w.user_id AND u.status = 'active'
             AND covered_secs(vp.covered + w.watched)
-                <= $8 * extract(epoch FROM now() - vp.first_watched_at) + $9
+                <= $8::float8 * extract(epoch FROM now() - vp.first_watched_at) + $9::float8
             AND covered_secs(vp.covered + w.watched) - vp.watched_secs
-                <= $8 * greatest(extract(epoch FROM now() - vp.last_heartbeat_at), 0) + $10
+                <= $8::float8 * greatest(extract(epoch FROM now() - vp.last_heartbeat_at), 0) + $10::float8
             AND (vp.completed_at IS NOT NULL
-                 OR covered_secs(vp.covered + w.watched) < $7 * w.duration_secs)
-         RETURNING w.i, vp.watched_secs AS covered, vp.last_position, vp.completed_at,
-                   e.id AS enrollment_id, e.progress::float8 AS course_progress,
-                   e.status AS enrollment_status, w.duration_secs",
+                 OR covered_secs(vp.covered + w.watched) < $7::float8 * w.duration_secs)
+         RETURNING w.i AS "i!", vp.watched_secs AS "covered!", vp.last_position AS "last_position!",
+                   vp.completed_at AS "completed_at?", e.id AS "enrollment_id!",
+                   e.progress::float8 AS "course_progress!", e.status AS "enrollment_status!",
+                   w.duration_secs AS "duration_secs!""#,
+        &index,
+        &users,
+        &sessions,
+        &media,
+        &positions,
+        &watched,
+        COMPLETION_SHARE,
+        MAX_PLAYBACK_RATE,
+        SLACK_SECS,
+        HEARTBEAT_SLACK_SECS,
     )
-    .bind(&index)
-    .bind(&users)
-    .bind(&sessions)
-    .bind(&media)
-    .bind(&positions)
-    .bind(&watched)
-    .bind(COMPLETION_SHARE)
-    .bind(MAX_PLAYBACK_RATE)
-    .bind(SLACK_SECS)
-    .bind(HEARTBEAT_SLACK_SECS)
     .fetch_all(db)
     .await;
     let mut answers: Vec<Option<FastBeat>> = unique.iter().map(|_| None).collect();
     match applied {
         Ok(rows) => {
-            for BatchBeat { i, beat } in rows {
-                if let Some(slot) = usize::try_from(i).ok().and_then(|i| answers.get_mut(i)) {
-                    *slot = Some(beat);
+            for row in rows {
+                if let Some(slot) = usize::try_from(row.i).ok().and_then(|i| answers.get_mut(i)) {
+                    *slot = Some(FastBeat {
+                        covered: row.covered,
+                        last_position: row.last_position,
+                        completed_at: row.completed_at,
+                        enrollment_id: row.enrollment_id,
+                        course_progress: row.course_progress,
+                        enrollment_status: row.enrollment_status,
+                        duration_secs: row.duration_secs,
+                    });
                 }
             }
         }
@@ -333,12 +332,13 @@ async fn reread_enrollment(
     conn: impl sqlx::PgExecutor<'_>,
     enrollment_id: Uuid,
 ) -> Result<(f64, bool)> {
-    let (progress, status): (f64, String) =
-        sqlx::query_as("SELECT progress::float8, status FROM enrollments WHERE id = $1")
-            .bind(enrollment_id)
-            .fetch_one(conn)
-            .await?;
-    Ok((progress, status == "completed"))
+    let row = sqlx::query!(
+        r#"SELECT progress::float8 AS "progress!", status FROM enrollments WHERE id = $1"#,
+        enrollment_id,
+    )
+    .fetch_one(conn)
+    .await?;
+    Ok((row.progress, row.status == "completed"))
 }
 
 /// The full path of a heartbeat (the session is already checked): one transaction that finds the
@@ -352,11 +352,12 @@ async fn full_heartbeat(
     hb: &Heartbeat,
 ) -> Result<VideoProgressView> {
     let mut tx = services.db.begin().await?;
-    let beat: Option<Beat> = sqlx::query_as(
-        "WITH target AS (
+    let beat = sqlx::query_as!(
+        Beat,
+        r#"WITH target AS (
              SELECT m.duration_secs, m.course_id, e.id AS enrollment_id,
                     e.progress::float8 AS course_progress, e.status AS enrollment_status,
-                    least($3, m.duration_secs) AS position
+                    least($3::float8, m.duration_secs) AS position
                FROM media m
                JOIN sections s ON s.id = m.section_id AND s.deleted_at IS NULL
                JOIN enrollments e ON e.course_id = m.course_id AND e.user_id = $1
@@ -364,13 +365,13 @@ async fn full_heartbeat(
               WHERE m.id = $2 AND m.kind = 'video' AND m.state = 'ready' AND m.deleted_at IS NULL
                 AND m.duration_secs > 0),
               span AS (
-             SELECT t.*, int4multirange(int4range(round(greatest(t.position - $4, 0))::int,
+             SELECT t.*, int4multirange(int4range(round(greatest(t.position - $4::float8, 0))::int,
                                                   round(t.position)::int)) AS watched
-               FROM target t WHERE $3 <= t.duration_secs + 1),
+               FROM target t WHERE $3::float8 <= t.duration_secs + 1),
               up AS (
              INSERT INTO video_progress AS vp (user_id, media_id, enrollment_id, covered, last_position, watch_time, completed_at)
-             SELECT $1, $2, sp.enrollment_id, sp.watched, sp.position, $4,
-                    CASE WHEN covered_secs(sp.watched) >= $5 * sp.duration_secs THEN now() END
+             SELECT $1::uuid, $2::uuid, sp.enrollment_id, sp.watched, sp.position, $4::float8,
+                    CASE WHEN covered_secs(sp.watched) >= $5::float8 * sp.duration_secs THEN now() END
                FROM span sp
              ON CONFLICT (user_id, media_id) DO UPDATE SET
                     covered = vp.covered + excluded.covered,
@@ -379,25 +380,28 @@ async fn full_heartbeat(
                     last_heartbeat_at = now(),
                     completed_at = coalesce(vp.completed_at,
                         CASE WHEN covered_secs(vp.covered + excluded.covered)
-                                  >= $5 * (SELECT duration_secs FROM target) THEN now() END)
+                                  >= $5::float8 * (SELECT duration_secs FROM target) THEN now() END)
               WHERE covered_secs(vp.covered + excluded.covered)
-                    <= $6 * extract(epoch FROM now() - vp.first_watched_at) + $7
+                    <= $6::float8 * extract(epoch FROM now() - vp.first_watched_at) + $7::float8
                 AND covered_secs(vp.covered + excluded.covered) - covered_secs(vp.covered)
-                    <= $6 * greatest(extract(epoch FROM now() - vp.last_heartbeat_at), 0) + $8
+                    <= $6::float8 * greatest(extract(epoch FROM now() - vp.last_heartbeat_at), 0) + $8::float8
              RETURNING covered_secs(covered) AS covered, last_position, completed_at,
                        coalesce(completed_at = now(), false) AS just_completed)
-         SELECT t.duration_secs, t.course_id, t.enrollment_id, t.course_progress, t.enrollment_status,
-                up.covered, up.last_position, up.completed_at, up.just_completed
-           FROM target t LEFT JOIN up ON true",
+         SELECT t.duration_secs AS "duration_secs!", t.course_id AS "course_id!",
+                t.enrollment_id AS "enrollment_id!", t.course_progress AS "course_progress!",
+                t.enrollment_status AS "enrollment_status!", up.covered AS "covered?",
+                up.last_position AS "last_position?", up.completed_at AS "completed_at?",
+                up.just_completed AS "just_completed?"
+           FROM target t LEFT JOIN up ON true"#,
+        user_id,
+        media_id,
+        hb.last_position,
+        hb.watch_time,
+        COMPLETION_SHARE,
+        MAX_PLAYBACK_RATE,
+        SLACK_SECS,
+        HEARTBEAT_SLACK_SECS,
     )
-    .bind(user_id)
-    .bind(media_id)
-    .bind(hb.last_position)
-    .bind(hb.watch_time)
-    .bind(COMPLETION_SHARE)
-    .bind(MAX_PLAYBACK_RATE)
-    .bind(SLACK_SECS)
-    .bind(HEARTBEAT_SLACK_SECS)
     .fetch_optional(&mut *tx)
     .await?;
     let target = beat.ok_or(Error::NotFound("video"))?;
@@ -457,12 +461,11 @@ pub(crate) async fn refresh_enrollment(
     conn: &mut sqlx::PgConnection,
     enrollment_id: Uuid,
 ) -> Result<(f64, bool, bool)> {
-    sqlx::query("SELECT 1 FROM enrollments WHERE id = $1 FOR UPDATE")
-        .bind(enrollment_id)
-        .execute(&mut *conn)
+    sqlx::query!("SELECT 1 AS locked FROM enrollments WHERE id = $1 FOR UPDATE", enrollment_id)
+        .fetch_optional(&mut *conn)
         .await?;
-    let (progress, completed_now, status): (f64, bool, String) = sqlx::query_as(
-        "WITH p AS (
+    let row = sqlx::query!(
+        r#"WITH p AS (
              SELECT CASE WHEN count(*) = 0 THEN 0
                          ELSE round(100.0 * count(vp.completed_at) / count(*), 2) END AS pct
                FROM enrollments e
@@ -478,12 +481,14 @@ pub(crate) async fn refresh_enrollment(
                 last_accessed_at = now()
            FROM p
           WHERE e.id = $1
-         RETURNING e.progress::float8, (e.status = 'completed' AND e.completed_at = now()), e.status",
+         RETURNING e.progress::float8 AS "progress!",
+                   (e.status = 'completed' AND e.completed_at = now()) AS "completed_now!",
+                   e.status"#,
+        enrollment_id,
     )
-    .bind(enrollment_id)
     .fetch_one(&mut *conn)
     .await?;
-    Ok((progress, completed_now, status == "completed"))
+    Ok((row.progress, row.completed_now, row.status == "completed"))
 }
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
@@ -515,19 +520,21 @@ pub async fn course_progress(
     let enrollment = super::view_by_course(services, user.id, course)
         .await?
         .ok_or(Error::NotFound("enrollment"))?;
-    let videos: Vec<VideoProgressItem> = sqlx::query_as(
-        "SELECT m.id AS media_id, s.id AS section_id, m.title, m.duration_secs,
-                coalesce(covered_secs(vp.covered), 0) AS watched_secs,
-                coalesce(vp.last_position, 0) AS last_position,
-                vp.completed_at IS NOT NULL AS completed
+    let videos = sqlx::query_as!(
+        VideoProgressItem,
+        r#"SELECT m.id AS "media_id!", s.id AS "section_id!", m.title AS "title!",
+                m.duration_secs AS "duration_secs!",
+                coalesce(covered_secs(vp.covered), 0) AS "watched_secs!",
+                coalesce(vp.last_position, 0) AS "last_position!",
+                vp.completed_at IS NOT NULL AS "completed!"
            FROM media m
            JOIN sections s ON s.id = m.section_id AND s.deleted_at IS NULL
            LEFT JOIN video_progress vp ON vp.media_id = m.id AND vp.user_id = $2
           WHERE m.course_id = $1 AND m.kind = 'video' AND m.state = 'ready' AND m.deleted_at IS NULL
-          ORDER BY s.position, m.created_at, m.id",
+          ORDER BY s.position, m.created_at, m.id"#,
+        enrollment.course_id,
+        user.id,
     )
-    .bind(enrollment.course_id)
-    .bind(user.id)
     .fetch_all(&services.db)
     .await?;
     Ok(CourseProgress {
