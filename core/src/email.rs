@@ -70,10 +70,10 @@ pub async fn queue_test_message(
 /// Whether the owner of `address` still wants optional mail: an active account with
 /// `notify_email` on. An address no account has any more gets none.
 async fn still_wanted(services: &Services, address: &str) -> Result<bool> {
-    let wanted: Option<bool> = sqlx::query_scalar(
-        "SELECT notify_email AND status = 'active' FROM users WHERE email = lower($1)",
+    let wanted = sqlx::query_scalar!(
+        r#"SELECT notify_email AND status = 'active' AS "wanted!" FROM users WHERE email = lower($1)"#,
+        address,
     )
-    .bind(address)
     .fetch_optional(&services.db)
     .await?;
     Ok(wanted.unwrap_or(false))

@@ -105,8 +105,8 @@ async fn redis_check(services: &Services) -> Result<Option<String>, RedisProblem
 /// Runs the three checks concurrently, each bounded by a short timeout.
 pub async fn readiness(services: &Services) -> Readiness {
     let database = check(async {
-        sqlx::query("SELECT 1")
-            .execute(&services.db)
+        sqlx::query_scalar!("SELECT 1 AS ping")
+            .fetch_one(&services.db)
             .await
             .map(|_| ())
     });

@@ -41,7 +41,6 @@ pub async fn queue_issue(
     .await
 }
 
-#[derive(sqlx::FromRow)]
 struct Completed {
     status: String,
     completed_at: Option<DateTime<Utc>>,
@@ -87,7 +86,8 @@ fn storage_error(e: crate::storage::StorageError) -> JobError {
 /// The job: record (or refresh) the certificate row, render the PDF, store it, and mail the
 /// student the first time. Running it again re-renders the same certificate.
 pub async fn run(services: &Services, job: &IssueCertificate) -> Result<(), JobError> {
-    let row: Option<Completed> = sqlx::query_as(
+    let row = sqlx::query_as!(
+        Completed,
         "SELECT e.status, e.completed_at, s.email AS student_email, s.full_name AS student_name,
                 c.title AS course_title, i.full_name AS instructor_name
            FROM enrollments e
@@ -95,8 +95,8 @@ pub async fn run(services: &Services, job: &IssueCertificate) -> Result<(), JobE
            JOIN courses c ON c.id = e.course_id
            JOIN users i ON i.id = c.instructor_id
           WHERE e.id = $1",
+        job.enrollment_id,
     )
-    .bind(job.enrollment_id)
     .fetch_optional(&services.db)
     .await
     .map_err(|e| JobError::from(Error::from(e)))?;
@@ -111,24 +111,25 @@ pub async fn run(services: &Services, job: &IssueCertificate) -> Result<(), JobE
             row.status
         )));
     };
-    let (id, code): (Uuid, String) = sqlx::query_as(
+    let stored = sqlx::query!(
         "INSERT INTO certificates (id, enrollment_id, verification_code, student_name, course_title,
                                    instructor_name, completed_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7)
          ON CONFLICT (enrollment_id) DO UPDATE SET student_name = excluded.student_name,
                 course_title = excluded.course_title, instructor_name = excluded.instructor_name
          RETURNING id, verification_code",
+        Uuid::now_v7(),
+        job.enrollment_id,
+        new_code(),
+        row.student_name,
+        row.course_title,
+        row.instructor_name,
+        completed_at,
     )
-    .bind(Uuid::now_v7())
-    .bind(job.enrollment_id)
-    .bind(new_code())
-    .bind(&row.student_name)
-    .bind(&row.course_title)
-    .bind(&row.instructor_name)
-    .bind(completed_at)
     .fetch_one(&services.db)
     .await
     .map_err(|e| JobError::from(Error::from(e)))?;
+    let (id, code) = (stored.id, stored.verification_code);
     let text = CertificateText {
         student_name: row.student_name.clone(),
         course_title: row.course_title,
@@ -154,14 +155,14 @@ pub async fn run(services: &Services, job: &IssueCertificate) -> Result<(), JobE
         .begin()
         .await
         .map_err(|e| JobError::from(Error::from(e)))?;
-    let first: bool = sqlx::query_scalar(
-        "UPDATE certificates c SET pdf_key = $2, pdf_bytes = $3, issued_at = coalesce(c.issued_at, now())
-           FROM (SELECT issued_at IS NULL AS first FROM certificates WHERE id = $1 FOR UPDATE) prev
-          WHERE c.id = $1 RETURNING prev.first",
+    let first = sqlx::query_scalar!(
+        r#"UPDATE certificates c SET pdf_key = $2, pdf_bytes = $3, issued_at = coalesce(c.issued_at, now())
+             FROM (SELECT issued_at IS NULL AS first FROM certificates WHERE id = $1 FOR UPDATE) prev
+            WHERE c.id = $1 RETURNING prev.first AS "first!""#,
+        id,
+        key,
+        size,
     )
-    .bind(id)
-    .bind(&key)
-    .bind(size)
     .fetch_one(&mut *tx)
     .await
     .map_err(|e| JobError::from(Error::from(e)))?;
@@ -366,7 +367,6 @@ pub struct CertificateView {
     pub pdf_bytes: Option<i32>,
 }
 
-#[derive(sqlx::FromRow)]
 struct CertificateRow {
     id: Uuid,
     verification_code: String,
@@ -382,13 +382,14 @@ struct CertificateRow {
 /// Public verification, by certificate id or verification code.
 pub async fn verify(services: &Services, id_or_code: &str) -> Result<CertificateView> {
     let id = Uuid::parse_str(id_or_code).ok();
-    let row: Option<CertificateRow> = sqlx::query_as(
+    let row = sqlx::query_as!(
+        CertificateRow,
         "SELECT id, verification_code, student_name, course_title, instructor_name, completed_at,
                 issued_at, pdf_key, pdf_bytes
            FROM certificates WHERE id = $1 OR verification_code = upper($2)",
+        id,
+        id_or_code.trim(),
     )
-    .bind(id)
-    .bind(id_or_code.trim())
     .fetch_optional(&services.db)
     .await?;
     let row = row.ok_or(Error::NotFound("certificate"))?;
@@ -493,7 +494,6 @@ pub struct MyCertificate {
     pub issued_at: DateTime<Utc>,
 }
 
-#[derive(sqlx::FromRow)]
 struct MyCertificateRow {
     id: Uuid,
     verification_code: String,
@@ -517,20 +517,21 @@ pub async fn mine(
     let after: Option<(DateTime<Utc>, Uuid)> = cursor
         .map(|c| page::decode_cursor(&services.config.jwt_secret, c))
         .transpose()?;
-    let rows: Vec<MyCertificateRow> = sqlx::query_as(
-        "SELECT cert.id, cert.verification_code, cert.pdf_key, cert.issued_at,
-                c.id AS course_id, c.title AS course_title, c.slug AS course_slug
-           FROM enrollments e
-           JOIN certificates cert ON cert.enrollment_id = e.id
-           JOIN courses c ON c.id = e.course_id
-          WHERE e.user_id = $1 AND cert.issued_at IS NOT NULL AND cert.pdf_key IS NOT NULL
-            AND ($2::timestamptz IS NULL OR (cert.issued_at, cert.id) < ($2, $3))
-          ORDER BY cert.issued_at DESC, cert.id DESC LIMIT $4",
+    let rows = sqlx::query_as!(
+        MyCertificateRow,
+        r#"SELECT cert.id, cert.verification_code, cert.pdf_key AS "pdf_key!", cert.issued_at AS "issued_at!",
+                  c.id AS course_id, c.title AS course_title, c.slug AS course_slug
+             FROM enrollments e
+             JOIN certificates cert ON cert.enrollment_id = e.id
+             JOIN courses c ON c.id = e.course_id
+            WHERE e.user_id = $1 AND cert.issued_at IS NOT NULL AND cert.pdf_key IS NOT NULL
+              AND ($2::timestamptz IS NULL OR (cert.issued_at, cert.id) < ($2, $3::uuid))
+            ORDER BY cert.issued_at DESC, cert.id DESC LIMIT $4"#,
+        user.id,
+        after.map(|a| a.0),
+        after.map(|a| a.1),
+        limit,
     )
-    .bind(user.id)
-    .bind(after.map(|a| a.0))
-    .bind(after.map(|a| a.1))
-    .bind(limit)
     .fetch_all(&services.db)
     .await?;
     let next_cursor = (rows.len() as i64 == limit)
@@ -556,13 +557,14 @@ pub async fn mine(
 /// Re-renders a certificate (after a name change, say): its student or an admin.
 pub async fn reissue(services: &Services, caller: &Principal, id: Uuid) -> Result<JobReference> {
     let mut tx = services.db.begin().await?;
-    let owner: Option<(Uuid, Uuid)> = sqlx::query_as(
+    let owner = sqlx::query!(
         "SELECT c.enrollment_id, e.user_id FROM certificates c JOIN enrollments e ON e.id = c.enrollment_id
           WHERE c.id = $1",
+        id,
     )
-    .bind(id)
     .fetch_optional(&mut *tx)
-    .await?;
+    .await?
+    .map(|r| (r.enrollment_id, r.user_id));
     let (enrollment_id, user_id) = owner.ok_or(Error::NotFound("certificate"))?;
     if !(caller.is_admin() || caller.user_id() == Some(user_id)) {
         return Err(Error::NotFound("certificate"));
