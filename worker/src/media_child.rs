@@ -70,16 +70,18 @@ pub async fn run(services: &Services, job: Job) -> Result<(), JobError> {
     tracing::debug!(pid = process.id(), "started the media process");
     // Kept open until the child has exited: its end of file tells the child the worker is gone.
     let mut stdin = process.stdin.take();
+    let stdout_pipe = process.stdout.take();
+    let mut running = Running(Some(process));
     if let Some(pipe) = stdin.as_mut() {
         // A child that died at once shows in its exit status below.
         let _ = pipe.write_all(line.as_bytes()).await;
         let _ = pipe.flush().await;
     }
     let mut stdout = String::new();
-    if let Some(pipe) = process.stdout.take() {
+    if let Some(pipe) = stdout_pipe {
         let _ = pipe.take(MAX_STDOUT).read_to_string(&mut stdout).await;
     }
-    let status = process
+    let status = running
         .wait()
         .await
         .map_err(|e| JobError::Retryable(format!("could not wait for the media process: {e}")))?;
@@ -98,6 +100,45 @@ pub async fn run(services: &Services, job: Job) -> Result<(), JobError> {
             // Its working folder is unlocked now: remove it rather than wait for the sweep.
             lectern_core::media::workdir::sweep().await;
             Err(child::record_lost_attempt(services, &job, error).await)
+        }
+    }
+}
+
+/// A child process that is killed, and its working folder swept, when the attempt is abandoned
+/// (this future dropped) before the child has exited.
+struct Running(Option<tokio::process::Child>);
+
+impl Running {
+    async fn wait(&mut self) -> std::io::Result<ExitStatus> {
+        let status = match self.0.as_mut() {
+            Some(process) => process.wait().await?,
+            None => {
+                return Err(std::io::Error::other(
+                    "the media process was already reaped",
+                ));
+            }
+        };
+        self.0 = None;
+        Ok(status)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let Some(mut process) = self.0.take() else {
+            return;
+        };
+        let _ = process.start_kill();
+        tracing::info!(
+            pid = process.id(),
+            "abandoned the attempt; killed its media process"
+        );
+        // The folder it worked in is unlocked once it is gone.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = process.wait().await;
+                lectern_core::media::workdir::sweep().await;
+            });
         }
     }
 }
