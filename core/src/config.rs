@@ -349,6 +349,9 @@ pub struct MediaConfig {
     pub image_max_width: u32,
     pub image_max_height: u32,
     pub image_max_pixels: u64,
+    /// The `lectern-media` program workers run each media job in (`LECTERN_MEDIA_BIN`); `None`:
+    /// the one next to the worker's own executable.
+    pub process_bin: Option<std::path::PathBuf>,
 }
 
 impl MediaConfig {
@@ -894,6 +897,21 @@ fn read_media<F: Fn(&str) -> Option<String>>(r: &mut Reader<F>) -> MediaConfig {
             200 * 1024 * MIB,
             "a number of bytes",
         ),
+        process_bin: r.raw("LECTERN_MEDIA_BIN").and_then(|raw| {
+            let path = std::path::PathBuf::from(&raw);
+            if !path.is_absolute() {
+                r.problem(
+                    "LECTERN_MEDIA_BIN",
+                    format!("must be an absolute path, got {raw:?}"),
+                );
+                None
+            } else if !path.is_file() {
+                r.problem("LECTERN_MEDIA_BIN", format!("{raw} is not a file"));
+                None
+            } else {
+                Some(path)
+            }
+        }),
         image_max_width: u32::try_from(r.positive("MEDIA_IMAGE_MAX_WIDTH", 16_384))
             .unwrap_or(16_384),
         image_max_height: u32::try_from(r.positive("MEDIA_IMAGE_MAX_HEIGHT", 16_384))
@@ -1087,6 +1105,23 @@ mod tests {
         let err = load(&[("JWT_SECRET", SECRET), ("WORKER_METRICS_ADDR", "9500")])
             .expect_err("a port alone is not an address");
         assert!(err.problems.contains_key("WORKER_METRICS_ADDR"));
+    }
+
+    #[test]
+    fn the_media_program_must_be_an_existing_absolute_path() {
+        let config = load(&[("JWT_SECRET", SECRET)]).expect("valid");
+        assert_eq!(config.media.process_bin, None);
+        let here = std::env::current_exe().expect("current exe");
+        let here = here.to_str().expect("utf-8 path");
+        let config = load(&[("JWT_SECRET", SECRET), ("LECTERN_MEDIA_BIN", here)]).expect("valid");
+        assert_eq!(
+            config.media.process_bin,
+            Some(std::path::PathBuf::from(here))
+        );
+        for bad in ["lectern-media", "/nonexistent/lectern-media", "/"] {
+            let err = load(&[("JWT_SECRET", SECRET), ("LECTERN_MEDIA_BIN", bad)]).expect_err(bad);
+            assert!(err.problems.contains_key("LECTERN_MEDIA_BIN"), "{bad}");
+        }
     }
 
     #[test]

@@ -1,4 +1,6 @@
-//! Which core service runs each job kind.
+//! Which core service runs each job kind. Media jobs that decode or encode (transcode, image
+//! processing) run in a `lectern-media` child process ([`crate::media_child`]), so this process
+//! never references, and so never loads, FFmpeg.
 
 use lectern_core::jobs::{Job, JobError};
 use lectern_core::{Services, accounts, courses, email, learning, media, notifications};
@@ -8,8 +10,9 @@ pub async fn handle(services: &Services, job: Job) -> Result<(), JobError> {
         Job::SendEmail(mail) => email::deliver(services, &mail).await,
         Job::SendAccountLink(link) => accounts::send_account_link(services, &link).await,
         Job::ExportUserData(export) => accounts::privacy::run_export(services, &export).await,
-        Job::TranscodeVideo(job) => media::run_transcode(services, &job).await,
-        Job::ProcessImage(job) => media::run_process_image(services, &job).await,
+        job @ (Job::TranscodeVideo(_) | Job::ProcessImage(_)) => {
+            crate::media_child::run(services, job).await
+        }
         Job::DeleteMediaObjects(job) => media::run_delete_objects(services, &job).await,
         Job::RecomputeCourseStats(job) => courses::stats::run(services, &job).await,
         Job::RecomputeAllCourseStats(_) => courses::stats::run_all(services).await,

@@ -3,6 +3,7 @@
 
 mod fetch;
 mod handlers;
+mod media_child;
 mod metrics;
 mod runner;
 
@@ -27,6 +28,13 @@ async fn main() -> ExitCode {
         }
     };
     telemetry::init(config.log_format);
+    match media_child::locate(&config) {
+        Ok(path) => tracing::info!(program = %path.display(), "media jobs run in a child process"),
+        Err(e) => {
+            eprintln!("lectern-worker: invalid configuration: LECTERN_MEDIA_BIN: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    }
     match run(config).await {
         Ok(()) => {
             tracing::info!("lectern-worker stopped cleanly");

@@ -60,6 +60,12 @@ pub async fn complete_in(conn: &mut PgConnection) -> Result<bool> {
     Ok(done)
 }
 
+/// Records that the current attempt's success was committed on its behalf by another process
+/// (the `lectern-media` child, with [`complete_in`] there), so the worker does not record it again.
+pub fn note_completed_elsewhere() {
+    let _ = CURRENT.try_with(|a| a.completed.store(true, Ordering::Release));
+}
+
 /// Names this worker process in records it leaves (`host-pid`).
 pub fn worker_identity() -> String {
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "host".to_owned());

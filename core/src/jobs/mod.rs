@@ -125,7 +125,7 @@ pub fn redis_connection(url: &str) -> redis::RedisResult<ConnectionManager> {
 pub const LEASE: Duration = Duration::from_secs(30);
 
 /// The attempt the current task is running, set by the worker around each handler.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct JobContext {
     pub id: Uuid,
     pub attempt: i32,

@@ -10,6 +10,7 @@
 //! (`master.m3u8`, one folder per rendition, `poster.*`, `storyboard.*`); `media/{id}/i/` an
 //! image's (`thumbnail.*`, `preview.*`). Everything of a media lives under `media/{id}/`.
 
+pub mod child;
 pub mod image;
 pub mod public;
 pub mod sniff;
