@@ -144,6 +144,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
     });
 
     monitor.run_with_signal(shutdown_signal()).await?;
+    // Successes handed to the batcher are written before unfinished jobs are given back.
+    batches.flush_successes(shutdown_timeout).await;
     runner::release_in_flight(&services).await;
     let _ = stop_relay.send(true);
     let _ = relay.await;

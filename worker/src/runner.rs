@@ -10,7 +10,8 @@ use apalis::prelude::{BoxDynError, Data};
 use lectern_core::Services;
 use lectern_core::jobs::{self, Claimed, Job, JobError, JobRef};
 use std::sync::Arc;
-use tokio::sync::{Mutex, mpsc, oneshot};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use tokio::sync::{Mutex, Notify, mpsc, oneshot};
 use tracing::Instrument;
 use uuid::Uuid;
 
@@ -64,10 +65,20 @@ pub async fn release_in_flight(services: &Services) {
 /// running, the requests that arrive wait and then go together in the next one (one PostgreSQL
 /// write and commit per group, not per job). A lone request goes at once, so grouping adds no
 /// latency when the queue is quiet.
+///
+/// A claim is awaited (the job cannot start before it). A success is not: the handler hands it
+/// over and returns, so the apalis slot is free for the next job while the success group waits
+/// for its durable commit (River's asynchronous completer). A disk stall then delays the record
+/// of finished jobs, never the start of new ones. The hand-over is bounded
+/// ([`SUCCESS_BACKLOG`]): when that many successes wait, handlers wait for room (backpressure).
+/// A success that never becomes durable (the process dies first) leaves the job `running` with
+/// its lease, which lapses: the relay then hands the job back and it runs again (at least once).
 #[derive(Clone)]
 pub struct Batches {
-    claims: mpsc::UnboundedSender<ClaimRequest>,
-    successes: mpsc::UnboundedSender<SuccessRequest>,
+    claims: mpsc::Sender<ClaimRequest>,
+    successes: mpsc::Sender<(Uuid, i32)>,
+    /// Successes handed over and not yet written (committed or failed).
+    pending: Arc<Pending>,
 }
 
 /// The most requests one statement carries.
@@ -77,44 +88,104 @@ const MAX_BATCH: usize = 1000;
 /// can already be on its way (a busy or slow machine is latency-bound, not CPU-bound).
 const STATEMENTS_IN_FLIGHT: usize = 2;
 
+/// Successes that may wait for their write before handlers must wait for room.
+const SUCCESS_BACKLOG: usize = 4 * MAX_BATCH;
+
+/// Claims that may wait for their statement (deliveries are bounded by the slots anyway).
+const CLAIM_BACKLOG: usize = 4 * MAX_BATCH;
+
+/// A count of successes handed over but not yet written, and a wake-up when it reaches zero.
+#[derive(Default)]
+struct Pending {
+    count: AtomicUsize,
+    idle: Notify,
+}
+
+impl Pending {
+    fn add(&self, n: usize) {
+        self.count.fetch_add(n, Ordering::AcqRel);
+    }
+
+    fn done(&self, n: usize) {
+        if self.count.fetch_sub(n, Ordering::AcqRel) == n {
+            self.idle.notify_waiters();
+        }
+    }
+}
+
 impl Batches {
     pub fn start(services: &Services) -> Batches {
-        let (claims, claim_rx) = mpsc::unbounded_channel();
-        let (successes, success_rx) = mpsc::unbounded_channel();
+        let (claims, claim_rx) = mpsc::channel(CLAIM_BACKLOG);
+        let (successes, success_rx) = mpsc::channel(SUCCESS_BACKLOG);
         let claim_rx = Arc::new(Mutex::new(claim_rx));
         let success_rx = Arc::new(Mutex::new(success_rx));
+        let pending = Arc::new(Pending::default());
         for _ in 0..STATEMENTS_IN_FLIGHT {
             tokio::spawn(claim_loop(services.db.clone(), Arc::clone(&claim_rx)));
-            tokio::spawn(success_loop(services.db.clone(), Arc::clone(&success_rx)));
+            tokio::spawn(success_loop(
+                services.db.clone(),
+                Arc::clone(&success_rx),
+                Arc::clone(&pending),
+            ));
         }
-        Batches { claims, successes }
+        Batches {
+            claims,
+            successes,
+            pending,
+        }
     }
 
     async fn claim(&self, id: Uuid) -> Result<Option<Claimed>, String> {
         let (tx, rx) = oneshot::channel();
         self.claims
             .send((id, tx))
+            .await
             .map_err(|_| "the claim batcher stopped".to_owned())?;
         rx.await
             .map_err(|_| "the claim batcher stopped".to_owned())?
     }
 
-    async fn succeed(&self, id: Uuid, attempt: i32) -> Result<bool, String> {
-        let (tx, rx) = oneshot::channel();
-        self.successes
-            .send(((id, attempt), tx))
+    /// Hands the attempt's success to the success batcher; waits only for room in its backlog.
+    async fn succeed(&self, id: Uuid, attempt: i32) -> Result<(), String> {
+        // Room first, then the hand-over with no await in between: a caller dropped while it
+        // waits for room leaves nothing counted (its job is still tracked as in flight).
+        let permit = self
+            .successes
+            .reserve()
+            .await
             .map_err(|_| "the completion batcher stopped".to_owned())?;
-        rx.await
-            .map_err(|_| "the completion batcher stopped".to_owned())?
+        self.pending.add(1);
+        permit.send((id, attempt));
+        Ok(())
+    }
+
+    /// Waits until every success handed over so far is written, or `timeout` passes. Shutdown
+    /// calls it before giving back unfinished jobs. Returns how many are still unwritten.
+    pub async fn flush_successes(&self, timeout: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let idle = self.pending.idle.notified();
+            tokio::pin!(idle);
+            idle.as_mut().enable();
+            let left = self.pending.count.load(Ordering::Acquire);
+            if left == 0 {
+                return 0;
+            }
+            if tokio::time::timeout_at(deadline, idle).await.is_err() {
+                let left = self.pending.count.load(Ordering::Acquire);
+                tracing::warn!(
+                    left,
+                    "successes still unwritten at shutdown; their jobs will run again once their leases lapse"
+                );
+                return left;
+            }
+        }
     }
 }
 
 /// Takes what is waiting in `rx` (at least one request, at most [`MAX_BATCH`]), sorted by job
 /// id so that concurrent statements lock rows in the same order.
-async fn next_batch<T>(
-    rx: &Mutex<mpsc::UnboundedReceiver<T>>,
-    id: impl Fn(&T) -> Uuid,
-) -> Option<Vec<T>> {
+async fn next_batch<T>(rx: &Mutex<mpsc::Receiver<T>>, id: impl Fn(&T) -> Uuid) -> Option<Vec<T>> {
     let mut rx = rx.lock().await;
     let first = rx.recv().await?;
     let mut batch = vec![first];
@@ -130,7 +201,7 @@ async fn next_batch<T>(
 
 type ClaimRequest = (Uuid, oneshot::Sender<Result<Option<Claimed>, String>>);
 
-async fn claim_loop(pool: sqlx::PgPool, rx: Arc<Mutex<mpsc::UnboundedReceiver<ClaimRequest>>>) {
+async fn claim_loop(pool: sqlx::PgPool, rx: Arc<Mutex<mpsc::Receiver<ClaimRequest>>>) {
     while let Some(batch) = next_batch(&rx, |(id, _)| *id).await {
         let ids: Vec<Uuid> = batch.iter().map(|(id, _)| *id).collect();
         match jobs::claim_many(&pool, &ids, LEASE).await {
@@ -157,25 +228,29 @@ async fn claim_loop(pool: sqlx::PgPool, rx: Arc<Mutex<mpsc::UnboundedReceiver<Cl
     }
 }
 
-type SuccessRequest = ((Uuid, i32), oneshot::Sender<Result<bool, String>>);
-
-async fn success_loop(pool: sqlx::PgPool, rx: Arc<Mutex<mpsc::UnboundedReceiver<SuccessRequest>>>) {
-    while let Some(batch) = next_batch(&rx, |((id, _), _)| *id).await {
-        let attempts: Vec<(Uuid, i32)> = batch.iter().map(|(a, _)| *a).collect();
+/// Writes handed-over successes in groups. A success that cannot be written is logged: its job
+/// stays `running` until its lease lapses, then runs again.
+async fn success_loop(
+    pool: sqlx::PgPool,
+    rx: Arc<Mutex<mpsc::Receiver<(Uuid, i32)>>>,
+    pending: Arc<Pending>,
+) {
+    while let Some(attempts) = next_batch(&rx, |(id, _)| *id).await {
         match jobs::succeed_many(&pool, &attempts).await {
-            Ok(done) => {
+            Ok(done) if done.len() < attempts.len() => {
                 let done: std::collections::HashSet<Uuid> = done.into_iter().collect();
-                for ((id, _), reply) in batch {
-                    let _ = reply.send(Ok(done.contains(&id)));
+                for (id, attempt) in attempts.iter().filter(|(id, _)| !done.contains(id)) {
+                    tracing::warn!(job_id = %id, attempt, "success not recorded: the attempt no longer owned the job (its lease lapsed and it was taken over)");
                 }
             }
+            Ok(_) => {}
             Err(e) => {
-                let message = format!("could not record the job's success: {e}");
-                for (_, reply) in batch {
-                    let _ = reply.send(Err(message.clone()));
+                for (id, attempt) in &attempts {
+                    tracing::error!(job_id = %id, attempt, error = %e, "could not record the job's success; its lease will lapse and it will run again");
                 }
             }
         }
+        pending.done(attempts.len());
     }
 }
 
@@ -304,6 +379,7 @@ async fn execute(
     match outcome {
         Ok(()) => {
             // A handler that committed its effect with the completion has recorded it already.
+            // Otherwise the success is handed to the batcher, and the slot frees at once.
             if !completed_by_handler {
                 batches.succeed(claimed.id, claimed.attempt).await?;
             }

@@ -223,6 +223,9 @@ impl JobQueue {
             tracing::warn!(job_id = %job.id, error = %e, "job committed but not pushed; the relay will push it");
             return;
         }
+        if job.dispatched {
+            return;
+        }
         if let Err(e) = mark_dispatched(&self.pool, job.id).await {
             tracing::warn!(job_id = %job.id, error = %e, "job pushed but not marked dispatched; the relay may push it again (harmless)");
         }
@@ -238,16 +241,65 @@ impl JobQueue {
         if due.is_empty() {
             return;
         }
-        let pushed = match self.push_now(&due).await {
-            Ok(()) => due.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
-            Err(e) => {
-                tracing::warn!(jobs = due.len(), error = %e, "jobs committed but not pushed; the relay will push them");
-                return;
-            }
-        };
+        if let Err(e) = self.push_now(&due).await {
+            tracing::warn!(jobs = due.len(), error = %e, "jobs committed but not pushed; the relay will push them");
+            return;
+        }
+        // Rows written already marked (`insert_many`) need no second write.
+        let pushed: Vec<Uuid> = jobs
+            .iter()
+            .filter(|j| !j.coalesced && !j.scheduled && !j.dispatched)
+            .map(|j| j.id)
+            .collect();
+        if pushed.is_empty() {
+            return;
+        }
         if let Err(e) = mark_dispatched_many(&self.pool, &pushed).await {
             tracing::warn!(jobs = pushed.len(), error = %e, "jobs pushed but not marked dispatched; the relay may push them again (harmless)");
         }
+    }
+
+    /// Enqueues many jobs that run now, `per_transaction` to a transaction ([`insert_many`],
+    /// `COMMIT`, [`JobQueue::dispatch_many`]), pipelined: while one group is pushed to Redis,
+    /// the next is written to PostgreSQL. Each group commits on its own: an error stops at the
+    /// group that failed, and the groups before it stay queued (and are pushed). Returns the
+    /// jobs queued, in order.
+    pub async fn enqueue_bulk(
+        &self,
+        jobs: &[Job],
+        created_by: Option<Uuid>,
+        per_transaction: usize,
+    ) -> crate::Result<Vec<NewJob>> {
+        let mut queued: Vec<NewJob> = Vec::with_capacity(jobs.len());
+        let mut committed: Option<Vec<NewJob>> = None;
+        for group in jobs.chunks(per_transaction.max(1)) {
+            let write = async {
+                let mut tx = self.pool.begin().await?;
+                let written = insert_many(&mut tx, group, created_by).await?;
+                tx.commit().await?;
+                Ok::<_, crate::Error>(written)
+            };
+            let previous = committed.take();
+            let push = async {
+                if let Some(previous) = &previous {
+                    self.dispatch_many(previous).await;
+                }
+            };
+            let (written, ()) = tokio::join!(write, push);
+            queued.extend(previous.into_iter().flatten());
+            match written {
+                Ok(written) => committed = Some(written),
+                Err(e) => {
+                    tracing::warn!(queued = queued.len(), error = %e, "bulk enqueue stopped");
+                    return Err(e);
+                }
+            }
+        }
+        if let Some(last) = committed {
+            self.dispatch_many(&last).await;
+            queued.extend(last);
+        }
+        Ok(queued)
     }
 
     /// Pushes one job id to Redis, to run after `delay` (second granularity in apalis-redis;

@@ -23,6 +23,11 @@ pub struct NewJob {
     /// Due later than it was written (scheduled, debounced): the relay pushes it to Redis once
     /// it is due, rather than the dispatch after commit.
     pub scheduled: bool,
+    /// The row was written already marked as dispatched ([`insert_many`]): the push that follows
+    /// the commit needs no `UPDATE` to record it. If that push never happens (the process dies
+    /// between commit and push, Redis is down), the durability sweep pushes the job within
+    /// [`super::durability::SWEEP_AGE`] and a relay tick, as it does for a push Redis lost.
+    pub dispatched: bool,
 }
 
 impl NewJob {
@@ -165,6 +170,7 @@ pub async fn insert(
                 run_at,
                 coalesced: false,
                 scheduled,
+                dispatched: false,
             });
         }
         let existing: Option<(Uuid, DateTime<Utc>)> = sqlx::query_as(
@@ -182,6 +188,7 @@ pub async fn insert(
                 run_at,
                 coalesced: true,
                 scheduled: false,
+                dispatched: false,
             });
         }
         // The queued twin started running in between: try again, now without a conflict.
@@ -195,6 +202,10 @@ pub async fn insert(
 /// [`insert`] for many jobs at once, in the caller's transaction: one multi-row `INSERT` for
 /// every job that runs now (jobs that coalesce or wait for a debounce go one by one, through
 /// [`insert`]). Dispatch them with [`JobQueue::dispatch_many`] after commit.
+///
+/// The rows that run now are written already marked as dispatched (`dispatched_at`, see
+/// [`NewJob::dispatched`]), which saves the `UPDATE` after the push: a lost push is then found
+/// by the durability sweep instead of the relay's scan of undispatched rows.
 pub async fn insert_many(
     conn: &mut PgConnection,
     jobs: &[Job],
@@ -221,8 +232,8 @@ pub async fn insert_many(
     let queue_names: Vec<&str> = queues.iter().map(|q| q.as_str()).collect();
     let (inserted, run_at): (i64, Option<DateTime<Utc>>) = sqlx::query_as(
         "WITH inserted AS (
-            INSERT INTO jobs (id, kind, queue, payload, max_attempts, created_by)
-            SELECT id, kind, queue, payload, max_attempts, $6
+            INSERT INTO jobs (id, kind, queue, payload, max_attempts, created_by, dispatched_at)
+            SELECT id, kind, queue, payload, max_attempts, $6, now()
               FROM unnest($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::int4[])
                 AS new(id, kind, queue, payload, max_attempts)
             RETURNING run_at)
@@ -255,6 +266,7 @@ pub async fn insert_many(
                 run_at,
                 coalesced: false,
                 scheduled: false,
+                dispatched: true,
             }),
     );
     Ok(queued)
@@ -649,6 +661,7 @@ pub async fn requeue_failed(
             run_at,
             coalesced: false,
             scheduled: false,
+            dispatched: false,
         });
     }
     tx.commit().await?;

@@ -193,6 +193,17 @@ use lectern_core::jobs::{self as job_queue, Job, Noop, Queue};
 const DRAIN_JOBS: usize = 100_000;
 /// Jobs per transaction in the batched enqueue.
 const ENQUEUE_BATCH: usize = 1000;
+/// Jobs per transaction in the drains' preload (`JobQueue::enqueue_bulk`, pipelined);
+/// `BENCH_BULK_BATCH` overrides it.
+const BULK_BATCH: usize = 5000;
+
+fn bulk_batch() -> usize {
+    std::env::var("BENCH_BULK_BATCH")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(BULK_BATCH)
+}
 /// Jobs per second for the enqueue-to-start figure.
 const STEADY_RATE: u64 = 200;
 
@@ -326,6 +337,11 @@ struct Latency {
     p50: f64,
     p99: f64,
     commit_p99: f64,
+    /// A bare one-row commit at the same rate (the floor under a durable enqueue).
+    commit_floor_p99: f64,
+    /// Enqueue-to-start with the enqueue committed without waiting for its WAL flush.
+    no_flush_p50: f64,
+    no_flush_p99: f64,
     rss_after_kb: f64,
 }
 
@@ -389,17 +405,65 @@ async fn lectern_latency(seconds: u64, default_slots: &str) -> Latency {
         commit_ms.last().copied().unwrap_or(0.0),
         commit_ms.len(),
     );
+    let durable = steady_enqueue(&app, &services, seconds, &slots, true).await;
+    // The same with the enqueue's transaction committed without waiting for its WAL flush, as
+    // BullMQ's enqueue (a Redis write) does not wait for a disk either: the comparison at equal
+    // durability. Lectern's enqueues stay durable; this is a measurement only.
+    let no_flush = steady_enqueue(&app, &services, seconds, &slots, false).await;
+    // At rest again, after it has run jobs: what a deployment pays per idle worker.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = rss(worker_pid);
+    println!(
+        "{:<34} {at_rest} at rest before any job, {after} at rest after the jobs, peak {}; {} threads",
+        "lectern-worker RSS",
+        peak_rss(worker_pid),
+        proc_status(worker_pid, "Threads"),
+    );
+    Latency {
+        p50: durable.p50,
+        p99: durable.p99,
+        commit_p99: durable.commit_p99,
+        commit_floor_p99: percentile(&commit_ms, 0.99),
+        no_flush_p50: no_flush.p50,
+        no_flush_p99: no_flush.p99,
+        rss_after_kb: kb(&after),
+    }
+}
+
+/// Enqueue-to-start of one steady phase.
+struct Steady {
+    p50: f64,
+    p99: f64,
+    commit_p99: f64,
+}
+
+/// Enqueues `STEADY_RATE` jobs a second for `seconds` (each its own transaction, then its push),
+/// waits for them to run, and prints enqueue-to-start and its COMMIT-to-start part. `durable`:
+/// the enqueue's `COMMIT` waits for its WAL flush (Lectern's behaviour); otherwise that one
+/// transaction commits with `synchronous_commit = off`.
+async fn steady_enqueue(
+    app: &TestApp,
+    services: &Arc<Services>,
+    seconds: u64,
+    slots: &str,
+    durable: bool,
+) -> Steady {
     let total = (STEADY_RATE * seconds) as usize;
     let mut ticker = tokio::time::interval(Duration::from_secs(1) / STEADY_RATE as u32);
     let mut calls = tokio::task::JoinSet::new();
     for _ in 0..total {
         ticker.tick().await;
-        let s = Arc::clone(&services);
+        let s = Arc::clone(services);
         calls.spawn(async move {
             let t = Instant::now();
             // enqueue_one, noting when the row is committed (the worker can see it from then).
             let queued = async {
                 let mut tx = s.db.begin().await?;
+                if !durable {
+                    sqlx::query("SET LOCAL synchronous_commit = off")
+                        .execute(&mut *tx)
+                        .await?;
+                }
                 let job = job_queue::insert(&mut tx, &noop(), None, None).await?;
                 tx.commit().await?;
                 let committed = unix_seconds();
@@ -423,30 +487,37 @@ async fn lectern_latency(seconds: u64, default_slots: &str) -> Latency {
         }
         enqueue_ms.push(ms);
     }
+    let ids: Vec<uuid::Uuid> = committed_at.keys().copied().collect();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while (count_state(&app, "succeeded").await as usize) < total - errors
-        && Instant::now() < deadline
-    {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let mut waits: Vec<f64> = sqlx::query_scalar(
-            "SELECT EXTRACT(EPOCH FROM started_at - created_at)::float8 * 1000 FROM jobs WHERE started_at IS NOT NULL",
+    loop {
+        let done: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM jobs WHERE id = ANY($1) AND state = 'succeeded'",
         )
-        .fetch_all(&app.db.pool)
+        .bind(&ids)
+        .fetch_one(&app.db.pool)
         .await
         .unwrap();
-    waits.sort_by(f64::total_cmp);
-    enqueue_ms.sort_by(f64::total_cmp);
-    // The queue's own part: from COMMIT (the row exists) to the worker's claim.
-    let starts: Vec<(uuid::Uuid, f64)> = sqlx::query_as(
-        "SELECT id, EXTRACT(EPOCH FROM started_at)::float8 FROM jobs WHERE started_at IS NOT NULL",
+        if done as usize >= ids.len() || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let rows: Vec<(uuid::Uuid, f64, f64)> = sqlx::query_as(
+        "SELECT id, EXTRACT(EPOCH FROM started_at - created_at)::float8 * 1000,
+                EXTRACT(EPOCH FROM started_at)::float8
+           FROM jobs WHERE id = ANY($1) AND started_at IS NOT NULL",
     )
+    .bind(&ids)
     .fetch_all(&app.db.pool)
     .await
     .unwrap();
-    let mut commit_to_start: Vec<f64> = starts
+    let mut waits: Vec<f64> = rows.iter().map(|(_, wait, _)| *wait).collect();
+    waits.sort_by(f64::total_cmp);
+    enqueue_ms.sort_by(f64::total_cmp);
+    // The queue's own part: from COMMIT (the row exists) to the worker's claim.
+    let mut commit_to_start: Vec<f64> = rows
         .iter()
-        .filter_map(|(id, started)| committed_at.get(id).map(|c| (started - c) * 1000.0))
+        .filter_map(|(id, _, started)| committed_at.get(id).map(|c| (started - c) * 1000.0))
         .collect();
     commit_to_start.sort_by(f64::total_cmp);
     let over_50ms = commit_to_start.iter().filter(|ms| **ms > 50.0).count();
@@ -456,13 +527,22 @@ async fn lectern_latency(seconds: u64, default_slots: &str) -> Latency {
     for ms in commit_to_start.iter().filter(|ms| **ms > 50.0) {
         buckets[((*ms / 50.0) as usize).min(5)] += 1;
     }
+    let label = if durable {
+        "enqueue-to-start"
+    } else {
+        "enqueue-to-start, no-flush enqueue"
+    };
     println!(
-        "{:<34} p50 {:>6.2} ms   p99 {:>6.2} ms   max {:>7.2} ms   ({} jobs at {STEADY_RATE}/s, {errors} errors, 1 worker, {slots} default-queue slots)",
-        "enqueue-to-start",
+        "{label:<34} p50 {:>6.2} ms   p99 {:>6.2} ms   max {:>7.2} ms   ({} jobs at {STEADY_RATE}/s, {errors} errors, 1 worker, {slots} default-queue slots{})",
         percentile(&waits, 0.50),
         percentile(&waits, 0.99),
         waits.last().copied().unwrap_or(0.0),
         waits.len(),
+        if durable {
+            ""
+        } else {
+            "; the enqueue commits with synchronous_commit = off, for comparison only"
+        },
     );
     println!(
         "{:<34} p50 {:>6.2} ms   p99 {:>6.2} ms   (the enqueue call alone: transaction, COMMIT, push, mark dispatched)",
@@ -478,27 +558,115 @@ async fn lectern_latency(seconds: u64, default_slots: &str) -> Latency {
         commit_to_start.last().copied().unwrap_or(0.0),
         &buckets[1..],
     );
-    // At rest again, after it has run jobs: what a deployment pays per idle worker.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let after = rss(worker_pid);
-    println!(
-        "{:<34} {at_rest} at rest before any job, {after} at rest after the jobs, peak {}; {} threads",
-        "lectern-worker RSS",
-        peak_rss(worker_pid),
-        proc_status(worker_pid, "Threads"),
-    );
-    Latency {
+    Steady {
         p50: percentile(&waits, 0.50),
         p99: percentile(&waits, 0.99),
         commit_p99: percentile(&commit_to_start, 0.99),
-        rss_after_kb: kb(&after),
     }
+}
+
+/// What bounds the batched enqueue on this machine: the same `n` no-op rows written with a bare
+/// `COPY … FROM STDIN` into a copy of the jobs table (its indexes and checks, no Lectern code;
+/// `per_transaction` rows per durable commit), and `n` ids pushed with Lectern's pipelined Redis
+/// push alone (into a scratch prefix, deleted afterwards). Returns both rates (jobs/s).
+async fn enqueue_floors(
+    app: &TestApp,
+    services: &Services,
+    n: usize,
+    per_transaction: usize,
+) -> (f64, f64) {
+    let pool = &app.db.pool;
+    sqlx::query("CREATE TABLE bench_copy (LIKE jobs INCLUDING ALL)")
+        .execute(pool)
+        .await
+        .unwrap();
+    let payload = serde_json::to_string(&noop().payload_json()).unwrap();
+    let payload = payload.replace('\\', "\\\\");
+    let started = Instant::now();
+    let mut left = n;
+    while left > 0 {
+        let rows = left.min(per_transaction);
+        left -= rows;
+        let mut text = String::with_capacity(rows * (payload.len() + 64));
+        for _ in 0..rows {
+            text.push_str(&format!(
+                "{}\tnoop\tdefault\t{payload}\t3\t{}\n",
+                uuid::Uuid::now_v7(),
+                chrono::Utc::now().to_rfc3339()
+            ));
+        }
+        let mut tx = pool.begin().await.unwrap();
+        let mut copy = tx
+            .copy_in_raw(
+                "COPY bench_copy (id, kind, queue, payload, max_attempts, dispatched_at) FROM STDIN",
+            )
+            .await
+            .unwrap();
+        copy.send(text.into_bytes()).await.unwrap();
+        copy.finish().await.unwrap();
+        tx.commit().await.unwrap();
+    }
+    let copy_rate = n as f64 / started.elapsed().as_secs_f64();
+    sqlx::query("DROP TABLE bench_copy")
+        .execute(pool)
+        .await
+        .unwrap();
+
+    let floor_prefix = format!("{}floor", app.prefix);
+    let queue =
+        lectern_core::jobs::JobQueue::new(pool.clone(), services.redis.clone(), &floor_prefix);
+    let ids: Vec<(uuid::Uuid, Queue)> = (0..n)
+        .map(|_| (uuid::Uuid::now_v7(), Queue::Default))
+        .collect();
+    let started = Instant::now();
+    for group in ids.chunks(per_transaction) {
+        queue.push_now(group).await.unwrap();
+    }
+    let push_rate = n as f64 / started.elapsed().as_secs_f64();
+    let mut conn = services.redis.clone();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{floor_prefix}-*"))
+            .arg("COUNT")
+            .arg(10_000)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if !keys.is_empty() {
+            let _: () = redis::cmd("UNLINK")
+                .arg(&keys)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+        }
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    println!(
+        "{:<34} {copy_rate:>9.0} jobs/s  (bare COPY of the same rows into a copy of the jobs table, {per_transaction} per durable commit)",
+        "  floor: PostgreSQL alone"
+    );
+    println!(
+        "{:<34} {push_rate:>9.0} jobs/s  (Lectern's pipelined push alone, {} ids per MULTI)",
+        "  floor: Redis alone",
+        lectern_core::jobs::PUSH_CHUNK
+    );
+    (copy_rate, push_rate)
 }
 
 /// Drains `drain_jobs` preloaded no-op jobs with `workers` fresh worker processes; jobs/s from the
 /// first start to the last finish (PostgreSQL's timestamps), and the rate of the preload (batched
 /// enqueue: one caller, 1,000 jobs per transaction, then their push).
-async fn lectern_drain(workers: usize, drain_jobs: usize, drain_concurrency: &str) -> (f64, f64) {
+async fn lectern_drain(
+    workers: usize,
+    drain_jobs: usize,
+    drain_concurrency: &str,
+) -> (f64, f64, Option<(f64, f64)>) {
     let app = TestApp::spawn_with(Options {
         no_worker: true,
         env: vec![
@@ -511,11 +679,26 @@ async fn lectern_drain(workers: usize, drain_jobs: usize, drain_concurrency: &st
     })
     .await;
     let services = services(&app);
+    let per_transaction = bulk_batch();
+    let floors = if workers == 1 {
+        Some(enqueue_floors(&app, &services, drain_jobs, per_transaction).await)
+    } else {
+        None
+    };
+    let batch = vec![noop(); drain_jobs];
     let loading = Instant::now();
-    for _ in 0..drain_jobs / ENQUEUE_BATCH {
-        assert!(enqueue_batch(&services, ENQUEUE_BATCH).await, "preload");
-    }
+    let queued = services
+        .jobs
+        .enqueue_bulk(&batch, None, per_transaction)
+        .await
+        .expect("preload");
     let loaded_in = loading.elapsed();
+    assert_eq!(queued.len(), drain_jobs, "preload");
+    println!(
+        "{:<34} {:>9.0} jobs/s  (enqueue_bulk: {per_transaction} per transaction, next write pipelined with this push)",
+        "  preload (batched enqueue)",
+        drain_jobs as f64 / loaded_in.as_secs_f64()
+    );
     let spawned = Instant::now();
     let procs: Vec<_> = (0..workers)
         .map(|i| app.spawn_worker(&format!("drain-{i}.log")))
@@ -558,7 +741,7 @@ async fn lectern_drain(workers: usize, drain_jobs: usize, drain_concurrency: &st
             peak_rss(p.pid())
         );
     }
-    (rate, drain_jobs as f64 / loaded_in.as_secs_f64())
+    (rate, drain_jobs as f64 / loaded_in.as_secs_f64(), floors)
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -627,11 +810,16 @@ async fn vs_bullmq(seconds: u64) {
         "Lectern vs BullMQ: {cores} cores, PostgreSQL and Redis on loopback, {jobs} preloaded no-op jobs per drain, {rounds} rounds interleaved"
     );
     let (mut ours, mut theirs, mut enqueued) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut copy_floor, mut push_floor) = (Vec::new(), Vec::new());
     for round in 1..=rounds {
         println!("-- round {round}");
-        let (drained, preloaded) = lectern_drain(1, jobs, &concurrency).await;
+        let (drained, preloaded, floors) = lectern_drain(1, jobs, &concurrency).await;
         ours.push(drained);
         enqueued.push(preloaded);
+        if let Some((copy, push)) = floors {
+            copy_floor.push(copy);
+            push_floor.push(push);
+        }
         match bullmq(&["drain", &jobs.to_string()]) {
             Some(r) => {
                 let rate = r["jobs_per_s"].as_f64().unwrap_or(f64::NAN);
@@ -672,8 +860,17 @@ async fn vs_bullmq(seconds: u64) {
     println!("drain, Lectern 1 worker      {} jobs/s", stats(&ours));
     println!("drain, BullMQ 1 worker       {} jobs/s", stats(&theirs));
     println!(
-        "batched enqueue (preload)    {} jobs/s  [>= 100,000]  (1 caller, 1,000 per transaction)",
-        stats(&enqueued)
+        "batched enqueue (preload)    {} jobs/s  [>= 100,000]  (1 caller, enqueue_bulk, {} per transaction, pipelined)",
+        stats(&enqueued),
+        bulk_batch()
+    );
+    println!(
+        "  floor: bare COPY           {} jobs/s  (PostgreSQL alone, same rows and commits)",
+        stats(&copy_floor)
+    );
+    println!(
+        "  floor: bare Redis push     {} jobs/s  (pipelined, no PostgreSQL)",
+        stats(&push_floor)
     );
     println!(
         "drain ratio Lectern/BullMQ   {:.2}x  [>= 1.5x]  (per round: {})",
@@ -687,6 +884,14 @@ async fn vs_bullmq(seconds: u64) {
     println!(
         "enqueue-to-start p99         Lectern {:.2} ms (p50 {:.2}), BullMQ {their_p99:.2} ms  [Lectern <= BullMQ]",
         latency.p99, latency.p50
+    );
+    println!(
+        "  bare PostgreSQL commit p99 {:.2} ms  (the durable enqueue's own floor, same run)",
+        latency.commit_floor_p99
+    );
+    println!(
+        "  no-flush enqueue p99       {:.2} ms (p50 {:.2})  (the enqueue's COMMIT without its WAL flush, like BullMQ's Redis write: comparison only)",
+        latency.no_flush_p99, latency.no_flush_p50
     );
     println!(
         "COMMIT-to-start p99          {:.2} ms  [<= 5 ms]",
