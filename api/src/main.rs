@@ -16,7 +16,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use actix_web::{HttpServer, web};
-use lectern_core::config::Config;
+use lectern_core::config::{Config, ExposeSecret};
 use lectern_core::{Services, db, storage, telemetry};
 
 const USAGE: &str = "usage: lectern-api [serve | migrate | create-admin --email EMAIL [--name NAME]]
@@ -76,7 +76,7 @@ fn main() -> ExitCode {
 }
 
 async fn migrate(config: Config) -> anyhow::Result<()> {
-    let url = config.database_url.expose().to_owned();
+    let url = config.database_url.expose_secret().to_owned();
     let mut delay = Duration::from_millis(250);
     for attempt in 1.. {
         match db::ensure_database(&url).await {
@@ -99,7 +99,7 @@ async fn create_admin(config: Config, email: String, name: String) -> anyhow::Re
     let mut password = String::new();
     std::io::stdin().read_line(&mut password)?;
     let password = password.trim_end_matches(['\r', '\n']);
-    let pool = db::connect(config.database_url.expose()).await?;
+    let pool = db::connect(config.database_url.expose_secret()).await?;
     match lectern_core::accounts::create_admin(&pool, &email, password, &name).await {
         Ok(user) => {
             println!("admin {} ({})", user.email, user.id);
@@ -130,7 +130,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                 listener,
                 local.dir.clone(),
                 config.storage.access_key_id.clone(),
-                config.storage.secret_access_key.expose().to_owned(),
+                config.storage.secret_access_key.expose_secret().to_owned(),
                 config.cors_allowed_origins.clone(),
                 async {
                     let _ = local_s3_stopped.await;
@@ -149,7 +149,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     {
         let hub = hub.clone();
         tokio::spawn(lectern_core::events::subscribe(
-            services.config.redis_url.expose().to_owned(),
+            services.config.redis_url.expose_secret().to_owned(),
             services.config.queue_prefix.clone(),
             move |event| hub.deliver(event),
         ));

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use apalis::prelude::*;
 use apalis_redis::RedisStorage;
-use lectern_core::config::Config;
+use lectern_core::config::{Config, ExposeSecret};
 use lectern_core::jobs::{self, Queue};
 use lectern_core::{Services, telemetry};
 
@@ -81,7 +81,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
 
     let wakers = std::sync::Arc::new(jobs::wake::Wakers::new(&prefix));
     let listener = tokio::spawn({
-        let url = services.config.redis_url.expose().to_owned();
+        let url = services.config.redis_url.expose_secret().to_owned();
         let wakers = std::sync::Arc::clone(&wakers);
         async move { wakers.listen(url).await }
     });

@@ -2,8 +2,9 @@
 
 use std::time::Duration;
 
+use super::network::{IpNet, parse_block};
 use super::reader::Reader;
-use super::{Cidr, MIN_SECRET_LEN, Secret};
+use super::{ExposeSecret, MIN_SECRET_LEN, Secret};
 
 /// Accounts and authentication settings.
 #[derive(Debug, Clone)]
@@ -13,7 +14,7 @@ pub struct AuthConfig {
     pub access_token_ttl: Duration,
     pub refresh_token_ttl: Duration,
     /// Proxies whose `X-Forwarded-For` is believed.
-    pub trusted_proxies: Vec<Cidr>,
+    pub trusted_proxies: Vec<IpNet>,
     /// `RATE_LIMITS=off` disables every rate limit (behind a gateway that limits already).
     pub rate_limits: bool,
     /// Login attempts per client IP per minute.
@@ -42,13 +43,13 @@ pub(super) fn read_auth<F: Fn(&str) -> Option<String>>(r: &mut Reader<F>) -> Aut
             raw.split(',')
                 .map(str::trim)
                 .filter(|s| !s.is_empty())
-                .map(Secret::new)
+                .map(Secret::from)
                 .collect()
         })
         .unwrap_or_default();
     if previous_jwt_secrets
         .iter()
-        .any(|s| s.expose().len() < MIN_SECRET_LEN)
+        .any(|s| s.expose_secret().len() < MIN_SECRET_LEN)
     {
         r.problem(
             "JWT_PREVIOUS_SECRETS",
@@ -66,9 +67,9 @@ pub(super) fn read_auth<F: Fn(&str) -> Option<String>>(r: &mut Reader<F>) -> Aut
     let mut trusted_proxies = Vec::new();
     if let Some(raw) = r.raw("TRUSTED_PROXIES") {
         for item in raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-            match item.parse::<Cidr>() {
-                Ok(cidr) => trusted_proxies.push(cidr),
-                Err(()) => r.problem(
+            match parse_block(item) {
+                Some(block) => trusted_proxies.push(block),
+                None => r.problem(
                     "TRUSTED_PROXIES",
                     format!("{item:?} is not an IP address or CIDR block"),
                 ),
@@ -108,6 +109,7 @@ pub(super) fn read_auth<F: Fn(&str) -> Option<String>>(r: &mut Reader<F>) -> Aut
 
 #[cfg(test)]
 mod tests {
+    use crate::config::any_contains;
     use crate::config::testing::*;
 
     #[test]
@@ -118,11 +120,12 @@ mod tests {
         ])
         .expect("valid");
         let proxies = &config.auth.trusted_proxies;
-        assert!(proxies[0].contains("10.1.2.3".parse().expect("ip")));
-        assert!(!proxies[0].contains("11.1.2.3".parse().expect("ip")));
-        assert!(proxies[0].contains("::ffff:10.9.9.9".parse().expect("ip")));
-        assert!(proxies[1].contains("::1".parse().expect("ip")));
-        assert!(!proxies[1].contains("127.0.0.1".parse().expect("ip")));
+        let holds = |i: usize, ip: &str| any_contains(&proxies[i..=i], ip.parse().expect("ip"));
+        assert!(holds(0, "10.1.2.3"));
+        assert!(!holds(0, "11.1.2.3"));
+        assert!(holds(0, "::ffff:10.9.9.9"));
+        assert!(holds(1, "::1"));
+        assert!(!holds(1, "127.0.0.1"));
         let err =
             load(&[("JWT_SECRET", SECRET), ("TRUSTED_PROXIES", "10.0.0.0/33")]).expect_err("bad");
         assert!(err.problems.contains_key("TRUSTED_PROXIES"));

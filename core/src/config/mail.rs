@@ -26,7 +26,7 @@ pub(super) fn read_mail<F: Fn(&str) -> Option<String>>(r: &mut Reader<F>) -> Mai
     let transport = match r.raw("SMTP_URL") {
         Some(raw) => {
             r.url("SMTP_URL", &raw, &["smtp", "smtps"]);
-            MailTransport::Smtp(Secret::new(raw))
+            MailTransport::Smtp(Secret::from(raw))
         }
         None => MailTransport::Folder(PathBuf::from(r.string("MAIL_DIR", "./data/mail"))),
     };

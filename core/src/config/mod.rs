@@ -12,7 +12,6 @@ mod reader;
 mod storage;
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -22,30 +21,13 @@ pub use auth::AuthConfig;
 pub use cors::{AllowedOrigins, OriginPattern};
 pub use mail::{MailConfig, MailTransport};
 pub use media::MediaConfig;
-pub use network::Cidr;
+pub use network::{IpNet, any_contains};
 pub use reader::ConfigError;
 use reader::Reader;
+/// A secret string that never prints itself (logs, panics, `Debug`) and is wiped on drop; read
+/// it with [`ExposeSecret::expose_secret`].
+pub use secrecy::{ExposeSecret, SecretString as Secret};
 pub use storage::{LocalStorage, StorageConfig};
-
-/// A secret string that never prints itself (logs, panics, `Debug`).
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -260,15 +242,15 @@ impl Config {
             public_url,
             frontend_url,
             cors_allowed_origins,
-            database_url: Secret::new(database_url),
+            database_url: Secret::from(database_url),
             database_max_connections,
-            redis_url: Secret::new(redis_url),
+            redis_url: Secret::from(redis_url),
             queue_prefix,
             storage,
             mail,
             enrollment_notice_window,
-            jwt_secret: Secret::new(jwt_secret),
-            admin_token: admin_token.map(Secret::new),
+            jwt_secret: Secret::from(jwt_secret),
+            admin_token: admin_token.map(Secret::from),
             auth,
             worker_concurrency,
             job_timeouts,

@@ -1,55 +1,19 @@
-//! Address blocks (`TRUSTED_PROXIES`).
+//! Address blocks (`TRUSTED_PROXIES`), as [`IpNet`]s.
 
 use std::net::IpAddr;
-use std::str::FromStr;
 
-/// An address block (`10.0.0.0/8`, `::1/128`, or a single address).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr {
-    pub addr: IpAddr,
-    pub prefix: u8,
+pub use ipnet::IpNet;
+
+/// An address block (`10.0.0.0/8`, `::1/128`), or a single address as the block holding only it.
+pub(super) fn parse_block(s: &str) -> Option<IpNet> {
+    s.parse::<IpNet>()
+        .ok()
+        .or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from))
 }
 
-impl FromStr for Cidr {
-    type Err = ();
-
-    fn from_str(s: &str) -> Result<Self, ()> {
-        let (addr, prefix) = match s.split_once('/') {
-            Some((a, p)) => (
-                a.parse::<IpAddr>().map_err(|_| ())?,
-                Some(p.parse::<u8>().map_err(|_| ())?),
-            ),
-            None => (s.parse::<IpAddr>().map_err(|_| ())?, None),
-        };
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = prefix.unwrap_or(max);
-        if prefix > max {
-            return Err(());
-        }
-        Ok(Cidr { addr, prefix })
-    }
-}
-
-impl Cidr {
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        fn bits(ip: IpAddr) -> (u128, u8) {
-            match ip {
-                IpAddr::V4(v4) => (u128::from(u32::from(v4)) << 96, 32),
-                IpAddr::V6(v6) => (u128::from(v6), 128),
-            }
-        }
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-            v4 => v4,
-        };
-        let ((net, net_len), (candidate, len)) = (bits(self.addr), bits(ip));
-        if net_len != len {
-            return false;
-        }
-        if self.prefix == 0 {
-            return true;
-        }
-        let shift = 128 - u32::from(self.prefix);
-        (net >> shift) == (candidate >> shift)
-    }
+/// Whether one of `blocks` holds `ip`. An IPv4-mapped IPv6 address (`::ffff:10.0.0.1`, as a
+/// dual-stack socket reports an IPv4 peer) counts as its IPv4 address.
+pub fn any_contains(blocks: &[IpNet], ip: IpAddr) -> bool {
+    let ip = ip.to_canonical();
+    blocks.iter().any(|block| block.contains(&ip))
 }

@@ -52,7 +52,7 @@ pub(super) fn read_storage<F: Fn(&str) -> Option<String>>(r: &mut Reader<F>) -> 
                 bucket,
                 region,
                 access_key_id,
-                secret_access_key: Secret::new(secret),
+                secret_access_key: Secret::from(secret),
                 force_path_style: true,
                 local: Some(LocalStorage { dir, port }),
             }
@@ -69,7 +69,7 @@ pub(super) fn read_storage<F: Fn(&str) -> Option<String>>(r: &mut Reader<F>) -> 
                 bucket,
                 region,
                 access_key_id,
-                secret_access_key: Secret::new(secret),
+                secret_access_key: Secret::from(secret),
                 force_path_style,
                 local: None,
             }
@@ -84,7 +84,7 @@ pub(super) fn read_storage<F: Fn(&str) -> Option<String>>(r: &mut Reader<F>) -> 
                 bucket,
                 region,
                 access_key_id: String::new(),
-                secret_access_key: Secret::new(""),
+                secret_access_key: Secret::from(""),
                 force_path_style: false,
                 local: None,
             }

@@ -28,6 +28,7 @@ use uuid::Uuid;
 
 use crate::Services;
 use crate::auth::{Principal, Role};
+use crate::config::ExposeSecret;
 use crate::error::{Error, FieldErrors, Result};
 use crate::jobs::{self, Job, JobError, JobReference, JobView};
 use crate::storage::{PresignedRequest, StorageError};
@@ -1720,7 +1721,9 @@ fn playback_token(services: &Services, id: Uuid, expires_at: DateTime<Utc>) -> R
     jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
         &claims,
-        &jsonwebtoken::EncodingKey::from_secret(services.config.jwt_secret.expose().as_bytes()),
+        &jsonwebtoken::EncodingKey::from_secret(
+            services.config.jwt_secret.expose_secret().as_bytes(),
+        ),
     )
     .map_err(Error::internal)
 }
@@ -1733,7 +1736,9 @@ fn check_playback_token(services: &Services, id: Uuid, token: &str) -> Result<()
     let denied = || Error::NotFound("media");
     let data = jsonwebtoken::decode::<PlaybackClaims>(
         token,
-        &jsonwebtoken::DecodingKey::from_secret(services.config.jwt_secret.expose().as_bytes()),
+        &jsonwebtoken::DecodingKey::from_secret(
+            services.config.jwt_secret.expose_secret().as_bytes(),
+        ),
         &validation,
     )
     .map_err(|_| denied())?;
