@@ -1,4 +1,4 @@
-//! `lectern-api`: the HTTP API. Subcommands: `serve` (default), `migrate`.
+//! `lectern-api`: the HTTP API. Subcommands: `serve` (default), `migrate`, `create-admin`.
 
 mod app;
 mod auth;
@@ -16,21 +16,41 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use actix_web::{HttpServer, web};
+use clap::{Parser, Subcommand};
 use lectern_core::config::{Config, ExposeSecret};
 use lectern_core::{Services, db, storage, telemetry};
 
-const USAGE: &str = "usage: lectern-api [serve | migrate | create-admin --email EMAIL [--name NAME]]
-  serve          run the HTTP API (default)
-  migrate        create the database if needed and apply pending migrations (the Procfile's release step)
-  create-admin   create an admin account (or promote an existing one); the password is read from standard input";
+/// Lectern's HTTP API.
+#[derive(Parser)]
+#[command(name = "lectern-api", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the HTTP API (the default).
+    Serve,
+    /// Create the database if needed and apply pending migrations (the Procfile's release step).
+    Migrate,
+    /// Create an admin account (or promote an existing one); the password is read from standard
+    /// input.
+    CreateAdmin {
+        #[arg(long)]
+        email: String,
+        #[arg(long, default_value = "Administrator")]
+        name: String,
+    },
+}
 
 /// Exit code for invalid configuration, distinct from run-time failures.
 const EXIT_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
-    let command = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "serve".to_owned());
+    // `--help`, `--version` and bad arguments end here (exit 0, or 2 for a usage error), before
+    // any configuration is read.
+    let command = Cli::parse().command.unwrap_or(Command::Serve);
     let config = match Config::from_env() {
         Ok(config) => config,
         Err(e) => {
@@ -39,31 +59,11 @@ fn main() -> ExitCode {
         }
     };
     telemetry::init(config.log_format);
-    let outcome = match command.as_str() {
-        "serve" => actix_web::rt::System::new().block_on(serve(config)),
-        "migrate" => actix_web::rt::System::new().block_on(migrate(config)),
-        "create-admin" => {
-            let args: Vec<String> = std::env::args().skip(2).collect();
-            let flag = |name: &str| {
-                args.iter()
-                    .position(|a| a == name)
-                    .and_then(|i| args.get(i + 1))
-                    .cloned()
-            };
-            let Some(email) = flag("--email") else {
-                eprintln!("lectern-api: create-admin needs --email EMAIL\n{USAGE}");
-                return ExitCode::from(EXIT_CONFIG);
-            };
-            let name = flag("--name").unwrap_or_else(|| "Administrator".to_owned());
+    let outcome = match command {
+        Command::Serve => actix_web::rt::System::new().block_on(serve(config)),
+        Command::Migrate => actix_web::rt::System::new().block_on(migrate(config)),
+        Command::CreateAdmin { email, name } => {
             actix_web::rt::System::new().block_on(create_admin(config, email, name))
-        }
-        "help" | "--help" | "-h" => {
-            println!("{USAGE}");
-            Ok(())
-        }
-        other => {
-            eprintln!("lectern-api: unknown command {other:?}\n{USAGE}");
-            return ExitCode::from(EXIT_CONFIG);
         }
     };
     match outcome {

@@ -17,8 +17,16 @@ use lectern_core::{Services, telemetry};
 
 const EXIT_CONFIG: u8 = 2;
 
+/// Runs the jobs the API enqueues; scale out by running more copies. Configured by environment
+/// variables (see the README); takes no arguments besides these.
+#[derive(clap::Parser)]
+#[command(name = "lectern-worker", version, about)]
+struct Cli {}
+
 #[tokio::main]
 async fn main() -> ExitCode {
+    // `--help`, `--version` and bad arguments end here, before any configuration is read.
+    let Cli {} = <Cli as clap::Parser>::parse();
     let config = match Config::from_env() {
         Ok(config) => config,
         Err(e) => {
