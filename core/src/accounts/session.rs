@@ -158,7 +158,7 @@ pub async fn authenticate(services: &Services, token: &str) -> Result<AuthUser> 
         .ok_or_else(session_ended)?;
     Ok(AuthUser {
         id: claims.sub,
-        role: Role::parse(&role).unwrap_or(Role::Student),
+        role,
         session_id: claims.sid,
         email_verified,
     })
@@ -178,7 +178,7 @@ pub(super) async fn live_session(
     services: &Services,
     session_id: Uuid,
     user_id: Uuid,
-) -> Result<Option<(String, bool)>> {
+) -> Result<Option<(Role, bool)>> {
     Ok(sqlx::query_as(
         "SELECT u.role, u.email_verified_at IS NOT NULL
            FROM sessions s JOIN users u ON u.id = s.user_id

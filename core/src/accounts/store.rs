@@ -14,7 +14,7 @@ pub(super) struct UserRow {
     email: String,
     full_name: String,
     bio: String,
-    role: String,
+    role: Role,
     email_verified_at: Option<DateTime<Utc>>,
     notify_email: bool,
     notify_in_app: bool,
@@ -36,7 +36,7 @@ impl From<UserRow> for UserView {
             email: r.email,
             full_name: r.full_name,
             bio: r.bio,
-            role: Role::parse(&r.role).unwrap_or(Role::Student),
+            role: r.role,
             email_verified: r.email_verified_at.is_some(),
             notification_preferences: NotificationPreferences {
                 email: r.notify_email,
