@@ -9,8 +9,10 @@ use actix_web::{FromRequest, HttpRequest, web};
 use futures::future::LocalBoxFuture;
 use lectern_core::accounts::{self, ClientInfo};
 use lectern_core::auth::{self, Principal, SignedUser};
+use lectern_core::config::{self, ExposeSecret};
 use lectern_core::{Error, Services};
 use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 
 use crate::error::ApiError;
 
@@ -36,10 +38,7 @@ fn bearer(req: &HttpRequest) -> Option<String> {
 /// Compares digests so the comparison takes the same time wherever the strings differ.
 fn same_secret(a: &str, b: &str) -> bool {
     let (da, db) = (Sha256::digest(a.as_bytes()), Sha256::digest(b.as_bytes()));
-    da.iter()
-        .zip(db.iter())
-        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-        == 0
+    da.as_slice().ct_eq(db.as_slice()).into()
 }
 
 async fn principal(
@@ -49,7 +48,7 @@ async fn principal(
     let services =
         services.ok_or_else(|| ApiError::Core(Error::Internal("services missing".into())))?;
     if let Some(admin) = &services.config.admin_token
-        && same_secret(&token, admin.expose())
+        && same_secret(&token, admin.expose_secret())
     {
         return Ok(Principal::Operator);
     }
@@ -102,7 +101,7 @@ fn signed(
         services.ok_or_else(|| ApiError::Core(Error::Internal("services missing".into())))?;
     let token = token.ok_or(ApiError::Core(Error::unauthenticated()))?;
     if let Some(admin) = &services.config.admin_token
-        && same_secret(&token, admin.expose())
+        && same_secret(&token, admin.expose_secret())
     {
         return Err(ApiError::Core(auth::user_required()));
     }
@@ -155,7 +154,7 @@ impl FromRequest for Client {
             .app_data::<web::Data<Services>>()
             .map(|s| s.config.auth.trusted_proxies.clone())
             .unwrap_or_default();
-        let is_trusted = |ip: IpAddr| trusted.iter().any(|c| c.contains(ip));
+        let is_trusted = |ip: IpAddr| config::any_contains(&trusted, ip);
         let peer = req.peer_addr().map(|a| a.ip());
         let mut ip = peer;
         if peer.is_some_and(is_trusted) {

@@ -1,4 +1,4 @@
-//! `lectern-api`: the HTTP API. Subcommands: `serve` (default), `migrate`.
+//! `lectern-api`: the HTTP API. Subcommands: `serve` (default), `migrate`, `create-admin`.
 
 mod app;
 mod auth;
@@ -16,21 +16,41 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use actix_web::{HttpServer, web};
-use lectern_core::config::Config;
+use clap::{Parser, Subcommand};
+use lectern_core::config::{Config, ExposeSecret};
 use lectern_core::{Services, db, storage, telemetry};
 
-const USAGE: &str = "usage: lectern-api [serve | migrate | create-admin --email EMAIL [--name NAME]]
-  serve          run the HTTP API (default)
-  migrate        create the database if needed and apply pending migrations (the Procfile's release step)
-  create-admin   create an admin account (or promote an existing one); the password is read from standard input";
+/// Lectern's HTTP API.
+#[derive(Parser)]
+#[command(name = "lectern-api", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the HTTP API (the default).
+    Serve,
+    /// Create the database if needed and apply pending migrations (the Procfile's release step).
+    Migrate,
+    /// Create an admin account (or promote an existing one); the password is read from standard
+    /// input.
+    CreateAdmin {
+        #[arg(long)]
+        email: String,
+        #[arg(long, default_value = "Administrator")]
+        name: String,
+    },
+}
 
 /// Exit code for invalid configuration, distinct from run-time failures.
 const EXIT_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
-    let command = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "serve".to_owned());
+    // `--help`, `--version` and bad arguments end here (exit 0, or 2 for a usage error), before
+    // any configuration is read.
+    let command = Cli::parse().command.unwrap_or(Command::Serve);
     let config = match Config::from_env() {
         Ok(config) => config,
         Err(e) => {
@@ -39,31 +59,11 @@ fn main() -> ExitCode {
         }
     };
     telemetry::init(config.log_format);
-    let outcome = match command.as_str() {
-        "serve" => actix_web::rt::System::new().block_on(serve(config)),
-        "migrate" => actix_web::rt::System::new().block_on(migrate(config)),
-        "create-admin" => {
-            let args: Vec<String> = std::env::args().skip(2).collect();
-            let flag = |name: &str| {
-                args.iter()
-                    .position(|a| a == name)
-                    .and_then(|i| args.get(i + 1))
-                    .cloned()
-            };
-            let Some(email) = flag("--email") else {
-                eprintln!("lectern-api: create-admin needs --email EMAIL\n{USAGE}");
-                return ExitCode::from(EXIT_CONFIG);
-            };
-            let name = flag("--name").unwrap_or_else(|| "Administrator".to_owned());
+    let outcome = match command {
+        Command::Serve => actix_web::rt::System::new().block_on(serve(config)),
+        Command::Migrate => actix_web::rt::System::new().block_on(migrate(config)),
+        Command::CreateAdmin { email, name } => {
             actix_web::rt::System::new().block_on(create_admin(config, email, name))
-        }
-        "help" | "--help" | "-h" => {
-            println!("{USAGE}");
-            Ok(())
-        }
-        other => {
-            eprintln!("lectern-api: unknown command {other:?}\n{USAGE}");
-            return ExitCode::from(EXIT_CONFIG);
         }
     };
     match outcome {
@@ -76,7 +76,7 @@ fn main() -> ExitCode {
 }
 
 async fn migrate(config: Config) -> anyhow::Result<()> {
-    let url = config.database_url.expose().to_owned();
+    let url = config.database_url.expose_secret().to_owned();
     let mut delay = Duration::from_millis(250);
     for attempt in 1.. {
         match db::ensure_database(&url).await {
@@ -99,7 +99,7 @@ async fn create_admin(config: Config, email: String, name: String) -> anyhow::Re
     let mut password = String::new();
     std::io::stdin().read_line(&mut password)?;
     let password = password.trim_end_matches(['\r', '\n']);
-    let pool = db::connect(config.database_url.expose()).await?;
+    let pool = db::connect(config.database_url.expose_secret()).await?;
     match lectern_core::accounts::create_admin(&pool, &email, password, &name).await {
         Ok(user) => {
             println!("admin {} ({})", user.email, user.id);
@@ -130,7 +130,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                 listener,
                 local.dir.clone(),
                 config.storage.access_key_id.clone(),
-                config.storage.secret_access_key.expose().to_owned(),
+                config.storage.secret_access_key.expose_secret().to_owned(),
                 config.cors_allowed_origins.clone(),
                 async {
                     let _ = local_s3_stopped.await;
@@ -149,7 +149,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     {
         let hub = hub.clone();
         tokio::spawn(lectern_core::events::subscribe(
-            services.config.redis_url.expose().to_owned(),
+            services.config.redis_url.expose_secret().to_owned(),
             services.config.queue_prefix.clone(),
             move |event| hub.deliver(event),
         ));

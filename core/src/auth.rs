@@ -6,8 +6,13 @@ use uuid::Uuid;
 
 use crate::error::{Error, Result};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+/// `users.role` (`text` with a CHECK): decoded straight from rows, so an unknown value is a
+/// decode error, never a default.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
 pub enum Role {
     Student,
     Instructor,
@@ -20,15 +25,6 @@ impl Role {
             Role::Student => "student",
             Role::Instructor => "instructor",
             Role::Admin => "admin",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Role> {
-        match s {
-            "student" => Some(Role::Student),
-            "instructor" => Some(Role::Instructor),
-            "admin" => Some(Role::Admin),
-            _ => None,
         }
     }
 }

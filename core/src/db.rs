@@ -7,7 +7,7 @@ use std::time::Duration;
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
-use crate::config::Config;
+use crate::config::{Config, ExposeSecret};
 
 /// The migrations in `migrations/`, compiled into the binaries.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
@@ -15,8 +15,8 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 /// A pool that connects on first use; a request made while PostgreSQL is down waits at most
 /// `acquire_timeout` and then fails with a "database unavailable" error (HTTP 503).
 pub fn lazy_pool(config: &Config) -> Result<PgPool, sqlx::Error> {
-    let options =
-        PgConnectOptions::from_str(config.database_url.expose())?.application_name("lectern");
+    let options = PgConnectOptions::from_str(config.database_url.expose_secret())?
+        .application_name("lectern");
     Ok(PgPoolOptions::new()
         .max_connections(config.database_max_connections)
         .acquire_timeout(Duration::from_secs(3))

@@ -9,7 +9,7 @@ use hmac::Mac;
 use serde::Serialize;
 use sha2::Sha256;
 
-use crate::config::Secret;
+use crate::config::{ExposeSecret, Secret};
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Page<T> {
@@ -41,7 +41,8 @@ const TAG_LEN: usize = 16;
 /// A MAC keyed by a key of its own derived from the JWT secret, so a cursor tag can never stand
 /// in for any other signature made with that secret.
 fn cursor_mac(secret: &Secret) -> Option<hmac::Hmac<Sha256>> {
-    let mut derive = hmac::Hmac::<Sha256>::new_from_slice(secret.expose().as_bytes()).ok()?;
+    let mut derive =
+        hmac::Hmac::<Sha256>::new_from_slice(secret.expose_secret().as_bytes()).ok()?;
     derive.update(b"lectern/page-cursor/v1");
     hmac::Hmac::<Sha256>::new_from_slice(&derive.finalize().into_bytes()).ok()
 }
@@ -85,7 +86,7 @@ mod tests {
 
     #[test]
     fn a_cursor_round_trips_and_an_edited_one_is_refused() {
-        let secret = Secret::new("a-secret-long-enough-for-the-tests-0123456789");
+        let secret = Secret::from("a-secret-long-enough-for-the-tests-0123456789");
         let c = encode_cursor(&secret, &("abc", 7));
         let back: (String, i32) = decode_cursor(&secret, &c).expect("a cursor we made");
         assert_eq!(back, ("abc".to_owned(), 7));
@@ -93,7 +94,7 @@ mod tests {
         let forged = format!("{}.{sig}", hex::encode(br#"["x",7]"#));
         assert!(decode_cursor::<(String, i32)>(&secret, &forged).is_err());
         assert!(decode_cursor::<(String, i32)>(&secret, body).is_err());
-        let other = Secret::new("another-secret-long-enough-for-the-tests-01234");
+        let other = Secret::from("another-secret-long-enough-for-the-tests-01234");
         assert!(decode_cursor::<(String, i32)>(&other, &c).is_err());
     }
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use redis::aio::ConnectionManager;
 use sqlx::PgPool;
 
-use crate::config::Config;
+use crate::config::{Config, ExposeSecret};
 use crate::jobs::{self, JobQueue};
 use crate::learning::progress::Batcher;
 use crate::mail::{MailError, Mailer};
@@ -39,7 +39,7 @@ impl Services {
     /// Must run inside a Tokio runtime (the SMTP pool and the lazy connections spawn tasks).
     pub fn new(config: Config) -> Result<Self, StartError> {
         let db = crate::db::lazy_pool(&config)?;
-        let redis = jobs::redis_connection(config.redis_url.expose())?;
+        let redis = jobs::redis_connection(config.redis_url.expose_secret())?;
         let jobs = JobQueue::new(db.clone(), redis.clone(), &config.queue_prefix);
         let storage = Storage::new(&config.storage).with_cors(&config.cors_allowed_origins);
         let mailer = Mailer::new(&config.mail)?;

@@ -143,7 +143,7 @@ impl TestS3 {
             bucket: BUCKET.into(),
             region: "us-east-1".into(),
             access_key_id: S3_KEY.into(),
-            secret_access_key: lectern_core::config::Secret::new(S3_SECRET),
+            secret_access_key: lectern_core::config::Secret::from(S3_SECRET),
             force_path_style: true,
             local: None,
         }

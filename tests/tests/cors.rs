@@ -298,7 +298,7 @@ async fn local_s3(origins: &str) -> (Storage, StorageConfig, tokio::sync::onesho
         bucket: "cors-test".into(),
         region: "us-east-1".into(),
         access_key_id: S3_KEY.into(),
-        secret_access_key: Secret::new(S3_SECRET),
+        secret_access_key: Secret::from(S3_SECRET),
         force_path_style: true,
         local: None,
     };

@@ -476,7 +476,7 @@ async fn the_embedded_s3_endpoint_refuses_the_published_key_pair() {
             bucket: lectern_tests::BUCKET.into(),
             region: "us-east-1".into(),
             access_key_id: key.into(),
-            secret_access_key: lectern_core::config::Secret::new(secret),
+            secret_access_key: lectern_core::config::Secret::from(secret),
             force_path_style: true,
             local: None,
         })

@@ -12,14 +12,22 @@ use std::time::Duration;
 
 use apalis::prelude::*;
 use apalis_redis::RedisStorage;
-use lectern_core::config::Config;
+use lectern_core::config::{Config, ExposeSecret};
 use lectern_core::jobs::{self, Queue};
 use lectern_core::{Services, telemetry};
 
 const EXIT_CONFIG: u8 = 2;
 
+/// Runs the jobs the API enqueues; scale out by running more copies. Configured by environment
+/// variables (see the README); takes no arguments besides these.
+#[derive(clap::Parser)]
+#[command(name = "lectern-worker", version, about)]
+struct Cli {}
+
 #[tokio::main]
 async fn main() -> ExitCode {
+    // `--help`, `--version` and bad arguments end here, before any configuration is read.
+    let Cli {} = <Cli as clap::Parser>::parse();
     let config = match Config::from_env() {
         Ok(config) => config,
         Err(e) => {
@@ -89,7 +97,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
 
     let wakers = std::sync::Arc::new(jobs::wake::Wakers::new(&prefix));
     let listener = tokio::spawn({
-        let url = services.config.redis_url.expose().to_owned();
+        let url = services.config.redis_url.expose_secret().to_owned();
         let wakers = std::sync::Arc::clone(&wakers);
         async move { wakers.listen(url).await }
     });

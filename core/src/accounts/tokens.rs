@@ -7,10 +7,11 @@ use chrono::Utc;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
 use crate::auth::Role;
-use crate::config::{Config, Secret};
+use crate::config::{Config, ExposeSecret, Secret};
 use crate::error::{Error, Result};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -29,7 +30,7 @@ const ISSUER: &str = "lectern";
 
 /// A key id derived from the secret, so tokens say which key signed them without revealing it.
 fn kid(secret: &Secret) -> String {
-    hex::encode(&Sha256::digest(secret.expose().as_bytes())[..8])
+    hex::encode(&Sha256::digest(secret.expose_secret().as_bytes())[..8])
 }
 
 pub fn issue_access(
@@ -54,7 +55,7 @@ pub fn issue_access(
     let token = jsonwebtoken::encode(
         &header,
         &claims,
-        &EncodingKey::from_secret(config.jwt_secret.expose().as_bytes()),
+        &EncodingKey::from_secret(config.jwt_secret.expose_secret().as_bytes()),
     )
     .map_err(|e| Error::Internal(Box::new(e)))?;
     Ok((token, ttl.as_secs()))
@@ -87,7 +88,7 @@ pub fn verify_access(config: &Config, token: &str) -> Result<Claims> {
     validation.set_required_spec_claims(&["exp", "iat", "sub", "iss"]);
     jsonwebtoken::decode::<Claims>(
         token,
-        &DecodingKey::from_secret(secret.expose().as_bytes()),
+        &DecodingKey::from_secret(secret.expose_secret().as_bytes()),
         &validation,
     )
     .map(|data| data.claims)
@@ -130,20 +131,15 @@ pub fn verify_signed_id(config: &Config, purpose: &str, token: &str) -> Option<U
         .chain(config.auth.previous_jwt_secrets.iter())
         .any(|secret| {
             let expected = mac(secret, purpose, id);
-            // Constant time: fold every byte before deciding.
-            expected.len() == sig.len()
-                && expected
-                    .iter()
-                    .zip(&sig)
-                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                    == 0
+            same_bytes(&expected, &sig)
         })
         .then_some(id)
 }
 
 fn mac(secret: &Secret, purpose: &str, id: Uuid) -> Vec<u8> {
     use hmac::Mac;
-    let Ok(mut mac) = hmac::Hmac::<Sha256>::new_from_slice(secret.expose().as_bytes()) else {
+    let Ok(mut mac) = hmac::Hmac::<Sha256>::new_from_slice(secret.expose_secret().as_bytes())
+    else {
         return Vec::new();
     };
     mac.update(purpose.as_bytes());
@@ -155,7 +151,8 @@ fn mac(secret: &Secret, purpose: &str, id: Uuid) -> Vec<u8> {
 /// HMAC-SHA256 of `purpose` and `parts` (each length-prefixed, so parts cannot run together).
 fn mac_parts(secret: &Secret, purpose: &str, parts: &[&[u8]]) -> Vec<u8> {
     use hmac::Mac;
-    let Ok(mut mac) = hmac::Hmac::<Sha256>::new_from_slice(secret.expose().as_bytes()) else {
+    let Ok(mut mac) = hmac::Hmac::<Sha256>::new_from_slice(secret.expose_secret().as_bytes())
+    else {
         return Vec::new();
     };
     mac.update(purpose.as_bytes());
@@ -166,8 +163,9 @@ fn mac_parts(secret: &Secret, purpose: &str, parts: &[&[u8]]) -> Vec<u8> {
     mac.finalize().into_bytes().to_vec()
 }
 
+/// Compares in constant time (a length mismatch answers at once: lengths are not secret).
 fn same_bytes(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    a.ct_eq(b).into()
 }
 
 /// The secret of the one-time token whose row is `token_id`, derived from the signing secret.

@@ -475,7 +475,7 @@ pub async fn search(services: &Services, params: &SearchParams) -> Result<Page<C
 /// The SQL of a search (its exact or its typo-tolerant pass), for `EXPLAIN` in tests.
 /// The statement does not depend on the key, so cursors here are checked against an empty one.
 pub fn search_sql(params: &SearchParams, fuzzy: bool) -> Result<String> {
-    let mut filters = parse(params, &Secret::new(String::new()))?;
+    let mut filters = parse(params, &Secret::from(String::new()))?;
     filters.fuzzy = fuzzy;
     Ok(build(&filters).sql().as_str().to_owned())
 }
@@ -587,7 +587,7 @@ mod tests {
     }
 
     fn fields_of(p: &SearchParams) -> Vec<String> {
-        match parse(p, &Secret::new(String::new())) {
+        match parse(p, &Secret::from(String::new())) {
             Err(Error::Validation(f)) => f.0.keys().cloned().collect(),
             _ => Vec::new(),
         }
@@ -617,13 +617,13 @@ mod tests {
     #[test]
     fn relevance_is_the_default_order_only_with_a_query() {
         assert_eq!(
-            parse(&params(&[("q", "rust")]), &Secret::new(String::new()))
+            parse(&params(&[("q", "rust")]), &Secret::from(String::new()))
                 .map(|f| f.order)
                 .ok(),
             Some(Order::Relevance)
         );
         assert_eq!(
-            parse(&params(&[]), &Secret::new(String::new()))
+            parse(&params(&[]), &Secret::from(String::new()))
                 .map(|f| f.order)
                 .ok(),
             Some(Order::Newest)

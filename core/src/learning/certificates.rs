@@ -23,8 +23,10 @@ use crate::mail::EmailTemplate;
 
 /// How long the signed link to a certificate's PDF lives.
 const PDF_LINK_TTL: Duration = Duration::from_secs(15 * 60);
-const FONT_REGULAR: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
-const FONT_BOLD: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf";
+/// DejaVu Sans, embedded in the binary so a deployed binary needs no system fonts (licence:
+/// `core/assets/fonts/LICENSE`).
+const FONT_REGULAR: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
+const FONT_BOLD: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans-Bold.ttf");
 
 /// Queues the issue-certificate job for a completed enrollment, in the caller's transaction.
 pub async fn queue_issue(
@@ -203,16 +205,13 @@ fn fonts() -> std::result::Result<&'static Fonts, String> {
     static FONTS: OnceLock<std::result::Result<Fonts, String>> = OnceLock::new();
     FONTS
         .get_or_init(|| {
-            let load = |path: &str| {
-                let data = std::fs::read(path).map_err(|e| {
-                    format!("certificate font {path} is missing ({e}); install fonts-dejavu-core")
-                })?;
+            let load = |name: &str, data: &'static [u8]| {
                 krilla::text::Font::new(data.into(), 0)
-                    .ok_or_else(|| format!("certificate font {path} is not a usable font"))
+                    .ok_or_else(|| format!("the embedded certificate font {name} is not usable"))
             };
             Ok(Fonts {
-                regular: load(FONT_REGULAR)?,
-                bold: load(FONT_BOLD)?,
+                regular: load("DejaVuSans.ttf", FONT_REGULAR)?,
+                bold: load("DejaVuSans-Bold.ttf", FONT_BOLD)?,
             })
         })
         .as_ref()

@@ -461,9 +461,12 @@ pub(crate) async fn refresh_enrollment(
     conn: &mut sqlx::PgConnection,
     enrollment_id: Uuid,
 ) -> Result<(f64, bool, bool)> {
-    sqlx::query!("SELECT 1 AS locked FROM enrollments WHERE id = $1 FOR UPDATE", enrollment_id)
-        .fetch_optional(&mut *conn)
-        .await?;
+    sqlx::query!(
+        "SELECT 1 AS locked FROM enrollments WHERE id = $1 FOR UPDATE",
+        enrollment_id
+    )
+    .fetch_optional(&mut *conn)
+    .await?;
     let row = sqlx::query!(
         r#"WITH p AS (
              SELECT CASE WHEN count(*) = 0 THEN 0

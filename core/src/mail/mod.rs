@@ -8,7 +8,7 @@ use lettre::{AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, To
 use minijinja::Environment;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{MailConfig, MailTransport};
+use crate::config::{ExposeSecret, MailConfig, MailTransport};
 
 /// Every mail the product sends. Each has a subject, a plain-text and an HTML template.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -218,7 +218,7 @@ impl Mailer {
             .map_err(|_| MailError::InvalidAddress(config.from.clone()))?;
         let transport = match &config.transport {
             MailTransport::Smtp(url) => Transport::Smtp(
-                AsyncSmtpTransport::<Tokio1Executor>::from_url(url.expose())
+                AsyncSmtpTransport::<Tokio1Executor>::from_url(url.expose_secret())
                     .map_err(|e| MailError::Build(format!("SMTP_URL: {e}")))?
                     .timeout(Some(std::time::Duration::from_secs(20)))
                     .build(),

@@ -25,7 +25,12 @@ pub struct UploadCompleted {
 }
 
 /// Marks a media failed with a reason; its source object is removed (nothing half-written stays).
-pub(super) async fn refuse_upload(services: &Services, id: Uuid, key: &str, reason: &str) -> Result<()> {
+pub(super) async fn refuse_upload(
+    services: &Services,
+    id: Uuid,
+    key: &str,
+    reason: &str,
+) -> Result<()> {
     if let Err(e) = services.storage.delete(key).await {
         tracing::warn!(error = %e, "could not remove a refused upload; the sweep will");
     }
@@ -150,7 +155,12 @@ pub(super) fn not_uploaded() -> Error {
 /// PUT cannot be revoked: the client may write the upload key again until its URL expires, so
 /// what `/complete` checks and the jobs process is this copy, which no client can write. The row
 /// stays locked meanwhile, so concurrent completions freeze once.
-pub(super) async fn freeze_upload(services: &Services, id: Uuid, upload: &str, source: &str) -> Result<()> {
+pub(super) async fn freeze_upload(
+    services: &Services,
+    id: Uuid,
+    upload: &str,
+    source: &str,
+) -> Result<()> {
     let mut tx = services.db.begin().await?;
     let row = load(&mut tx, id, true)
         .await?
@@ -246,7 +256,11 @@ pub(super) async fn check_parts_total(
 }
 
 /// The sniffed type must agree with the declared one.
-pub(super) fn check_content(head: &[u8], declared: &str, kind: Kind) -> std::result::Result<(), String> {
+pub(super) fn check_content(
+    head: &[u8],
+    declared: &str,
+    kind: Kind,
+) -> std::result::Result<(), String> {
     match sniff::sniff(head) {
         Some(found) if sniff::compatible(declared, &found, kind) => Ok(()),
         Some(found) => Err(format!(

@@ -2,7 +2,6 @@
 
 use super::*;
 
-
 /// `DELETE /media/{id}`: the row goes now; a job removes every object.
 #[tracing::instrument(skip_all, fields(media_id = %id))]
 pub async fn delete(services: &Services, caller: &Principal, id: Uuid) -> Result<JobReference> {

@@ -1,7 +1,7 @@
 //! Playback: short-lived signed URLs, and the HLS playlists rewritten to carry them.
 
 use super::*;
-
+use crate::config::ExposeSecret;
 
 #[derive(Debug, Serialize, Deserialize)]
 pub(super) struct PlaybackClaims {
@@ -13,7 +13,11 @@ pub(super) struct PlaybackClaims {
 
 pub(super) const PLAYBACK_PURPOSE: &str = "media_playback";
 
-pub(super) fn playback_token(services: &Services, id: Uuid, expires_at: DateTime<Utc>) -> Result<String> {
+pub(super) fn playback_token(
+    services: &Services,
+    id: Uuid,
+    expires_at: DateTime<Utc>,
+) -> Result<String> {
     let claims = PlaybackClaims {
         sub: id,
         purpose: PLAYBACK_PURPOSE.into(),
@@ -22,7 +26,9 @@ pub(super) fn playback_token(services: &Services, id: Uuid, expires_at: DateTime
     jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
         &claims,
-        &jsonwebtoken::EncodingKey::from_secret(services.config.jwt_secret.expose().as_bytes()),
+        &jsonwebtoken::EncodingKey::from_secret(
+            services.config.jwt_secret.expose_secret().as_bytes(),
+        ),
     )
     .map_err(Error::internal)
 }
@@ -35,7 +41,9 @@ pub(super) fn check_playback_token(services: &Services, id: Uuid, token: &str) -
     let denied = || Error::NotFound("media");
     let data = jsonwebtoken::decode::<PlaybackClaims>(
         token,
-        &jsonwebtoken::DecodingKey::from_secret(services.config.jwt_secret.expose().as_bytes()),
+        &jsonwebtoken::DecodingKey::from_secret(
+            services.config.jwt_secret.expose_secret().as_bytes(),
+        ),
         &validation,
     )
     .map_err(|_| denied())?;
@@ -67,7 +75,11 @@ pub struct Playback {
     pub expires_at: DateTime<Utc>,
 }
 
-pub(super) async fn pictures(services: &Services, base: &str, ttl: Duration) -> Result<PictureUrls> {
+pub(super) async fn pictures(
+    services: &Services,
+    base: &str,
+    ttl: Duration,
+) -> Result<PictureUrls> {
     Ok(PictureUrls {
         jpeg: services
             .storage

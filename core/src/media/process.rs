@@ -2,7 +2,6 @@
 
 use super::*;
 
-
 /// Sets a flag when dropped, so blocking work stops when its job is abandoned (watchdog, shutdown).
 pub(super) struct CancelOnDrop(Arc<AtomicBool>);
 
@@ -185,7 +184,10 @@ pub async fn run_transcode(
     }
 }
 
-pub(super) async fn transcode_media(services: &Services, row: &MediaRow) -> std::result::Result<(), JobError> {
+pub(super) async fn transcode_media(
+    services: &Services,
+    row: &MediaRow,
+) -> std::result::Result<(), JobError> {
     let id = row.id;
     let work = WorkDir::new("transcode", id)?;
     let source = work.path().join("source");

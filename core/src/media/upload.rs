@@ -2,7 +2,6 @@
 
 use super::*;
 
-
 /// `POST /media/uploads`.
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 pub struct StartUpload {

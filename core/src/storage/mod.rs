@@ -12,7 +12,7 @@ use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, CorsConfiguration, CorsRule};
 
-use crate::config::{AllowedOrigins, StorageConfig};
+use crate::config::{AllowedOrigins, ExposeSecret, StorageConfig};
 use crate::error::{Dependency, Error};
 
 #[derive(Debug, thiserror::Error)]
@@ -129,7 +129,7 @@ impl Storage {
     pub fn new(config: &StorageConfig) -> Self {
         let credentials = Credentials::new(
             config.access_key_id.clone(),
-            config.secret_access_key.expose().to_owned(),
+            config.secret_access_key.expose_secret().to_owned(),
             None,
             None,
             "lectern-config",
