@@ -165,6 +165,24 @@ pub(super) async fn run_blocking<T: Send + 'static>(
     }
 }
 
+/// A working folder for one attempt on media `id`, holding its verified source copy (never the
+/// upload key, which its presigned URL may still rewrite).
+async fn fetch_source(
+    services: &Services,
+    purpose: &str,
+    id: Uuid,
+) -> std::result::Result<(WorkDir, PathBuf), JobError> {
+    let work = WorkDir::new(purpose, id)?;
+    let source = work.path().join("source");
+    match services.storage.download_to(&source_key(id), &source).await {
+        Ok(_) => Ok((work, source)),
+        Err(StorageError::NotFound(_)) => Err(JobError::Permanent(
+            "the uploaded file is gone from storage".into(),
+        )),
+        Err(e) => Err(storage_job_error(e)),
+    }
+}
+
 /// Job: probe, transcode to the HLS ladder with poster and storyboard, upload, record.
 #[tracing::instrument(skip_all, fields(media_id = %job.media_id))]
 pub async fn run_transcode(
@@ -189,19 +207,7 @@ pub(super) async fn transcode_media(
     row: &MediaRow,
 ) -> std::result::Result<(), JobError> {
     let id = row.id;
-    let work = WorkDir::new("transcode", id)?;
-    let source = work.path().join("source");
-    // Only the verified copy: never the upload key, which its presigned URL may still rewrite.
-    let key = source_key(id);
-    match services.storage.download_to(&key, &source).await {
-        Ok(_) => {}
-        Err(StorageError::NotFound(_)) => {
-            return Err(JobError::Permanent(
-                "the uploaded file is gone from storage".into(),
-            ));
-        }
-        Err(e) => return Err(storage_job_error(e)),
-    }
+    let (work, source) = fetch_source(services, "transcode", id).await?;
     let max_duration = services.config.media.max_video_duration.as_secs_f64();
     let limits = video_limits(&services.config.media);
     let out_dir = work.path().join("out");
@@ -363,19 +369,7 @@ pub(super) async fn process_image_media(
     row: &MediaRow,
 ) -> std::result::Result<(), JobError> {
     let id = row.id;
-    let work = WorkDir::new("image", id)?;
-    let source = work.path().join("source");
-    // Only the verified copy: never the upload key, which its presigned URL may still rewrite.
-    let key = source_key(id);
-    match services.storage.download_to(&key, &source).await {
-        Ok(_) => {}
-        Err(StorageError::NotFound(_)) => {
-            return Err(JobError::Permanent(
-                "the uploaded file is gone from storage".into(),
-            ));
-        }
-        Err(e) => return Err(storage_job_error(e)),
-    }
+    let (work, source) = fetch_source(services, "image", id).await?;
     let m = &services.config.media;
     let limits = image::ImageLimits {
         max_width: m.image_max_width,
